@@ -1,0 +1,21 @@
+//! spiced: a headless SPICE session daemon.
+//!
+//! The protocol core (`wire`, `channel`, `keepalive`, `reconnect`, `vv`, `config`)
+//! is sans-IO: plain functions over bytes, events and injected time. tokio appears
+//! only at the edges (`link`, `session`, `daemon`).
+
+pub mod channel;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod exit;
+pub mod keepalive;
+pub mod link;
+pub mod reconnect;
+pub mod report;
+pub mod secret;
+pub mod session;
+pub mod systemd;
+pub mod ticket;
+pub mod vv;
+pub mod wire;
