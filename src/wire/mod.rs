@@ -125,3 +125,92 @@ impl std::fmt::Display for ChannelId {
         Ok(())
     }
 }
+
+pub mod frame;
+pub mod link;
+pub mod msg;
+
+/// A byte sequence from the peer that spiced refuses. Always fatal for the channel
+/// it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WireError {
+    /// The link reply did not start with `REDQ`.
+    BadMagic([u8; 4]),
+    /// The server speaks a protocol major version spiced does not.
+    VersionMismatch { major: u32, minor: u32 },
+    /// A link message or reply is shorter than its fixed part or its caps.
+    Truncated {
+        what: &'static str,
+        need: usize,
+        have: usize,
+    },
+    /// The peer announced a message larger than the cap.
+    TooLarge {
+        what: &'static str,
+        size: u64,
+        max: u64,
+    },
+    /// A message body is too short for its type.
+    BadBody {
+        msg_type: u16,
+        need: usize,
+        have: usize,
+    },
+    /// spiced refused to emit a client message type not on the channel's allow-list.
+    NotAllowed { channel: ChannelType, msg_type: u16 },
+}
+
+impl std::fmt::Display for WireError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WireError::BadMagic(m) => write!(
+                f,
+                "not a SPICE server: link reply starts with {:?} instead of \"REDQ\"",
+                String::from_utf8_lossy(m)
+            ),
+            WireError::VersionMismatch { major, minor } => write!(
+                f,
+                "server speaks SPICE protocol {major}.{minor}; spiced speaks 2.x"
+            ),
+            WireError::Truncated { what, need, have } => {
+                write!(f, "{what} truncated: need {need} bytes, got {have}")
+            }
+            WireError::TooLarge { what, size, max } => {
+                write!(f, "{what} of {size} bytes exceeds the limit of {max} bytes")
+            }
+            WireError::BadBody {
+                msg_type,
+                need,
+                have,
+            } => write!(
+                f,
+                "message type {msg_type} has a {have}-byte body, needs at least {need}"
+            ),
+            WireError::NotAllowed { channel, msg_type } => write!(
+                f,
+                "refusing to send client message type {msg_type} on the {} channel (not on its allow-list)",
+                channel.name()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for WireError {}
+
+/// Little-endian readers over a body; callers check lengths first or get `None`.
+pub(crate) fn le_u32(b: &[u8], at: usize) -> Option<u32> {
+    let s = b.get(at..at.checked_add(4)?)?;
+    Some(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+}
+
+pub(crate) fn le_u16(b: &[u8], at: usize) -> Option<u16> {
+    let s = b.get(at..at.checked_add(2)?)?;
+    Some(u16::from_le_bytes([s[0], s[1]]))
+}
+
+pub(crate) fn le_u64(b: &[u8], at: usize) -> Option<u64> {
+    let s = b.get(at..at.checked_add(8)?)?;
+    let mut a = [0u8; 8];
+    a.copy_from_slice(s);
+    Some(u64::from_le_bytes(a))
+}

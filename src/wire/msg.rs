@@ -1,0 +1,478 @@
+//! SPICE message types spiced understands, server messages it parses, and the
+//! client messages it may send — through a per-channel allow-list, because one
+//! wrong client byte can drop a channel or abort QEMU (see docs/keepalive.md).
+
+use super::frame::{Encoder, Frame};
+use super::{le_u32, le_u64, ChannelType, WireError};
+
+/// Server → client, every channel.
+pub mod server {
+    pub const MIGRATE: u16 = 1;
+    pub const MIGRATE_DATA: u16 = 2;
+    pub const SET_ACK: u16 = 3;
+    pub const PING: u16 = 4;
+    pub const WAIT_FOR_CHANNELS: u16 = 5;
+    pub const DISCONNECTING: u16 = 6;
+    pub const NOTIFY: u16 = 7;
+    pub const LIST: u16 = 8;
+    /// Main channel.
+    pub const MAIN_MIGRATE_BEGIN: u16 = 101;
+    pub const MAIN_INIT: u16 = 103;
+    pub const MAIN_CHANNELS_LIST: u16 = 104;
+    pub const MAIN_MOUSE_MODE: u16 = 105;
+    pub const MAIN_MULTI_MEDIA_TIME: u16 = 106;
+    pub const MAIN_AGENT_CONNECTED: u16 = 107;
+    pub const MAIN_AGENT_DISCONNECTED: u16 = 108;
+    pub const MAIN_AGENT_DATA: u16 = 109;
+    pub const MAIN_AGENT_TOKEN: u16 = 110;
+    pub const MAIN_MIGRATE_SWITCH_HOST: u16 = 111;
+    pub const MAIN_MIGRATE_END: u16 = 112;
+    pub const MAIN_NAME: u16 = 113;
+    pub const MAIN_UUID: u16 = 114;
+    pub const MAIN_AGENT_CONNECTED_TOKENS: u16 = 115;
+}
+
+/// Client → server.
+pub mod client {
+    pub const ACK_SYNC: u16 = 1;
+    pub const ACK: u16 = 2;
+    pub const PONG: u16 = 3;
+    /// Outside a migration spice-server treats this as fatal and QEMU aborts.
+    /// Never on any allow-list.
+    pub const MIGRATE_FLUSH_MARK: u16 = 4;
+    pub const MIGRATE_DATA: u16 = 5;
+    pub const DISCONNECTING: u16 = 6;
+    pub const MAIN_ATTACH_CHANNELS: u16 = 104;
+    pub const MAIN_AGENT_DATA: u16 = 107;
+    pub const DISPLAY_INIT: u16 = 101;
+}
+
+/// The client message types spiced may emit on a channel. Everything else is
+/// refused by [`Writer`], whatever the caller asks.
+pub fn allowed(channel: ChannelType, msg_type: u16) -> bool {
+    match msg_type {
+        client::ACK_SYNC | client::ACK | client::PONG | client::DISCONNECTING => true,
+        client::MAIN_ATTACH_CHANNELS => channel == ChannelType::Main,
+        client::DISPLAY_INIT => channel == ChannelType::Display,
+        _ => false,
+    }
+}
+
+/// A message spiced sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientMsg {
+    /// Echo of SET_ACK's generation; also the keepalive (silent and side-effect
+    /// free in spice-server when the generation is the current one).
+    AckSync {
+        generation: u32,
+    },
+    Ack,
+    Pong {
+        id: u32,
+        timestamp: u64,
+    },
+    /// Polite goodbye before a local shutdown.
+    Disconnecting {
+        time_stamp: u64,
+        reason: u32,
+    },
+    AttachChannels,
+    /// Once per display link (a second one aborts the server).
+    DisplayInit,
+}
+
+impl ClientMsg {
+    pub fn msg_type(&self) -> u16 {
+        match self {
+            ClientMsg::AckSync { .. } => client::ACK_SYNC,
+            ClientMsg::Ack => client::ACK,
+            ClientMsg::Pong { .. } => client::PONG,
+            ClientMsg::Disconnecting { .. } => client::DISCONNECTING,
+            ClientMsg::AttachChannels => client::MAIN_ATTACH_CHANNELS,
+            ClientMsg::DisplayInit => client::DISPLAY_INIT,
+        }
+    }
+
+    fn body(&self) -> Vec<u8> {
+        match self {
+            ClientMsg::AckSync { generation } => generation.to_le_bytes().to_vec(),
+            ClientMsg::Ack | ClientMsg::AttachChannels => Vec::new(),
+            ClientMsg::Pong { id, timestamp } => {
+                let mut b = id.to_le_bytes().to_vec();
+                b.extend_from_slice(&timestamp.to_le_bytes());
+                b
+            }
+            ClientMsg::Disconnecting { time_stamp, reason } => {
+                let mut b = time_stamp.to_le_bytes().to_vec();
+                b.extend_from_slice(&reason.to_le_bytes());
+                b
+            }
+            ClientMsg::DisplayInit => {
+                // Ids 1/1 and sizes as spice-gtk sends them (its cache sizes / 4,
+                // GLZ window 12 MiB / 4): the server sizes its bookkeeping from
+                // these; spiced decodes no pixels so the values only shape traffic.
+                let mut b = vec![1u8];
+                b.extend_from_slice(&(80i64 * 1024 * 1024 / 4).to_le_bytes());
+                b.push(1);
+                b.extend_from_slice(&(12i32 * 1024 * 1024 / 4).to_le_bytes());
+                b
+            }
+        }
+    }
+}
+
+/// Frames client messages for one channel, enforcing the allow-list and the
+/// once-per-link rule of DISPLAY_INIT.
+#[derive(Debug)]
+pub struct Writer {
+    channel: ChannelType,
+    enc: Encoder,
+    display_init_sent: bool,
+}
+
+impl Writer {
+    pub fn new(channel: ChannelType, enc: Encoder) -> Self {
+        Writer {
+            channel,
+            enc,
+            display_init_sent: false,
+        }
+    }
+
+    pub fn encode(&mut self, msg: &ClientMsg) -> Result<Vec<u8>, WireError> {
+        if *msg == ClientMsg::DisplayInit {
+            if self.display_init_sent {
+                return Err(WireError::NotAllowed {
+                    channel: self.channel,
+                    msg_type: client::DISPLAY_INIT,
+                });
+            }
+            self.display_init_sent = true;
+        }
+        self.encode_raw(msg.msg_type(), &msg.body())
+    }
+
+    /// The one gate every outbound byte passes.
+    fn encode_raw(&mut self, msg_type: u16, body: &[u8]) -> Result<Vec<u8>, WireError> {
+        if !allowed(self.channel, msg_type) {
+            return Err(WireError::NotAllowed {
+                channel: self.channel,
+                msg_type,
+            });
+        }
+        Ok(self.enc.frame(msg_type, body))
+    }
+}
+
+/// Server messages spiced acts on; everything else is counted and skipped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerMsg {
+    SetAck { generation: u32, window: u32 },
+    Ping { id: u32, timestamp: u64 },
+    Disconnecting { reason: u32 },
+    Notify { severity: u32, message: String },
+    MainInit(MainInit),
+    ChannelsList(Vec<(u8, u8)>),
+    MouseMode { supported: u32, current: u32 },
+    AgentConnected(bool),
+    Name(String),
+    Uuid([u8; 16]),
+    MigrateSwitchHost { port: u16, sport: u16, host: String },
+    Other(u16),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MainInit {
+    pub session_id: u32,
+    pub display_channels_hint: u32,
+    pub supported_mouse_modes: u32,
+    pub current_mouse_mode: u32,
+    pub agent_connected: u32,
+    pub agent_tokens: u32,
+}
+
+/// A CHANNELS_LIST longer than this is refused (real servers list ~13).
+pub const MAX_CHANNELS: u32 = 256;
+
+fn need(frame: &Frame, n: usize) -> Result<&[u8], WireError> {
+    let b = frame.body();
+    if b.len() < n {
+        return Err(WireError::BadBody {
+            msg_type: frame.msg_type,
+            need: n,
+            have: b.len(),
+        });
+    }
+    Ok(b)
+}
+
+/// Bounded, lossy text from a length-prefixed field (names, notify text).
+fn text(b: &[u8], at: usize, len: usize) -> String {
+    let end = at.saturating_add(len).min(b.len());
+    let s = b.get(at..end).unwrap_or(&[]);
+    let s = s.strip_suffix(&[0]).unwrap_or(s);
+    String::from_utf8_lossy(&s[..s.len().min(1024)]).into_owned()
+}
+
+/// Parses what spiced needs from a frame of the given channel.
+pub fn parse(channel: ChannelType, frame: &Frame) -> Result<ServerMsg, WireError> {
+    let t = frame.msg_type;
+    let u32_at = |b: &[u8], i: usize| le_u32(b, i).unwrap_or(0);
+    match t {
+        server::SET_ACK => {
+            let b = need(frame, 8)?;
+            return Ok(ServerMsg::SetAck {
+                generation: u32_at(b, 0),
+                window: u32_at(b, 4),
+            });
+        }
+        server::PING => {
+            let b = need(frame, 12)?;
+            return Ok(ServerMsg::Ping {
+                id: u32_at(b, 0),
+                timestamp: le_u64(b, 4).unwrap_or(0),
+            });
+        }
+        server::DISCONNECTING => {
+            let b = need(frame, 12)?;
+            return Ok(ServerMsg::Disconnecting {
+                reason: u32_at(b, 8),
+            });
+        }
+        server::NOTIFY => {
+            // time_stamp u64, severity, visibility, what, message_len, message
+            let b = need(frame, 24)?;
+            return Ok(ServerMsg::Notify {
+                severity: u32_at(b, 8),
+                message: text(b, 24, u32_at(b, 20) as usize),
+            });
+        }
+        _ => {}
+    }
+    if channel != ChannelType::Main {
+        return Ok(ServerMsg::Other(t));
+    }
+    Ok(match t {
+        server::MAIN_INIT => {
+            let b = need(frame, 24)?;
+            ServerMsg::MainInit(MainInit {
+                session_id: u32_at(b, 0),
+                display_channels_hint: u32_at(b, 4),
+                supported_mouse_modes: u32_at(b, 8),
+                current_mouse_mode: u32_at(b, 12),
+                agent_connected: u32_at(b, 16),
+                agent_tokens: u32_at(b, 20),
+            })
+        }
+        server::MAIN_CHANNELS_LIST => {
+            let b = need(frame, 4)?;
+            let n = u32_at(b, 0);
+            if n > MAX_CHANNELS {
+                return Err(WireError::TooLarge {
+                    what: "channels list",
+                    size: n.into(),
+                    max: MAX_CHANNELS.into(),
+                });
+            }
+            let b = need(frame, 4 + 2 * n as usize)?;
+            ServerMsg::ChannelsList(
+                (0..n as usize)
+                    .map(|i| (b[4 + 2 * i], b[5 + 2 * i]))
+                    .collect(),
+            )
+        }
+        server::MAIN_MOUSE_MODE => {
+            let b = need(frame, 8)?;
+            ServerMsg::MouseMode {
+                supported: u32_at(b, 0),
+                current: u32_at(b, 4),
+            }
+        }
+        server::MAIN_AGENT_CONNECTED | server::MAIN_AGENT_CONNECTED_TOKENS => {
+            ServerMsg::AgentConnected(true)
+        }
+        server::MAIN_AGENT_DISCONNECTED => ServerMsg::AgentConnected(false),
+        server::MAIN_NAME => {
+            let b = need(frame, 4)?;
+            ServerMsg::Name(text(b, 4, u32_at(b, 0) as usize))
+        }
+        server::MAIN_UUID => {
+            let b = need(frame, 16)?;
+            let mut u = [0u8; 16];
+            u.copy_from_slice(&b[..16]);
+            ServerMsg::Uuid(u)
+        }
+        server::MAIN_MIGRATE_SWITCH_HOST => {
+            // port u16, sport u16, host_size u32, host_data (ptr->offset), cert_subject...
+            let b = need(frame, 8)?;
+            let port = super::le_u16(b, 0).unwrap_or(0);
+            let sport = super::le_u16(b, 2).unwrap_or(0);
+            let host_size = u32_at(b, 4) as usize;
+            let host_off = u32_at(b, 8) as usize;
+            ServerMsg::MigrateSwitchHost {
+                port,
+                sport,
+                host: text(b, host_off, host_size),
+            }
+        }
+        o => ServerMsg::Other(o),
+    })
+}
+
+/// Formats a UUID as text.
+pub fn uuid_string(u: &[u8; 16]) -> String {
+    let h: Vec<String> = u.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        h[..4].concat(),
+        h[4..6].concat(),
+        h[6..8].concat(),
+        h[8..10].concat(),
+        h[10..].concat()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::frame::{Decoder, HeaderKind};
+
+    fn frame(t: u16, body: &[u8]) -> Frame {
+        let mut e = Encoder::new(HeaderKind::Mini);
+        let mut d = Decoder::new(HeaderKind::Mini, 1 << 20);
+        d.push(&e.frame(t, body));
+        d.next_frame().unwrap().unwrap()
+    }
+
+    #[test]
+    fn migrate_flush_mark_can_never_be_emitted() {
+        let all = [
+            ChannelType::Main,
+            ChannelType::Display,
+            ChannelType::Inputs,
+            ChannelType::Cursor,
+            ChannelType::Playback,
+            ChannelType::Record,
+            ChannelType::Tunnel,
+            ChannelType::Smartcard,
+            ChannelType::Usbredir,
+            ChannelType::Port,
+            ChannelType::Webdav,
+            ChannelType::Other(42),
+        ];
+        for ch in all {
+            let mut w = Writer::new(ch, Encoder::new(HeaderKind::Mini));
+            assert!(!allowed(ch, client::MIGRATE_FLUSH_MARK));
+            assert_eq!(
+                w.encode_raw(client::MIGRATE_FLUSH_MARK, &[]),
+                Err(WireError::NotAllowed {
+                    channel: ch,
+                    msg_type: 4
+                })
+            );
+            // Nothing outside the known-safe set either.
+            for t in 0..=u16::MAX {
+                if allowed(ch, t) {
+                    assert!(
+                        [1, 2, 3, 6].contains(&t)
+                            || (ch == ChannelType::Main && t == 104)
+                            || (ch == ChannelType::Display && t == 101),
+                        "{ch:?} allows {t}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn display_init_only_once_and_only_on_display() {
+        let mut w = Writer::new(ChannelType::Display, Encoder::new(HeaderKind::Mini));
+        let b = w.encode(&ClientMsg::DisplayInit).unwrap();
+        assert_eq!(&b[..2], &101u16.to_le_bytes());
+        assert_eq!(b.len(), 6 + 14);
+        assert!(w.encode(&ClientMsg::DisplayInit).is_err());
+        let mut m = Writer::new(ChannelType::Main, Encoder::new(HeaderKind::Mini));
+        assert!(m.encode(&ClientMsg::DisplayInit).is_err());
+        let mut i = Writer::new(ChannelType::Inputs, Encoder::new(HeaderKind::Mini));
+        assert!(i.encode(&ClientMsg::AttachChannels).is_err());
+    }
+
+    #[test]
+    fn golden_client_messages() {
+        let mut w = Writer::new(ChannelType::Main, Encoder::new(HeaderKind::Mini));
+        assert_eq!(
+            w.encode(&ClientMsg::Pong {
+                id: 7,
+                timestamp: 0x0102030405060708
+            })
+            .unwrap(),
+            vec![3, 0, 12, 0, 0, 0, 7, 0, 0, 0, 8, 7, 6, 5, 4, 3, 2, 1]
+        );
+        assert_eq!(
+            w.encode(&ClientMsg::AckSync { generation: 2 }).unwrap(),
+            vec![1, 0, 4, 0, 0, 0, 2, 0, 0, 0]
+        );
+        assert_eq!(w.encode(&ClientMsg::Ack).unwrap(), vec![2, 0, 0, 0, 0, 0]);
+        assert_eq!(
+            w.encode(&ClientMsg::AttachChannels).unwrap(),
+            vec![104, 0, 0, 0, 0, 0]
+        );
+    }
+
+    #[test]
+    fn parses_main_messages() {
+        let mut init = Vec::new();
+        for v in [0xabcdu32, 1, 3, 2, 0, 10, 0, 0] {
+            init.extend_from_slice(&v.to_le_bytes());
+        }
+        match parse(ChannelType::Main, &frame(103, &init)).unwrap() {
+            ServerMsg::MainInit(i) => assert_eq!(i.session_id, 0xabcd),
+            o => panic!("{o:?}"),
+        }
+        let list = [3u32.to_le_bytes().to_vec(), vec![2, 0, 9, 1, 9, 0]].concat();
+        assert_eq!(
+            parse(ChannelType::Main, &frame(104, &list)).unwrap(),
+            ServerMsg::ChannelsList(vec![(2, 0), (9, 1), (9, 0)])
+        );
+        let mut ping = 5u32.to_le_bytes().to_vec();
+        ping.extend_from_slice(&99u64.to_le_bytes());
+        ping.extend_from_slice(&[0; 100]);
+        assert_eq!(
+            parse(ChannelType::Display, &frame(4, &ping)).unwrap(),
+            ServerMsg::Ping {
+                id: 5,
+                timestamp: 99
+            }
+        );
+        let name = [4u32.to_le_bytes().to_vec(), b"vm1\0".to_vec()].concat();
+        assert_eq!(
+            parse(ChannelType::Main, &frame(113, &name)).unwrap(),
+            ServerMsg::Name("vm1".into())
+        );
+        assert_eq!(
+            parse(ChannelType::Display, &frame(302, &[1, 2, 3])).unwrap(),
+            ServerMsg::Other(302)
+        );
+    }
+
+    #[test]
+    fn short_or_lying_bodies_are_errors_not_panics() {
+        assert!(parse(ChannelType::Main, &frame(4, &[1, 2])).is_err());
+        assert!(parse(ChannelType::Main, &frame(104, &1000u32.to_le_bytes())).is_err());
+        assert!(parse(ChannelType::Main, &frame(104, &u32::MAX.to_le_bytes())).is_err());
+        let lying_name = [u32::MAX.to_le_bytes().to_vec(), b"x".to_vec()].concat();
+        assert_eq!(
+            parse(ChannelType::Main, &frame(113, &lying_name)).unwrap(),
+            ServerMsg::Name("x".into())
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics(t in 0u16..400, body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+            for ch in [ChannelType::Main, ChannelType::Display, ChannelType::Inputs] {
+                let _ = parse(ch, &frame(t, &body));
+            }
+        }
+    }
+}
