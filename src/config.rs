@@ -223,7 +223,7 @@ impl Config {
             ("report.cooldown_secs", self.report.cooldown_secs),
             ("report.capture_secs", self.report.capture_secs),
         ] {
-            if !v.is_finite() || v < 0.0 || v > 86_400.0 * 365.0 {
+            if !v.is_finite() || !(0.0..=86_400.0 * 365.0).contains(&v) {
                 return Err(format!("{name} = {v}: must be between 0 and one year"));
             }
         }

@@ -1,1 +1,129 @@
-//! (stub; to be written)
+//! The idle rules, as pure functions of time (seconds since session start as a
+//! `Duration`).
+//!
+//! * [`IdleTimer`]: a channel silent in both directions for `idle` sends one
+//!   keepalive (ACK_SYNC echoing the current ACK generation — see
+//!   docs/keepalive.md for why that message and no other).
+//! * [`Backstop`]: no inbound byte on main for `timeout` ends the session: the
+//!   server PINGs main every 15 s, so silence there means a frozen or wedged
+//!   server — something TCP cannot see, since the server's kernel keeps ACKing.
+
+use std::time::Duration;
+
+/// Fires after `idle` of two-way silence; any byte in either direction resets it.
+#[derive(Debug, Clone)]
+pub struct IdleTimer {
+    idle: Option<Duration>,
+    last_activity: Duration,
+}
+
+impl IdleTimer {
+    /// `idle` of `None` (or zero) disables the timer.
+    pub fn new(idle: Option<Duration>, now: Duration) -> Self {
+        IdleTimer {
+            idle: idle.filter(|d| !d.is_zero()),
+            last_activity: now,
+        }
+    }
+
+    /// A byte went out or came in.
+    pub fn on_traffic(&mut self, now: Duration) {
+        self.last_activity = self.last_activity.max(now);
+    }
+
+    /// When a keepalive is due, if ever.
+    pub fn deadline(&self) -> Option<Duration> {
+        self.idle.map(|i| self.last_activity + i)
+    }
+
+    pub fn due(&self, now: Duration) -> bool {
+        self.deadline().is_some_and(|d| now >= d)
+    }
+}
+
+/// Ends the session when main has been silent inbound for `timeout`.
+#[derive(Debug, Clone)]
+pub struct Backstop {
+    timeout: Option<Duration>,
+    last_rx: Duration,
+}
+
+impl Backstop {
+    pub fn new(timeout: Option<Duration>, now: Duration) -> Self {
+        Backstop {
+            timeout: timeout.filter(|d| !d.is_zero()),
+            last_rx: now,
+        }
+    }
+
+    pub fn on_rx(&mut self, now: Duration) {
+        self.last_rx = self.last_rx.max(now);
+    }
+
+    pub fn deadline(&self) -> Option<Duration> {
+        self.timeout.map(|t| self.last_rx + t)
+    }
+
+    /// `Some(silence)` once the timeout has passed.
+    pub fn expired(&self, now: Duration) -> Option<Duration> {
+        self.deadline()
+            .filter(|d| now >= *d)
+            .map(|_| now.saturating_sub(self.last_rx))
+    }
+}
+
+/// Seconds from the config as a `Duration`; 0 or negative = disabled.
+pub fn secs(v: f64) -> Option<Duration> {
+    (v.is_finite() && v > 0.0).then(|| Duration::from_secs_f64(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: fn(u64) -> Duration = Duration::from_secs;
+
+    #[test]
+    fn fires_after_exactly_idle_of_two_way_silence() {
+        let t = IdleTimer::new(Some(S(15)), S(0));
+        assert!(!t.due(S(14)));
+        assert!(!t.due(Duration::from_millis(14_999)));
+        assert!(t.due(S(15)));
+        assert_eq!(t.deadline(), Some(S(15)));
+    }
+
+    #[test]
+    fn traffic_either_way_postpones_it() {
+        let mut t = IdleTimer::new(Some(S(15)), S(0));
+        t.on_traffic(S(10)); // inbound
+        assert!(!t.due(S(15)));
+        t.on_traffic(S(20)); // outbound
+        assert!(!t.due(S(34)));
+        assert!(t.due(S(35)));
+    }
+
+    #[test]
+    fn sending_the_keepalive_resets_it() {
+        let mut t = IdleTimer::new(Some(S(15)), S(0));
+        assert!(t.due(S(15)));
+        t.on_traffic(S(15));
+        assert!(!t.due(S(29)));
+        assert_eq!(t.deadline(), Some(S(30)));
+    }
+
+    #[test]
+    fn disabled_never_fires() {
+        let t = IdleTimer::new(secs(0.0), S(0));
+        assert!(!t.due(S(1_000_000)));
+        assert_eq!(t.deadline(), None);
+    }
+
+    #[test]
+    fn backstop_counts_inbound_only() {
+        let mut b = Backstop::new(Some(S(90)), S(0));
+        b.on_rx(S(10));
+        assert_eq!(b.expired(S(99)), None);
+        assert_eq!(b.expired(S(100)), Some(S(90)));
+        assert_eq!(Backstop::new(None, S(0)).expired(S(1 << 30)), None);
+    }
+}

@@ -3,7 +3,7 @@
 
 use crate::secret::Secret;
 use rsa::pkcs8::DecodePublicKey;
-use rsa::RsaPublicKey;
+use rsa::PublicKey;
 
 /// spice-server refuses passwords of 60 bytes or more (SPICE_MAX_PASSWORD_LENGTH
 /// includes the NUL).
@@ -44,7 +44,7 @@ pub fn encrypt(spki_der: &[u8], password: Option<&Secret>) -> Result<Vec<u8>, Ti
     if pw.len() > MAX_PASSWORD_LEN {
         return Err(TicketError::PasswordTooLong(pw.len()));
     }
-    let key = RsaPublicKey::from_public_key_der(spki_der).map_err(|_| TicketError::BadServerKey)?;
+    let key = PublicKey::from_public_key_der(spki_der).map_err(|_| TicketError::BadServerKey)?;
     let mut plain = Vec::with_capacity(pw.len() + 1);
     plain.extend_from_slice(pw.as_bytes());
     plain.push(0);
@@ -60,12 +60,12 @@ pub fn encrypt(spki_der: &[u8], password: Option<&Secret>) -> Result<Vec<u8>, Ti
 mod tests {
     use super::*;
     use rsa::pkcs8::EncodePublicKey;
-    use rsa::RsaPrivateKey;
+    use rsa::PrivateKey;
 
     #[test]
     fn server_can_decrypt_the_ticket() {
         let mut rng = rand::rng();
-        let sk = RsaPrivateKey::new(&mut rng, 1024).unwrap();
+        let sk = PrivateKey::new(&mut rng, 1024).unwrap();
         let der = sk.to_public_key().to_public_key_der().unwrap();
         assert_eq!(der.as_bytes().len(), 162, "SPICE sends a 162-byte SPKI");
         let ct = encrypt(der.as_bytes(), Some(&Secret::new("s3cret"))).unwrap();

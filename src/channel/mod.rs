@@ -1,4 +1,297 @@
-//! Per-channel state machines (sans-IO): what each channel must answer, and the
-//! counters reports and logs are built from.
+//! Per-channel state machine (sans-IO): feed it the bytes that arrived and the
+//! time; it says what to send back (PONGs, ACK_SYNC/ACKs, DISPLAY_INIT,
+//! ATTACH_CHANNELS, keepalives), what happened (events for the session) and when
+//! it next needs waking. The tokio task in `session` only moves bytes.
 
 pub mod counters;
+
+use crate::config::KeepaliveConfig;
+use crate::keepalive::{secs, Backstop, IdleTimer};
+use crate::wire::frame::{Decoder, Encoder, Frame, HeaderKind, DEFAULT_MAX_MESSAGE};
+use crate::wire::msg::{self, ClientMsg, MainInit, ServerMsg, Writer};
+use crate::wire::{ChannelId, ChannelType, WireError};
+use counters::ChannelCounters;
+use std::collections::VecDeque;
+use std::time::Duration;
+
+/// Which way a message went, for captures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    ToServer,
+    ToClient,
+}
+
+/// Receives a copy of every whole message (header included) for the traffic capture.
+pub trait Tap: Send {
+    fn message(&mut self, ch: ChannelId, dir: Direction, at: Duration, bytes: &[u8]);
+}
+
+/// What a channel tells the session.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChannelEvent {
+    MainInit(MainInit),
+    ChannelsList(Vec<ChannelId>),
+    Name(String),
+    Uuid(String),
+    MouseMode { supported: u32, current: u32 },
+    AgentConnected(bool),
+    Notify { severity: u32, message: String },
+    ServerDisconnecting { reason: u32 },
+    MigrateSwitchHost { host: String, port: u16, sport: u16 },
+}
+
+/// Why the state machine gave up on its channel.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChannelError {
+    Wire(WireError),
+    /// Main received nothing for this long (frozen server).
+    KeepaliveTimeout {
+        silent: Duration,
+    },
+}
+
+impl std::fmt::Display for ChannelError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChannelError::Wire(e) => write!(f, "protocol error: {e}"),
+            ChannelError::KeepaliveTimeout { silent } => write!(
+                f,
+                "no data from the server on main for {:.1} s (server frozen or wedged)",
+                silent.as_secs_f64()
+            ),
+        }
+    }
+}
+
+impl From<WireError> for ChannelError {
+    fn from(e: WireError) -> Self {
+        ChannelError::Wire(e)
+    }
+}
+
+/// Server messages after a keepalive within this window count as its replies.
+const KEEPALIVE_REPLY_WINDOW: Duration = Duration::from_secs(1);
+
+pub struct Channel {
+    id: ChannelId,
+    decoder: Decoder,
+    writer: Writer,
+    ack_generation: u32,
+    ack_window: u32,
+    ack_countdown: u32,
+    idle: IdleTimer,
+    backstop: Option<Backstop>,
+    last_keepalive: Option<Duration>,
+    out: VecDeque<(ClientMsg, Vec<u8>)>,
+    events: VecDeque<ChannelEvent>,
+    counters: ChannelCounters,
+    tap: Option<Box<dyn Tap>>,
+}
+
+fn secs_f64(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+impl Channel {
+    /// A freshly linked channel. `now` is time since session start.
+    pub fn new(id: ChannelId, header: HeaderKind, cfg: &KeepaliveConfig, now: Duration) -> Self {
+        let backstop =
+            (id.ty == ChannelType::Main).then(|| Backstop::new(secs(cfg.main_timeout_secs), now));
+        let mut ch = Channel {
+            id,
+            decoder: Decoder::new(header, DEFAULT_MAX_MESSAGE),
+            writer: Writer::new(id.ty, Encoder::new(header)),
+            ack_generation: 0,
+            ack_window: 0,
+            ack_countdown: 0,
+            idle: IdleTimer::new(secs(cfg.idle_secs), now),
+            backstop,
+            last_keepalive: None,
+            out: VecDeque::new(),
+            events: VecDeque::new(),
+            counters: ChannelCounters {
+                connected_at_secs: Some(secs_f64(now)),
+                ..ChannelCounters::default()
+            },
+            tap: None,
+        };
+        if id.ty == ChannelType::Display {
+            // Without it the server blocks its display worker, then drops us.
+            ch.queue(ClientMsg::DisplayInit);
+        }
+        ch
+    }
+
+    pub fn set_tap(&mut self, tap: Box<dyn Tap>) {
+        self.tap = Some(tap);
+    }
+
+    pub fn id(&self) -> ChannelId {
+        self.id
+    }
+
+    pub fn counters(&self) -> &ChannelCounters {
+        &self.counters
+    }
+
+    pub fn counters_mut(&mut self) -> &mut ChannelCounters {
+        &mut self.counters
+    }
+
+    fn queue(&mut self, m: ClientMsg) {
+        match self.writer.encode(&m) {
+            Ok(bytes) => self.out.push_back((m, bytes)),
+            // The state machine only builds allowed messages; a refusal here is a
+            // bug, and dropping the message is safer than sending it.
+            Err(e) => tracing::error!(channel = %self.id, "{e}"),
+        }
+    }
+
+    /// Bytes arrived from the server.
+    pub fn on_bytes(&mut self, data: &[u8], now: Duration) -> Result<(), ChannelError> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.counters.bytes_in += data.len() as u64;
+        self.counters.last_recv_ts_secs = Some(secs_f64(now));
+        self.idle.on_traffic(now);
+        if let Some(b) = self.backstop.as_mut() {
+            b.on_rx(now);
+        }
+        self.decoder.push(data);
+        while let Some(frame) = self.decoder.next_frame()? {
+            self.on_frame(&frame, now)?;
+        }
+        Ok(())
+    }
+
+    fn on_frame(&mut self, frame: &Frame, now: Duration) -> Result<(), ChannelError> {
+        self.counters.messages_in += 1;
+        if let Some(tap) = self.tap.as_mut() {
+            tap.message(self.id, Direction::ToClient, now, &frame.bytes);
+        }
+        if let Some(k) = self.last_keepalive {
+            if now.saturating_sub(k) <= KEEPALIVE_REPLY_WINDOW
+                && frame.msg_type != msg::server::PING
+            {
+                self.counters.keepalive_replies += 1;
+            }
+        }
+        // ACK window: every message counts, PINGs included (as spice-gtk does).
+        if self.ack_window > 0 {
+            self.ack_countdown = self.ack_countdown.saturating_sub(1);
+            if self.ack_countdown == 0 {
+                self.queue(ClientMsg::Ack);
+                self.counters.ack_send_count += 1;
+                self.ack_countdown = self.ack_window;
+            }
+        }
+        match msg::parse(self.id.ty, frame)? {
+            ServerMsg::SetAck { generation, window } => {
+                self.ack_generation = generation;
+                self.ack_window = window;
+                self.ack_countdown = window;
+                self.queue(ClientMsg::AckSync { generation });
+            }
+            ServerMsg::Ping { id, timestamp } => {
+                self.counters.ping_recv_count += 1;
+                self.counters.last_ping_recv_ts_secs = Some(secs_f64(now));
+                // Answer at once: main is watched by the server's connectivity check.
+                self.queue(ClientMsg::Pong { id, timestamp });
+                self.counters.pong_send_count += 1;
+            }
+            ServerMsg::MainInit(init) => {
+                self.events.push_back(ChannelEvent::MainInit(init));
+                self.queue(ClientMsg::AttachChannels);
+            }
+            ServerMsg::ChannelsList(list) => {
+                let ids = list
+                    .into_iter()
+                    .map(|(t, i)| ChannelId::new(ChannelType::from_u8(t), i))
+                    .collect();
+                self.events.push_back(ChannelEvent::ChannelsList(ids));
+            }
+            ServerMsg::Name(n) => self.events.push_back(ChannelEvent::Name(n)),
+            ServerMsg::Uuid(u) => self
+                .events
+                .push_back(ChannelEvent::Uuid(msg::uuid_string(&u))),
+            ServerMsg::MouseMode { supported, current } => self
+                .events
+                .push_back(ChannelEvent::MouseMode { supported, current }),
+            ServerMsg::AgentConnected(c) => self.events.push_back(ChannelEvent::AgentConnected(c)),
+            ServerMsg::Notify { severity, message } => self
+                .events
+                .push_back(ChannelEvent::Notify { severity, message }),
+            ServerMsg::Disconnecting { reason } => self
+                .events
+                .push_back(ChannelEvent::ServerDisconnecting { reason }),
+            ServerMsg::MigrateSwitchHost { port, sport, host } => self
+                .events
+                .push_back(ChannelEvent::MigrateSwitchHost { host, port, sport }),
+            ServerMsg::Other(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Timers: the keepalive and (on main) the backstop.
+    pub fn handle_timeout(&mut self, now: Duration) -> Result<(), ChannelError> {
+        if let Some(silent) = self.backstop.as_ref().and_then(|b| b.expired(now)) {
+            return Err(ChannelError::KeepaliveTimeout { silent });
+        }
+        if self.idle.due(now) && self.out.is_empty() {
+            // Echo the current generation: spice-server only records it (no log,
+            // no reply), and the ACK window stays intact. See docs/keepalive.md.
+            self.queue(ClientMsg::AckSync {
+                generation: self.ack_generation,
+            });
+            self.counters.client_keepalive_send_count += 1;
+            self.counters.last_client_keepalive_send_ts_secs = Some(secs_f64(now));
+            self.last_keepalive = Some(now);
+        }
+        Ok(())
+    }
+
+    /// The earliest time `handle_timeout` has work to do.
+    pub fn poll_timeout(&self) -> Option<Duration> {
+        let b = self.backstop.as_ref().and_then(Backstop::deadline);
+        match (self.idle.deadline(), b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The next bytes to write; the caller writes them right away.
+    pub fn poll_transmit(&mut self, now: Duration) -> Option<Vec<u8>> {
+        let (_m, bytes) = self.out.pop_front()?;
+        self.counters.bytes_out += bytes.len() as u64;
+        self.counters.messages_out += 1;
+        self.counters.last_send_ts_secs = Some(secs_f64(now));
+        self.idle.on_traffic(now);
+        if let Some(tap) = self.tap.as_mut() {
+            tap.message(self.id, Direction::ToServer, now, &bytes);
+        }
+        Some(bytes)
+    }
+
+    pub fn poll_event(&mut self) -> Option<ChannelEvent> {
+        self.events.pop_front()
+    }
+
+    /// Queues the polite goodbye for a local shutdown.
+    pub fn close(&mut self, now: Duration, unix_ms: u64) {
+        let _ = now;
+        self.queue(ClientMsg::Disconnecting {
+            time_stamp: unix_ms,
+            reason: 0,
+        });
+    }
+
+    /// Records the end of the channel in its counters.
+    pub fn mark_closed(&mut self, now: Duration, reason: &str) {
+        self.counters.closed_at_secs = Some(secs_f64(now));
+        self.counters.close_reason = Some(reason.to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests;

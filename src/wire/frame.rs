@@ -18,7 +18,7 @@ pub enum HeaderKind {
 }
 
 impl HeaderKind {
-    pub fn len(self) -> usize {
+    pub fn header_len(self) -> usize {
         match self {
             HeaderKind::Mini => MINI_HEADER_LEN,
             HeaderKind::Full => FULL_HEADER_LEN,
@@ -81,7 +81,7 @@ impl Decoder {
     /// the announced size exceeds the cap (the channel must then be closed).
     pub fn next_frame(&mut self) -> Result<Option<Frame>, WireError> {
         let avail = &self.buf[self.pos..];
-        let hlen = self.kind.len();
+        let hlen = self.kind.header_len();
         if avail.len() < hlen {
             return Ok(None);
         }
@@ -130,7 +130,7 @@ impl Encoder {
     }
 
     pub fn frame(&mut self, msg_type: u16, body: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.kind.len() + body.len());
+        let mut out = Vec::with_capacity(self.kind.header_len() + body.len());
         if self.kind == HeaderKind::Full {
             self.serial += 1;
             out.extend_from_slice(&self.serial.to_le_bytes());

@@ -1,0 +1,251 @@
+use super::*;
+use crate::wire::frame::{Decoder, Encoder, HeaderKind};
+use crate::wire::msg::client;
+
+const S: fn(u64) -> Duration = Duration::from_secs;
+
+fn cfg(idle: f64, backstop: f64) -> KeepaliveConfig {
+    KeepaliveConfig {
+        idle_secs: idle,
+        main_timeout_secs: backstop,
+        ..KeepaliveConfig::default()
+    }
+}
+
+fn server_msg(t: u16, body: &[u8]) -> Vec<u8> {
+    Encoder::new(HeaderKind::Mini).frame(t, body)
+}
+
+fn ping(id: u32, ts: u64) -> Vec<u8> {
+    let mut b = id.to_le_bytes().to_vec();
+    b.extend_from_slice(&ts.to_le_bytes());
+    server_msg(4, &b)
+}
+
+fn set_ack(generation: u32, window: u32) -> Vec<u8> {
+    let mut b = generation.to_le_bytes().to_vec();
+    b.extend_from_slice(&window.to_le_bytes());
+    server_msg(3, &b)
+}
+
+/// Everything the channel wants to send, decoded back into (type, body).
+fn sent(ch: &mut Channel, now: Duration) -> Vec<(u16, Vec<u8>)> {
+    let mut d = Decoder::new(HeaderKind::Mini, 1 << 20);
+    while let Some(b) = ch.poll_transmit(now) {
+        d.push(&b);
+    }
+    let mut v = Vec::new();
+    while let Some(f) = d.next_frame().unwrap() {
+        v.push((f.msg_type, f.body().to_vec()));
+    }
+    v
+}
+
+fn types(v: &[(u16, Vec<u8>)]) -> Vec<u16> {
+    v.iter().map(|(t, _)| *t).collect()
+}
+
+#[test]
+fn both_pings_of_a_pair_are_answered_at_once_with_exact_echo() {
+    let mut ch = Channel::new(ChannelId::MAIN, HeaderKind::Mini, &cfg(15.0, 90.0), S(0));
+    let mut pair = ping(7, 0x1122334455667788);
+    pair.extend(ping(7, 0x1122334455667799));
+    ch.on_bytes(&pair, S(1)).unwrap();
+    let out = sent(&mut ch, S(1));
+    assert_eq!(types(&out), vec![client::PONG, client::PONG]);
+    assert_eq!(out[0].1[..4], 7u32.to_le_bytes());
+    assert_eq!(out[0].1[4..], 0x1122334455667788u64.to_le_bytes());
+    assert_eq!(out[1].1[4..], 0x1122334455667799u64.to_le_bytes());
+    assert_eq!(ch.counters().ping_recv_count, 2);
+    assert_eq!(ch.counters().pong_send_count, 2);
+}
+
+#[test]
+fn net_test_ping_with_padding_is_answered() {
+    let mut ch = Channel::new(ChannelId::MAIN, HeaderKind::Mini, &cfg(15.0, 90.0), S(0));
+    let mut b = 1u32.to_le_bytes().to_vec();
+    b.extend_from_slice(&5u64.to_le_bytes());
+    b.extend(vec![0u8; 256 * 1024]);
+    let wire = server_msg(4, &b);
+    for chunk in wire.chunks(1460) {
+        ch.on_bytes(chunk, S(0)).unwrap();
+    }
+    assert_eq!(types(&sent(&mut ch, S(0))), vec![client::PONG]);
+}
+
+#[test]
+fn main_init_attaches_channels_and_lists_are_reported() {
+    let mut ch = Channel::new(ChannelId::MAIN, HeaderKind::Mini, &cfg(15.0, 90.0), S(0));
+    let mut init = Vec::new();
+    for v in [42u32, 1, 3, 2, 0, 10, 0, 0] {
+        init.extend_from_slice(&v.to_le_bytes());
+    }
+    ch.on_bytes(&server_msg(103, &init), S(0)).unwrap();
+    assert_eq!(
+        types(&sent(&mut ch, S(0))),
+        vec![client::MAIN_ATTACH_CHANNELS]
+    );
+    assert!(matches!(ch.poll_event(), Some(ChannelEvent::MainInit(i)) if i.session_id == 42));
+    let list = [2u32.to_le_bytes().to_vec(), vec![2, 0, 9, 1]].concat();
+    ch.on_bytes(&server_msg(104, &list), S(0)).unwrap();
+    assert_eq!(
+        ch.poll_event(),
+        Some(ChannelEvent::ChannelsList(vec![
+            ChannelId::new(ChannelType::Display, 0),
+            ChannelId::new(ChannelType::Usbredir, 1)
+        ]))
+    );
+    assert!(sent(&mut ch, S(0)).is_empty(), "a list is not answered");
+}
+
+#[test]
+fn display_sends_init_once_then_acks_every_window() {
+    let mut ch = Channel::new(
+        ChannelId::new(ChannelType::Display, 0),
+        HeaderKind::Mini,
+        &cfg(15.0, 0.0),
+        S(0),
+    );
+    assert_eq!(types(&sent(&mut ch, S(0))), vec![client::DISPLAY_INIT]);
+    ch.on_bytes(&set_ack(3, 4), S(0)).unwrap();
+    let out = sent(&mut ch, S(0));
+    assert_eq!(out, vec![(client::ACK_SYNC, 3u32.to_le_bytes().to_vec())]);
+    // 12 messages (drawing and a PING) => 3 ACKs and 1 PONG.
+    let mut msgs = Vec::new();
+    for i in 0..12 {
+        msgs.extend(if i == 5 {
+            ping(1, 1)
+        } else {
+            server_msg(302, &[0; 40])
+        });
+    }
+    ch.on_bytes(&msgs, S(1)).unwrap();
+    let out = types(&sent(&mut ch, S(1)));
+    assert_eq!(out.iter().filter(|&&t| t == client::ACK).count(), 3);
+    assert_eq!(out.iter().filter(|&&t| t == client::PONG).count(), 1);
+    assert!(!out.contains(&client::DISPLAY_INIT));
+    assert_eq!(ch.counters().ack_send_count, 3);
+}
+
+#[test]
+fn keepalive_is_ack_sync_with_current_generation_after_two_way_silence() {
+    let id = ChannelId::new(ChannelType::Cursor, 0);
+    let mut ch = Channel::new(id, HeaderKind::Mini, &cfg(15.0, 0.0), S(0));
+    ch.on_bytes(&set_ack(9, 20), S(0)).unwrap();
+    sent(&mut ch, S(0));
+    assert_eq!(ch.poll_timeout(), Some(S(15)));
+    ch.handle_timeout(S(14)).unwrap();
+    assert!(sent(&mut ch, S(14)).is_empty());
+    ch.handle_timeout(S(15)).unwrap();
+    assert_eq!(
+        sent(&mut ch, S(15)),
+        vec![(client::ACK_SYNC, 9u32.to_le_bytes().to_vec())]
+    );
+    assert_eq!(ch.counters().client_keepalive_send_count, 1);
+    assert_eq!(ch.counters().last_client_keepalive_send_ts_secs, Some(15.0));
+    // Reset by the send: next one 15 s later, not before.
+    assert_eq!(ch.poll_timeout(), Some(S(30)));
+    // Inbound traffic postpones it.
+    ch.on_bytes(&server_msg(101, &[]), S(25)).unwrap();
+    ch.handle_timeout(S(30)).unwrap();
+    assert!(sent(&mut ch, S(30)).is_empty());
+    assert_eq!(ch.poll_timeout(), Some(S(40)));
+    // The ACK window was not touched by the keepalive: 19 more messages, no ACK yet.
+    let many: Vec<u8> = (0..18).flat_map(|_| server_msg(101, &[])).collect();
+    ch.on_bytes(&many, S(31)).unwrap();
+    assert!(!types(&sent(&mut ch, S(31))).contains(&client::ACK));
+    ch.on_bytes(&server_msg(101, &[]), S(31)).unwrap();
+    assert_eq!(types(&sent(&mut ch, S(31))), vec![client::ACK]);
+}
+
+#[test]
+fn keepalive_without_set_ack_echoes_generation_zero() {
+    let mut ch = Channel::new(
+        ChannelId::new(ChannelType::Inputs, 0),
+        HeaderKind::Mini,
+        &cfg(2.0, 0.0),
+        S(0),
+    );
+    ch.handle_timeout(S(2)).unwrap();
+    assert_eq!(
+        sent(&mut ch, S(2)),
+        vec![(client::ACK_SYNC, 0u32.to_le_bytes().to_vec())]
+    );
+}
+
+#[test]
+fn outbound_traffic_postpones_the_keepalive() {
+    let mut ch = Channel::new(ChannelId::MAIN, HeaderKind::Mini, &cfg(15.0, 0.0), S(0));
+    ch.on_bytes(&ping(1, 1), S(1)).unwrap();
+    sent(&mut ch, S(10)); // PONG written at 10 s
+    ch.handle_timeout(S(24)).unwrap();
+    assert!(sent(&mut ch, S(24)).is_empty());
+    assert_eq!(ch.poll_timeout(), Some(S(25)));
+}
+
+#[test]
+fn main_backstop_fires_on_inbound_silence_only() {
+    let mut ch = Channel::new(ChannelId::MAIN, HeaderKind::Mini, &cfg(15.0, 90.0), S(0));
+    ch.on_bytes(&ping(1, 1), S(10)).unwrap();
+    // Our own keepalives do not count as life from the server.
+    for t in [25, 40, 55, 70, 85] {
+        ch.handle_timeout(S(t)).unwrap();
+        sent(&mut ch, S(t));
+    }
+    assert_eq!(
+        ch.handle_timeout(S(100)),
+        Err(ChannelError::KeepaliveTimeout { silent: S(90) })
+    );
+    let other = Channel::new(
+        ChannelId::new(ChannelType::Inputs, 0),
+        HeaderKind::Mini,
+        &cfg(0.0, 90.0),
+        S(0),
+    );
+    assert_eq!(other.poll_timeout(), None, "backstop is main's only");
+}
+
+#[test]
+fn oversized_or_malformed_input_is_a_typed_error() {
+    let mut ch = Channel::new(ChannelId::MAIN, HeaderKind::Mini, &cfg(15.0, 90.0), S(0));
+    let mut h = 4u16.to_le_bytes().to_vec();
+    h.extend_from_slice(&(1u32 << 31).to_le_bytes());
+    assert!(matches!(
+        ch.on_bytes(&h, S(0)),
+        Err(ChannelError::Wire(WireError::TooLarge { .. }))
+    ));
+    let mut ch = Channel::new(ChannelId::MAIN, HeaderKind::Mini, &cfg(15.0, 90.0), S(0));
+    assert!(matches!(
+        ch.on_bytes(&server_msg(4, &[1, 2, 3]), S(0)),
+        Err(ChannelError::Wire(WireError::BadBody { .. }))
+    ));
+}
+
+#[test]
+fn counters_track_both_directions() {
+    let mut ch = Channel::new(ChannelId::MAIN, HeaderKind::Mini, &cfg(15.0, 90.0), S(0));
+    let p = ping(1, 2);
+    ch.on_bytes(&p, S(3)).unwrap();
+    sent(&mut ch, S(3));
+    let c = ch.counters();
+    assert_eq!(c.bytes_in, p.len() as u64);
+    assert_eq!(c.bytes_out, 18);
+    assert_eq!((c.messages_in, c.messages_out), (1, 1));
+    assert_eq!(c.last_recv_ts_secs, Some(3.0));
+    assert_eq!(c.last_ping_recv_ts_secs, Some(3.0));
+    assert_eq!(c.connected_at_secs, Some(0.0));
+}
+
+proptest::proptest! {
+    #[test]
+    fn never_panics_on_any_bytes(chunks in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80), 0..12)) {
+        for ty in [ChannelType::Main, ChannelType::Display, ChannelType::Inputs] {
+            let mut ch = Channel::new(ChannelId::new(ty, 0), HeaderKind::Mini, &cfg(15.0, 90.0), S(0));
+            for c in &chunks {
+                if ch.on_bytes(c, S(1)).is_err() { break; }
+                while ch.poll_transmit(S(1)).is_some() {}
+                while ch.poll_event().is_some() {}
+            }
+        }
+    }
+}
