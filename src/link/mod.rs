@@ -1,1 +1,3 @@
-//! (stub; to be written)
+//! I/O edge of a channel link: transport (TCP, proxy, TLS) and the link handshake.
+
+pub mod handshake;
