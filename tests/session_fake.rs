@@ -1,0 +1,324 @@
+//! Session behaviour against an in-process fake SPICE server, for the faults a real
+//! QEMU cannot produce on demand (malformed frames, lying sizes, exact timings).
+//! The real-server tests live in tests/qemu_*.rs.
+
+use rsa::pkcs8::EncodePublicKey;
+use spiced::config::Config;
+use spiced::session::{
+    self, BoxStream, Cause, ConnectFailure, ConnectFuture, Connector, SessionCtx, SessionEvent,
+    Stop,
+};
+use spiced::vv::ConnectionSettings;
+use spiced::wire::{ChannelId, ChannelType};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Fault {
+    None,
+    /// The display channel announces a 3 GiB message.
+    OversizedDisplayMessage,
+    /// Inputs sends a PING too short to hold its fields.
+    TruncatedPingOnInputs,
+    /// The server refuses inputs' link with NEED_SECURED on the plain port.
+    InputsNeedSecured,
+    /// The server goes quiet on main (frozen) but keeps the socket open.
+    FrozenMain,
+}
+
+struct Fake {
+    key_der: Vec<u8>,
+    fault: Fault,
+    /// (channel, tls) of every connect, in order.
+    connects: Mutex<Vec<(ChannelId, bool)>>,
+    /// Every client message type received per channel.
+    received: Arc<Mutex<Vec<(ChannelId, u16)>>>,
+}
+
+fn mini(t: u16, body: &[u8]) -> Vec<u8> {
+    let mut v = t.to_le_bytes().to_vec();
+    v.extend((body.len() as u32).to_le_bytes());
+    v.extend(body);
+    v
+}
+
+fn ping(id: u32) -> Vec<u8> {
+    let mut b = id.to_le_bytes().to_vec();
+    b.extend(7u64.to_le_bytes());
+    mini(4, &b)
+}
+
+async fn serve(
+    mut s: DuplexStream,
+    key: Vec<u8>,
+    fault: Fault,
+    tls: bool,
+    received: Arc<Mutex<Vec<(ChannelId, u16)>>>,
+) {
+    let mut h = [0u8; 16];
+    if s.read_exact(&mut h).await.is_err() {
+        return;
+    }
+    let n = u32::from_le_bytes([h[12], h[13], h[14], h[15]]) as usize;
+    let mut body = vec![0; n];
+    if s.read_exact(&mut body).await.is_err() {
+        return;
+    }
+    let ch = ChannelId::new(ChannelType::from_u8(body[4]), body[5]);
+    let refuse = fault == Fault::InputsNeedSecured && ch.ty == ChannelType::Inputs && !tls;
+    let mut r = (if refuse { 5u32 } else { 0 }).to_le_bytes().to_vec();
+    r.extend(&key);
+    r.extend(1u32.to_le_bytes());
+    r.extend(0u32.to_le_bytes());
+    r.extend(178u32.to_le_bytes());
+    r.extend(0b1011u32.to_le_bytes());
+    let mut hdr = b"REDQ".to_vec();
+    hdr.extend(2u32.to_le_bytes());
+    hdr.extend(2u32.to_le_bytes());
+    hdr.extend((r.len() as u32).to_le_bytes());
+    let _ = s.write_all(&[hdr, r].concat()).await;
+    if refuse {
+        return;
+    }
+    let mut skip = [0u8; 4 + 128];
+    if s.read_exact(&mut skip).await.is_err() {
+        return;
+    }
+    let _ = s.write_all(&0u32.to_le_bytes()).await;
+
+    let mut out = Vec::new();
+    match ch.ty {
+        ChannelType::Main => {
+            let mut init = Vec::new();
+            for v in [0x1234u32, 1, 3, 2, 0, 10, 0, 0] {
+                init.extend(v.to_le_bytes());
+            }
+            out.extend(mini(103, &init));
+            out.extend(ping(1));
+        }
+        ChannelType::Display if fault == Fault::OversizedDisplayMessage => {
+            out.extend(302u16.to_le_bytes());
+            out.extend((3u32 << 30).to_le_bytes());
+        }
+        ChannelType::Inputs if fault == Fault::TruncatedPingOnInputs => {
+            out.extend(mini(4, &[1, 2, 3]));
+        }
+        _ => out.extend(ping(2)),
+    }
+    let _ = s.write_all(&out).await;
+    // Then answer like a server: CHANNELS_LIST after ATTACH_CHANNELS; record all.
+    let mut buf = vec![0u8; 4096];
+    let mut acc = Vec::new();
+    loop {
+        let n = match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        acc.extend_from_slice(&buf[..n]);
+        while acc.len() >= 6 {
+            let t = u16::from_le_bytes([acc[0], acc[1]]);
+            let len = u32::from_le_bytes([acc[2], acc[3], acc[4], acc[5]]) as usize;
+            if acc.len() < 6 + len {
+                break;
+            }
+            acc.drain(..6 + len);
+            received.lock().unwrap().push((ch, t));
+            if ch.ty == ChannelType::Main && t == 104 {
+                let list = [3u32.to_le_bytes().to_vec(), vec![2, 0, 3, 0, 4, 0]].concat();
+                let _ = s.write_all(&mini(104, &list)).await;
+            }
+        }
+        if ch.ty == ChannelType::Main && fault == Fault::FrozenMain {
+            // Keep reading (the kernel ACKs) but never send again.
+            continue;
+        }
+    }
+}
+
+impl Connector for Fake {
+    fn connect(&self, channel: ChannelId, tls: bool) -> ConnectFuture<'_> {
+        self.connects.lock().unwrap().push((channel, tls));
+        let (c, s) = tokio::io::duplex(1 << 16);
+        tokio::spawn(serve(
+            s,
+            self.key_der.clone(),
+            self.fault,
+            tls,
+            self.received.clone(),
+        ));
+        Box::pin(async move {
+            let b: BoxStream = Box::new(c);
+            Ok::<_, ConnectFailure>(b)
+        })
+    }
+}
+
+fn key() -> Vec<u8> {
+    static KEY: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        let sk = rsa::PrivateKey::new(&mut rand::rng(), 1024).unwrap();
+        sk.to_public_key()
+            .to_public_key_der()
+            .unwrap()
+            .as_bytes()
+            .to_vec()
+    })
+    .clone()
+}
+
+fn ctx(fault: Fault, cfg: Config) -> (SessionCtx, Arc<Fake>) {
+    let fake = Arc::new(Fake {
+        key_der: key(),
+        fault,
+        connects: Mutex::new(Vec::new()),
+        received: Arc::new(Mutex::new(Vec::new())),
+    });
+    let settings = ConnectionSettings {
+        host: "fake".into(),
+        port: Some(1),
+        tls_port: Some(2),
+        ..Default::default()
+    };
+    let c = SessionCtx {
+        settings: Arc::new(settings),
+        config: Arc::new(cfg),
+        connector: fake.clone(),
+        capture: None,
+        start: tokio::time::Instant::now(),
+    };
+    (c, fake)
+}
+
+async fn wait_all_up(rx: &mut tokio::sync::mpsc::Receiver<SessionEvent>) -> usize {
+    loop {
+        match rx.recv().await {
+            Some(SessionEvent::AllChannelsUp { count }) => return count,
+            Some(_) => {}
+            None => return 0,
+        }
+    }
+}
+
+#[tokio::test]
+async fn links_every_listed_channel_and_stops_politely() {
+    let (c, fake) = ctx(Fault::None, Config::default());
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(Stop::Run);
+    let run = tokio::spawn(session::run(c, tx, stop_rx));
+    assert_eq!(wait_all_up(&mut rx).await, 4);
+    stop_tx.send(Stop::Polite).unwrap();
+    let end = run.await.unwrap();
+    assert_eq!(end.failure, None);
+    assert!(end.connected && end.all_linked);
+    assert_eq!(end.counters.len(), 4);
+    let connects = fake.connects.lock().unwrap().clone();
+    assert_eq!(connects[0], (ChannelId::MAIN, false));
+    let recv = fake.received.lock().unwrap().clone();
+    let display = ChannelId::new(ChannelType::Display, 0);
+    assert_eq!(
+        recv.iter().filter(|r| **r == (display, 101)).count(),
+        1,
+        "exactly one DISPLAY_INIT"
+    );
+    // Every channel answered its PING and said goodbye (DISCONNECTING = 6).
+    for ch in connects.iter().map(|c| c.0) {
+        assert!(recv.contains(&(ch, 3)), "{ch} PONG");
+        assert!(recv.contains(&(ch, 6)), "{ch} DISCONNECTING");
+    }
+    assert!(!recv.iter().any(|r| r.1 == 4), "never MIGRATE_FLUSH_MARK");
+}
+
+#[tokio::test]
+async fn oversized_message_fails_the_channel_it_came_on() {
+    let (c, _) = ctx(Fault::OversizedDisplayMessage, Config::default());
+    let (tx, _rx) = tokio::sync::mpsc::channel(64);
+    let (_stop_tx, stop_rx) = tokio::sync::watch::channel(Stop::Run);
+    let end = tokio::time::timeout(Duration::from_secs(10), session::run(c, tx, stop_rx))
+        .await
+        .expect("session must end by itself");
+    let f = end.failure.expect("a failure");
+    assert_eq!(f.channel, ChannelId::new(ChannelType::Display, 0));
+    assert_eq!(f.cause, Cause::ProtocolError);
+    assert!(f.message.contains("exceeds the limit"), "{}", f.message);
+}
+
+#[tokio::test]
+async fn malformed_ping_is_a_protocol_error_on_inputs() {
+    let (c, _) = ctx(Fault::TruncatedPingOnInputs, Config::default());
+    let (tx, _rx) = tokio::sync::mpsc::channel(64);
+    let (_stop_tx, stop_rx) = tokio::sync::watch::channel(Stop::Run);
+    let end = session::run(c, tx, stop_rx).await;
+    let f = end.failure.unwrap();
+    assert_eq!(f.channel, ChannelId::new(ChannelType::Inputs, 0));
+    assert_eq!(f.cause, Cause::ProtocolError);
+}
+
+#[tokio::test]
+async fn need_secured_moves_the_channel_to_tls() {
+    let (c, fake) = ctx(Fault::InputsNeedSecured, Config::default());
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(Stop::Run);
+    let run = tokio::spawn(session::run(c, tx, stop_rx));
+    assert_eq!(wait_all_up(&mut rx).await, 4);
+    stop_tx.send(Stop::Abort).unwrap();
+    run.await.unwrap();
+    let inputs = ChannelId::new(ChannelType::Inputs, 0);
+    let c = fake.connects.lock().unwrap().clone();
+    assert!(c.contains(&(inputs, false)) && c.contains(&(inputs, true)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn frozen_main_is_detected_by_the_backstop() {
+    let mut cfg = Config::default();
+    cfg.keepalive.main_timeout_secs = 10.0;
+    let (c, _) = ctx(Fault::FrozenMain, cfg);
+    let start = tokio::time::Instant::now();
+    let (tx, _rx) = tokio::sync::mpsc::channel(64);
+    let (_stop_tx, stop_rx) = tokio::sync::watch::channel(Stop::Run);
+    let end = session::run(c, tx, stop_rx).await;
+    let f = end.failure.unwrap();
+    assert_eq!(f.channel, ChannelId::MAIN);
+    assert_eq!(f.cause, Cause::KeepaliveTimeout);
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_secs(10) && took < Duration::from_secs(11),
+        "{took:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_channels_send_keepalives_every_idle_period() {
+    let mut cfg = Config::default();
+    cfg.keepalive.idle_secs = 15.0;
+    cfg.keepalive.main_timeout_secs = 0.0;
+    let (c, fake) = ctx(Fault::None, cfg);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(Stop::Run);
+    let run = tokio::spawn(session::run(c, tx, stop_rx));
+    wait_all_up(&mut rx).await;
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    stop_tx.send(Stop::Abort).unwrap();
+    let end = run.await.unwrap();
+    let cursor = ChannelId::new(ChannelType::Cursor, 0);
+    // 61 s of silence after the PONG at ~0 s: keepalives at 15, 30, 45, 60.
+    assert_eq!(end.counters[&cursor].client_keepalive_send_count, 4);
+    let recv = fake.received.lock().unwrap();
+    assert_eq!(recv.iter().filter(|r| **r == (cursor, 1)).count(), 4);
+}
+
+#[tokio::test]
+async fn teardown_does_not_hang_when_nobody_reads_events() {
+    let (c, _) = ctx(Fault::None, Config::default());
+    // A 1-slot event queue the test never drains.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(Stop::Run);
+    let run = tokio::spawn(session::run(c, tx, stop_rx));
+    tokio::task::yield_now().await;
+    drop(rx);
+    stop_tx.send(Stop::Polite).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("session must stop")
+        .unwrap();
+}
