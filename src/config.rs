@@ -194,9 +194,10 @@ impl std::error::Error for ConfigError {}
 impl Config {
     /// Parses TOML text; `origin` names the file in errors.
     pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let cfg: Config =
-            toml::from_str(text).map_err(|e| ConfigError(format!("{origin}: {}", one_line(&e.to_string()))))?;
-        cfg.validate().map_err(|m| ConfigError(format!("{origin}: {m}")))?;
+        let cfg: Config = toml::from_str(text)
+            .map_err(|e| ConfigError(format!("{origin}: {}", one_line(&e.to_string()))))?;
+        cfg.validate()
+            .map_err(|m| ConfigError(format!("{origin}: {m}")))?;
         Ok(cfg)
     }
 
