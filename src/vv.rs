@@ -16,6 +16,9 @@ use std::path::Path;
 /// Larger inputs are refused: real .vv files are a few KiB (a CA chain at most).
 pub const MAX_FILE_BYTES: usize = 1024 * 1024;
 
+/// spice-server refuses longer tickets (SPICE_MAX_PASSWORD_LENGTH is 60 with the NUL).
+const MAX_PASSWORD_BYTES: usize = 59;
+
 const MAIN_GROUP: &str = "virt-viewer";
 const REDACTED: &str = "<redacted>";
 
@@ -513,6 +516,14 @@ impl Parser<'_> {
                 self.warn(e.line, "ca", "does not look like PEM (no -----BEGIN line)");
             }
         }
+        let password = self.non_empty(g, "password")?;
+        if let (Some(pw), Some(e)) = (&password, g.get("password")) {
+            if pw.len() > MAX_PASSWORD_BYTES {
+                let msg =
+                    format!("longer than {MAX_PASSWORD_BYTES} bytes: spice-server will refuse it");
+                self.warn(e.line, "password", msg);
+            }
+        }
         if let Some(e) = g.get("unix-path") {
             self.warn(e.line, "unix-path", "not supported by spiced; ignored");
         }
@@ -521,7 +532,7 @@ impl Parser<'_> {
             host: host_name,
             port,
             tls_port,
-            password: self.non_empty(g, "password")?.map(Secret::new),
+            password: password.map(Secret::new),
             ca,
             host_subject: self.non_empty(g, "host-subject")?,
             secure_channels: self.channels(g, "secure-channels", true)?,
@@ -953,6 +964,24 @@ mod tests {
                 "console.vv:6: key 'unix-path': not supported by spiced; ignored",
             ]
         );
+    }
+
+    #[test]
+    fn long_password_warns_without_echo() {
+        let long = "p".repeat(60);
+        let p = ok(&format!(
+            "[virt-viewer]\ntype=spice\nhost=h\nport=1\npassword={long}\n"
+        ));
+        assert_eq!(
+            p.warnings,
+            ["console.vv:5: key 'password': longer than 59 bytes: spice-server will refuse it"]
+        );
+        let ok59 = "p".repeat(59);
+        assert!(ok(&format!(
+            "[virt-viewer]\ntype=spice\nhost=h\nport=1\npassword={ok59}\n"
+        ))
+        .warnings
+        .is_empty());
     }
 
     #[test]
