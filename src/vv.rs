@@ -364,7 +364,6 @@ impl Parser<'_> {
 
     /// The GKeyFile layer: bytes → groups of raw entries.
     fn key_file(&self, bytes: &[u8]) -> Result<Vec<Group>, VvError> {
-        let line_of = |pos: usize| bytes[..pos].iter().filter(|&&b| b == b'\n').count() + 1;
         if bytes.len() > MAX_FILE_BYTES {
             return Err(self.error(
                 None,
@@ -373,6 +372,8 @@ impl Parser<'_> {
             ));
         }
         let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+        // Positions below are in the BOM-less slice; count lines in that slice too.
+        let line_of = |pos: usize| bytes[..pos].iter().filter(|&&b| b == b'\n').count() + 1;
         if let Some(pos) = bytes.iter().position(|&b| b == 0) {
             return Err(self.error(
                 Some(line_of(pos)),
@@ -1117,6 +1118,10 @@ mod tests {
             e.to_string(),
             "console.vv:4: not UTF-8 text: not a .vv text file"
         );
+        let e = parse(b"\xEF\xBB\xBF\n\nx\0", "console.vv").unwrap_err();
+        assert_eq!(e.line, Some(3), "line numbers ignore the BOM");
+        let e = parse(b"\xEF\xBB\xBF\n\xff", "console.vv").unwrap_err();
+        assert_eq!(e.line, Some(2));
         let e = parse(b"\x7fELF\x02\x01\x01\0\0\0", "x.vv").unwrap_err();
         assert_eq!(e.line, Some(1));
         let big = vec![b'#'; MAX_FILE_BYTES + 1];
