@@ -240,3 +240,110 @@ impl Config {
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_example_is_the_defaults() {
+        let cfg = Config::from_toml(include_str!("../config/spiced.toml"), "spiced.toml").unwrap();
+        assert_eq!(cfg, Config::default());
+    }
+
+    /// Every option in the schema appears (commented out, with its default) in
+    /// config/spiced.toml: uncommenting all of them still gives the defaults.
+    #[test]
+    fn shipped_example_documents_every_option() {
+        let text: String = include_str!("../config/spiced.toml")
+            .lines()
+            .map(|l| match l.strip_prefix('#') {
+                Some(rest) if rest.contains(" = ") && !rest.starts_with(' ') => rest,
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let cfg = Config::from_toml(&text, "uncommented").unwrap();
+        let defaults = Config {
+            report: ReportConfig {
+                spool_dir: Some("/var/spool/spiced".into()),
+                ..ReportConfig::default()
+            },
+            ..Config::default()
+        };
+        assert_eq!(cfg, defaults);
+        // And none is missing: every key of the schema is there, uncommented.
+        let doc: toml::Table = toml::from_str(&text).unwrap();
+        let schema = toml::Value::try_from(Config::default()).unwrap();
+        for (section, table) in schema.as_table().unwrap() {
+            for key in table.as_table().unwrap().keys() {
+                assert!(
+                    doc[section].as_table().unwrap().contains_key(key),
+                    "[{section}] {key} is not documented in config/spiced.toml"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        assert_eq!(Config::from_toml("", "x.toml").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let e = Config::from_toml("[keepalive]\nidle_sec = 1\n", "x.toml").unwrap_err();
+        let s = e.to_string();
+        assert!(s.starts_with("x.toml: "), "{s}");
+        assert!(s.contains("unknown field `idle_sec`"), "{s}");
+        assert!(!s.contains('\n'), "{s}");
+        let e = Config::from_toml("[keeplive]\n", "x.toml").unwrap_err();
+        assert!(e.to_string().contains("unknown field `keeplive`"), "{e}");
+        let e = Config::from_toml("verbose = true\n", "x.toml").unwrap_err();
+        assert!(e.to_string().contains("unknown field `verbose`"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let e = Config::from_toml("[keepalive]\nidle_secs = \"x\"\n", "x.toml").unwrap_err();
+        let s = e.to_string();
+        assert!(s.starts_with("x.toml: ") && s.contains("idle_secs"), "{s}");
+        assert!(s.contains("line 2"), "{s}");
+        let e = Config::from_toml("[reconnect]\non_takeover = \"fight\"\n", "x.toml").unwrap_err();
+        assert!(e.to_string().contains("on_takeover"), "{e}");
+        let e = Config::from_toml("[reconnect]\nfactor = 0.5\n", "x.toml").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "x.toml: reconnect.factor = 0.5: must be >= 1"
+        );
+        let e = Config::from_toml("[keepalive]\nidle_secs = -1.0\n", "x.toml").unwrap_err();
+        assert!(e.to_string().contains("keepalive.idle_secs"), "{e}");
+        let e =
+            Config::from_toml("[keepalive]\nconnect_timeout_secs = 0.0\n", "x.toml").unwrap_err();
+        assert!(
+            e.to_string().contains("keepalive.connect_timeout_secs"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn values_are_read() {
+        let cfg = Config::from_toml(
+            "[reconnect]\non_takeover = \"yield\"\nrefresh_command = [\"a\", \"b\"]\n\
+             [channels]\nskip = [\"usbredir\"]\n",
+            "x.toml",
+        )
+        .unwrap();
+        assert_eq!(cfg.reconnect.on_takeover, OnTakeover::Yield);
+        assert_eq!(cfg.reconnect.refresh_command, ["a", "b"]);
+        assert_eq!(cfg.channels.skip, ["usbredir"]);
+    }
+
+    #[test]
+    fn load_names_the_file() {
+        let e = Config::load(Path::new("/nonexistent/spiced.toml")).unwrap_err();
+        assert!(e
+            .to_string()
+            .starts_with("/nonexistent/spiced.toml: cannot read config: "));
+    }
+}

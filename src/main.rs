@@ -1,1 +1,72 @@
-fn main() {}
+//! The `spiced` binary: command line → one of `report`, `--check` or the daemon
+//! → process exit code (see `spiced::exit`).
+
+use clap::Parser;
+use spiced::cli::{Cli, Command, RunArgs};
+use spiced::{config::Config, exit, vv};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version are "errors" printed on stdout; they succeed.
+            let code = if e.use_stderr() {
+                exit::CONFIG
+            } else {
+                exit::OK
+            };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let code = match cli.command {
+        Some(Command::Report { file, json }) => spiced::report::cli_main(&file, json),
+        None if cli.run.check => check(&cli.run),
+        None => spiced::daemon::main(&cli.run),
+    };
+    ExitCode::from(code)
+}
+
+/// `spiced --vv FILE --check`: parse the .vv (never connect, never delete) and the
+/// config if given; print the effective settings as one JSON line on stdout.
+/// Errors and warnings go to stderr; any error means exit 78.
+fn check(args: &RunArgs) -> u8 {
+    // Unknown .vv keys are logged at debug level: RUST_LOG=debug shows them.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .without_time()
+        .try_init();
+
+    let Some(path) = &args.vv else {
+        eprintln!("spiced: --check needs --vv FILE");
+        return exit::CONFIG;
+    };
+    let mut failed = false;
+    let parsed = match vv::load(path, false) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            eprintln!("{e}");
+            failed = true;
+            None
+        }
+    };
+    if let Some(config) = &args.config {
+        if let Err(e) = Config::load(config) {
+            eprintln!("{e}");
+            failed = true;
+        }
+    }
+    let Some(parsed) = parsed.filter(|_| !failed) else {
+        return exit::CONFIG;
+    };
+    for w in &parsed.warnings {
+        eprintln!("warning: {w}");
+    }
+    println!("{}", vv::check_json(&parsed.settings));
+    exit::OK
+}
