@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod exit;
 pub mod keepalive;
 pub mod link;
+pub mod logging;
 pub mod reconnect;
 pub mod report;
 pub mod secret;

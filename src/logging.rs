@@ -1,0 +1,38 @@
+//! Log setup: one line per event on stderr, readable both in a terminal and in
+//! journald (no colours and no timestamps of our own when stderr is the journal,
+//! which adds both). RUST_LOG wins over the config's `log.filter`. A bounded ring
+//! of recent lines feeds `log.txt` in disconnect reports.
+
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{fmt, EnvFilter, Layer};
+
+
+/// Installs the global subscriber. `ring` (if any) receives a copy of every line
+/// that passes the filter. Safe to call twice (the second call does nothing).
+pub fn init<L>(config_filter: &str, ring: Option<L>)
+where
+    L: Layer<tracing_subscriber::Registry> + Send + Sync + 'static,
+{
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| EnvFilter::try_new(v).ok())
+        .or_else(|| EnvFilter::try_new(config_filter).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let journal = crate::systemd::logging_to_journal();
+    let ansi = !journal && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let base = fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_target(false);
+    let stderr_layer = if journal {
+        base.without_time().boxed()
+    } else {
+        base.boxed()
+    };
+    let _ = tracing_subscriber::registry()
+        .with(ring)
+        .with(stderr_layer)
+        .with(filter)
+        .try_init();
+}
