@@ -154,7 +154,7 @@ pub fn format_summary(name: &str, v: &Value) -> String {
         "msgs out",
         "last recv",
         "last send",
-        "pings (last)",
+        "pings/pongs (last)",
         "keepalives (last)",
         "closed",
     ]
@@ -189,8 +189,9 @@ pub fn format_summary(name: &str, v: &Value) -> String {
             ago("last_recv_ts_secs"),
             ago("last_send_ts_secs"),
             format!(
-                "{} ({})",
+                "{}/{} ({})",
                 u("ping_recv_count").unwrap_or(0),
+                u("pong_send_count").unwrap_or(0),
                 ago("last_ping_recv_ts_secs")
             ),
             format!(
@@ -291,7 +292,7 @@ mod tests {
             .unwrap();
         assert!(row.contains("2.0 KiB"), "{row}");
         assert!(row.contains("-5.0s"), "{row}");
-        assert!(row.contains("3 (-24.5s)"), "{row}");
+        assert!(row.contains("3/3 (-24.5s)"), "{row}");
         assert!(row.contains("never"), "{row}");
     }
 

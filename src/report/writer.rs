@@ -9,7 +9,7 @@ use crate::config::ReportConfig;
 use crate::secret::Secret;
 use std::ffi::OsStr;
 use std::fs;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 use zip::write::SimpleFileOptions;
@@ -118,33 +118,15 @@ pub fn write_report(
     fs::create_dir_all(dir)?;
     let entries = build_entries(input, wall)?;
 
+    // Built in memory (bounded: the pcap is at most capture_max_bytes), so a
+    // disk error surfaces on one plain write and never inside the zip encoder.
+    let bytes = build_zip(&entries, wall)?;
     let mut tmp = tempfile::Builder::new()
         .prefix(TEMP_PREFIX)
         .suffix(TEMP_SUFFIX)
         .tempfile_in(dir)?;
-    {
-        let mut zip = ZipWriter::new(BufWriter::new(tmp.as_file_mut()));
-        let utc = Utc::from_system(wall);
-        let mtime = zip::DateTime::from_date_and_time(
-            u16::try_from(utc.year).unwrap_or(1980),
-            utc.month,
-            utc.day,
-            utc.hour,
-            utc.minute,
-            utc.second,
-        )
-        .unwrap_or_default();
-        let opts = SimpleFileOptions::default()
-            .compression_method(CompressionMethod::Deflated)
-            .last_modified_time(mtime)
-            .unix_permissions(0o640);
-        for (name, data) in &entries {
-            zip.start_file(*name, opts).map_err(zip_err)?;
-            zip.write_all(data)?;
-        }
-        let buf = zip.finish().map_err(zip_err)?;
-        buf.into_inner().map_err(|e| e.into_error())?.flush()?;
-    }
+    tmp.as_file_mut().write_all(&bytes)?;
+    tmp.as_file_mut().flush()?;
     tmp.as_file().sync_all()?;
 
     let base = report_file_name(&input.cause.channel, wall);
@@ -176,6 +158,29 @@ pub fn write_report(
         tracing::warn!(dir = %dir.display(), error = %e, "report spool retention failed");
     }
     Ok(path)
+}
+
+fn build_zip(entries: &[(&'static str, Vec<u8>)], wall: SystemTime) -> io::Result<Vec<u8>> {
+    let mut zip = ZipWriter::new(io::Cursor::new(Vec::new()));
+    let utc = Utc::from_system(wall);
+    let mtime = zip::DateTime::from_date_and_time(
+        u16::try_from(utc.year).unwrap_or(1980),
+        utc.month,
+        utc.day,
+        utc.hour,
+        utc.minute,
+        utc.second,
+    )
+    .unwrap_or_default();
+    let opts = SimpleFileOptions::default()
+        .compression_method(CompressionMethod::Deflated)
+        .last_modified_time(mtime)
+        .unix_permissions(0o640);
+    for (name, data) in entries {
+        zip.start_file(*name, opts).map_err(zip_err)?;
+        zip.write_all(data)?;
+    }
+    Ok(zip.finish().map_err(zip_err)?.into_inner())
 }
 
 fn zip_err(e: zip::result::ZipError) -> io::Error {
