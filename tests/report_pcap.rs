@@ -369,3 +369,101 @@ fn link_kept_when_ring_dropped_stream_start() {
     );
     assert_eq!(links.lines().count(), 3, "{links}");
 }
+
+#[test]
+fn big_messages_relinks_and_tcp_sanity() {
+    if !tshark_available() {
+        return;
+    }
+    let mut c = session(&ReportConfig::default());
+    let s = Duration::from_secs;
+    // The link-time network test: a main PING with ~256 KB of padding, split
+    // into several TCP segments and reassembled by tshark.
+    let mut big = 77u32.to_le_bytes().to_vec();
+    big.extend_from_slice(&5u64.to_le_bytes());
+    big.extend_from_slice(&vec![0x55; 256 * 1024]);
+    c.record(
+        ChannelId::MAIN,
+        Direction::ToClient,
+        s(20),
+        RecordKind::Message,
+        &mini(4, &big),
+    );
+    c.record(
+        ChannelId::MAIN,
+        Direction::ToServer,
+        s(20),
+        RecordKind::Message,
+        &pong(77, 5),
+    );
+    // display drops and relinks: a second TCP stream for display.
+    c.close(display());
+    link(&mut c, display(), s(21));
+    c.record(
+        display(),
+        Direction::ToClient,
+        s(22),
+        RecordKind::Message,
+        &ping(500, 1),
+    );
+    let pcap = c.to_pcap(PORT, START_UNIX);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("traffic.pcap");
+    std::fs::write(&file, &pcap).unwrap();
+
+    let decode = format!("tcp.port=={PORT},spice");
+    let conv = tshark(&file, &["-q", "-z", "conv,tcp"]);
+    let n = conv.lines().filter(|l| l.contains("<->")).count();
+    assert_eq!(n, 4, "main, display, inputs, display again: {conv}");
+    // No lost segments, unseen ACKs, retransmissions...
+    let flagged = tshark(
+        &file,
+        &[
+            "-d",
+            &decode,
+            "-Y",
+            "tcp.analysis.flags && !tcp.analysis.window_update",
+        ],
+    );
+    assert!(
+        flagged.trim().is_empty(),
+        "tcp analysis warnings:\n{flagged}"
+    );
+    // No malformed SPICE.
+    let bad = tshark(
+        &file,
+        &[
+            "-d",
+            &decode,
+            "-Y",
+            "_ws.malformed || _ws.expert.severity >= warning",
+        ],
+    );
+    assert!(bad.trim().is_empty(), "malformed/warnings:\n{bad}");
+    // The big PING is one reassembled SPICE message on main; display's new stream decodes.
+    let fields = spice_fields(&file);
+    let pings_on = |stream: &str| {
+        fields
+            .iter()
+            .filter(|f| f.0 == stream)
+            .flat_map(|f| f.2.split(',').map(str::to_string).collect::<Vec<_>>())
+            .filter(|t| t == "4")
+            .count()
+    };
+    assert_eq!(pings_on("0"), 21, "{fields:?}");
+    assert_eq!(pings_on("3"), 1, "{fields:?}");
+    let big_frames = tshark(
+        &file,
+        &[
+            "-d",
+            &decode,
+            "-Y",
+            "tcp.reassembled.length > 200000",
+            "-T",
+            "fields",
+            "-e",
+            "tcp.reassembled.length",
+        ],
+    );
+    assert_eq!(big_frames.trim(), (6 + big.len()).to_string());
+}

@@ -72,13 +72,13 @@ pub fn write_pcap(streams: &[PcapStream<'_>], server_port: u16, start_unix: f64)
         ));
         let mut cli_seq = CLIENT_ISN.wrapping_add(1);
         let mut srv_seq = SERVER_ISN.wrapping_add(1);
-        // Keep time monotonic per direction: sequence order is arrival order.
-        let mut last_at = [start, start];
+        // Arrival order is the truth (sequence numbers follow it): keep time
+        // monotonic within the stream so sorting by time cannot reorder it.
+        let mut last_at = start;
         for (ri, (dir, at, data)) in s.records.iter().enumerate() {
             let from_client = matches!(dir, Direction::ToServer);
-            let slot = usize::from(!from_client);
-            let at = (*at).max(last_at[slot]);
-            last_at[slot] = at;
+            let at = (*at).max(last_at);
+            last_at = at;
             let mut off = 0;
             while off < data.len() {
                 let end = (off + MAX_SEGMENT).min(data.len());
@@ -106,9 +106,8 @@ pub fn write_pcap(streams: &[PcapStream<'_>], server_port: u16, start_unix: f64)
             }
         }
         if s.closed {
-            let at = last_at[0].max(last_at[1]);
             packets.push(Packet {
-                at,
+                at: last_at,
                 from_client: true,
                 client_port: s.client_port,
                 seq: cli_seq,
