@@ -237,7 +237,8 @@ impl Capture {
     /// Encodes the capture as a pcap: one TCP stream per channel connection,
     /// link records first, then the ring's messages. `server_port` is the
     /// SPICE port (for `tshark -d tcp.port==PORT,spice`); `start_unix` is the
-    /// wall-clock time (Unix seconds) at which the session started.
+    /// wall-clock time (Unix seconds) at which the session started. Empty when
+    /// nothing was recorded (the report then has no `traffic.pcap`).
     pub fn to_pcap(&self, server_port: u16, start_unix: f64) -> Vec<u8> {
         let mut index: BTreeMap<u64, usize> = BTreeMap::new();
         let mut streams: Vec<PcapStream<'_>> = Vec::new();
@@ -260,6 +261,9 @@ impl Capture {
             }
         }
         streams.retain(|s| !s.records.is_empty());
+        if streams.is_empty() {
+            return Vec::new();
+        }
         write_pcap(&streams, server_port, start_unix)
     }
 
@@ -546,5 +550,6 @@ mod tests {
         );
         assert_eq!(c.ring_len(), 0);
         assert!(c.client_ports().is_empty());
+        assert!(c.to_pcap(5900, 0.0).is_empty());
     }
 }
