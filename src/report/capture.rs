@@ -117,6 +117,24 @@ impl Capture {
         Arc::new(Mutex::new(Capture::new(cfg)))
     }
 
+    /// Moves everything recorded out, leaving an empty capture with the same
+    /// limits. O(1), so the lock is held only for a moment: call it at the
+    /// disconnect and run [`Capture::to_pcap`] on the result off the lock.
+    pub fn take(&mut self) -> Capture {
+        let empty = Capture {
+            max_age: self.max_age,
+            max_bytes: self.max_bytes,
+            keep_payloads: self.keep_payloads,
+            streams: BTreeMap::new(),
+            current: BTreeMap::new(),
+            next_stream: self.next_stream,
+            ring: VecDeque::new(),
+            ring_bytes: 0,
+            dropped: 0,
+        };
+        std::mem::replace(self, empty)
+    }
+
     /// A capture of 0 seconds or 0 bytes records nothing.
     pub fn is_enabled(&self) -> bool {
         !self.max_age.is_zero() && self.max_bytes > 0
@@ -536,6 +554,39 @@ mod tests {
         c.trim(Duration::from_secs(100));
         let ports: Vec<u16> = c.client_ports().iter().map(|p| p.1).collect();
         assert_eq!(ports, vec![40_001], "superseded, idle stream forgotten");
+    }
+
+    #[test]
+    fn take_leaves_an_empty_capture() {
+        let mut c = Capture::new(&cfg(60.0, 1 << 20, false));
+        c.record(
+            DISPLAY,
+            Direction::ToServer,
+            Duration::ZERO,
+            RecordKind::Link,
+            b"REDQ",
+        );
+        c.record(
+            DISPLAY,
+            Direction::ToClient,
+            Duration::ZERO,
+            RecordKind::Message,
+            &msg(4, b"x"),
+        );
+        let taken = c.take();
+        assert_eq!(taken.ring_len(), 1);
+        assert_eq!(c.ring_len(), 0);
+        assert!(c.to_pcap(5900, 0.0).is_empty());
+        assert!(!taken.to_pcap(5900, 0.0).is_empty());
+        // New streams keep distinct ports from the taken ones.
+        c.record(
+            DISPLAY,
+            Direction::ToServer,
+            Duration::ZERO,
+            RecordKind::Link,
+            b"REDQ",
+        );
+        assert_eq!(c.client_ports()[0].1, 40_001);
     }
 
     #[test]
