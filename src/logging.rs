@@ -7,7 +7,6 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, EnvFilter, Layer};
 
-
 /// Installs the global subscriber. `ring` (if any) receives a copy of every line
 /// that passes the filter. Safe to call twice (the second call does nothing).
 pub fn init<L>(config_filter: &str, ring: Option<L>)

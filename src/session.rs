@@ -110,6 +110,8 @@ pub trait Connector: Send + Sync {
 pub trait CaptureSink: Send + Sync {
     fn link(&self, ch: ChannelId, dir: Direction, at: Duration, rec: LinkRecord, bytes: &[u8]);
     fn message(&self, ch: ChannelId, dir: Direction, at: Duration, bytes: &[u8]);
+    /// The channel's connection ended.
+    fn closed(&self, ch: ChannelId);
 }
 
 struct TapAdapter(Arc<dyn CaptureSink>);
@@ -495,6 +497,9 @@ async fn channel_task(
         .map(|f| f.cause.as_str())
         .unwrap_or("local_shutdown");
     state.mark_closed(ctx.now(), reason);
+    if let Some(c) = &ctx.capture {
+        c.closed(ch);
+    }
     end.counters = state.counters().clone();
     end.failure = failure;
     end
