@@ -353,6 +353,38 @@ fn is_private(ch: ChannelId, dir: Direction, msg: &[u8]) -> bool {
     }
 }
 
+/// The session records into the shared capture through this.
+impl crate::session::CaptureSink for Mutex<Capture> {
+    fn link(
+        &self,
+        ch: ChannelId,
+        dir: Direction,
+        at: Duration,
+        rec: crate::link::handshake::LinkRecord,
+        bytes: &[u8],
+    ) {
+        let kind = match rec {
+            crate::link::handshake::LinkRecord::Link => RecordKind::Link,
+            crate::link::handshake::LinkRecord::Ticket => RecordKind::LinkTicket,
+        };
+        if let Ok(mut c) = self.lock() {
+            c.record(ch, dir, at, kind, bytes);
+        }
+    }
+
+    fn message(&self, ch: ChannelId, dir: Direction, at: Duration, bytes: &[u8]) {
+        if let Ok(mut c) = self.lock() {
+            c.record(ch, dir, at, RecordKind::Message, bytes);
+        }
+    }
+
+    fn closed(&self, ch: ChannelId) {
+        if let Ok(mut c) = self.lock() {
+            c.close(ch);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -599,37 +631,5 @@ mod tests {
         assert_eq!(c.ring_len(), 0);
         assert!(c.client_ports().is_empty());
         assert!(c.to_pcap(5900, 0.0).is_empty());
-    }
-}
-
-/// The session records into the shared capture through this.
-impl crate::session::CaptureSink for Mutex<Capture> {
-    fn link(
-        &self,
-        ch: ChannelId,
-        dir: Direction,
-        at: Duration,
-        rec: crate::link::handshake::LinkRecord,
-        bytes: &[u8],
-    ) {
-        let kind = match rec {
-            crate::link::handshake::LinkRecord::Link => RecordKind::Link,
-            crate::link::handshake::LinkRecord::Ticket => RecordKind::LinkTicket,
-        };
-        if let Ok(mut c) = self.lock() {
-            c.record(ch, dir, at, kind, bytes);
-        }
-    }
-
-    fn message(&self, ch: ChannelId, dir: Direction, at: Duration, bytes: &[u8]) {
-        if let Ok(mut c) = self.lock() {
-            c.record(ch, dir, at, RecordKind::Message, bytes);
-        }
-    }
-
-    fn closed(&self, ch: ChannelId) {
-        if let Ok(mut c) = self.lock() {
-            c.close(ch);
-        }
     }
 }
