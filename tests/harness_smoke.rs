@@ -72,20 +72,14 @@ fn reference_client_links_all_channels() {
         paused: true,
         ..Default::default()
     });
-    let client = Command::new("/usr/bin/python3")
-        .arg(REFERENCE_CLIENT)
-        .args([
-            "--port",
-            &q.port().to_string(),
-            "--seconds",
-            "3",
-            "--expect",
-            "10",
-        ])
+    let port = q.port().to_string();
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.arg(REFERENCE_CLIENT)
+        .args(["--port", &port, "--seconds", "3", "--expect", "10"])
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run the reference client");
+        .stderr(Stdio::piped());
+    // Tied to the test process: a killed test run leaves no client behind.
+    let client = spawn_tied(cmd).expect("run the reference client");
     // spice-gtk opens 10 of the 11 channels (smartcard only on request).
     let linked = q.wait_channel_count(10, Duration::from_secs(10));
     let channels = q.channels();
@@ -108,6 +102,39 @@ fn reference_client_links_all_channels() {
     assert!(init.is_some(), "no SPICE_INITIALIZED event");
     assert!(out.status.success());
     assert!(q.wait_channel_count(0, Duration::from_secs(5)));
+}
+
+#[tokio::test]
+async fn async_waits_do_not_block_the_runtime() {
+    if !require_qemu() {
+        return;
+    }
+    let q = Qemu::start(QemuOpts {
+        paused: true,
+        ..Default::default()
+    });
+    // A raw link from a task on the same (current-thread) runtime: the waits below
+    // must yield for it to run.
+    let port = q.port();
+    let linker = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        s.write_all(&main_link_message()).await?;
+        let mut magic = [0u8; 4];
+        s.read_exact(&mut magic).await?;
+        Ok::<_, std::io::Error>((magic, s))
+    });
+    // A link reply is not a linked channel: the wait ends by timeout, but the task
+    // above ran meanwhile and got its reply.
+    let linked = q
+        .wait_channel_count_async(1, Duration::from_millis(500))
+        .await;
+    assert!(!linked);
+    assert!(linker.is_finished(), "the runtime was blocked");
+    let (magic, _s) = linker.await.expect("join").expect("link reply");
+    assert_eq!(&magic, b"REDQ");
+    let ev = q.wait_event_async("NO_SUCH_EVENT", Duration::from_millis(100));
+    assert!(ev.await.is_none());
 }
 
 #[test]

@@ -74,7 +74,7 @@ impl Certs {
         )
         .expect("write ext.cnf");
         // A random serial: two CAs made in one test must not issue equal serials.
-        let serial = format!("0x{:016x}", rand_u64());
+        let serial = format!("0x{:016x}", super::random_u64());
         openssl(&[
             "x509",
             "-req",
@@ -148,12 +148,4 @@ fn openssl(args: &[&str]) {
         args.first().copied().unwrap_or(""),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// 64 random-enough bits without a new dependency: the std hasher's random keys.
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(std::process::id().into());
-    h.finish()
 }

@@ -59,11 +59,47 @@ fn keyfile_escape(value: &str) -> String {
     out
 }
 
-/// A port that was free on 127.0.0.1 a moment ago (bind :0, read, close). Another
-/// process may take it before it is used; callers that bind it retry on EADDRINUSE.
+/// A port that was free on 127.0.0.1 a moment ago. Another process may take it
+/// before it is used; callers that bind it retry on EADDRINUSE.
+///
+/// Picked at random *below* the kernel's ephemeral range: a client reconnecting to
+/// a killed server's port could otherwise be handed that very port as its own
+/// source port and connect to itself (TCP simultaneous open), and an ephemeral
+/// source port of some other test could block a server restart.
 pub fn free_port() -> u16 {
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (lo, hi) = if ephemeral_start > 12000 {
+        (10000, ephemeral_start - 1)
+    } else {
+        (ephemeral_start.saturating_add(30000), 65000) // an odd range: go above it
+    };
+    for _ in 0..200 {
+        let p = lo + u16::try_from(random_u64() % u64::from(hi - lo)).unwrap_or(0);
+        if TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
     let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     l.local_addr().expect("local_addr").port()
+}
+
+/// 64 random bits without a new dependency: std's randomly keyed hasher.
+pub fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+/// Path of the spiced binary Cargo built for this test run.
+pub fn spiced_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_spiced")
 }
 
 /// Polls `cond` every 10 ms until it holds or `timeout` passes; returns whether it held.

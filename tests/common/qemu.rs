@@ -9,6 +9,7 @@
 use super::certs::Certs;
 use super::qmp::{Qmp, SpiceChannel};
 use super::{free_port, have_program, kill_child, listening_ports, spawn_tied, wait_until};
+use serde_json::Value;
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -229,6 +230,33 @@ impl Qemu {
     /// Polls query-spice until exactly `n` channels are connected; false on timeout.
     pub fn wait_channel_count(&self, n: usize, timeout: Duration) -> bool {
         wait_until(timeout, || self.connected_channel_count() == n)
+    }
+
+    /// `wait_channel_count` for async tests: polls with `tokio::time::sleep` so the
+    /// runtime keeps driving the client under test (each query takes ~1 ms).
+    pub async fn wait_channel_count_async(&self, n: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.connected_channel_count() == n {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `Qmp::wait_event` for async tests: never blocks the runtime for long.
+    pub async fn wait_event_async(&self, name: &str, timeout: Duration) -> Option<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = with_qmp(&self.qmp, |q| q.wait_event(name, Duration::from_millis(1)));
+            if got.is_some() || Instant::now() >= deadline {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Where QEMU's stderr goes (every start of this `Qemu` appends to it).
@@ -531,7 +559,7 @@ fn spawn(
                     let info = qmp
                         .execute("query-spice", None)
                         .map_err(|e| StartError::Fatal(format!("query-spice: {e}")))?;
-                    let reported = |k: &str| info.get(k).and_then(serde_json::Value::as_u64);
+                    let reported = |k: &str| info.get(k).and_then(Value::as_u64);
                     let ok = port.is_none_or(|p| reported("port") == Some(u64::from(p)))
                         && tls_port.is_none_or(|p| reported("tls-port") == Some(u64::from(p)));
                     if !ok {
