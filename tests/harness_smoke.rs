@@ -57,6 +57,7 @@ fn plain_qemu_answers_qmp_and_accepts_tcp() {
     }
     assert!(q.qmp().execute("query-status", None).is_ok());
     assert!(q.is_running());
+    eprintln!("stderr after a raw connect: {:?}", q.stderr_text());
 }
 
 #[test]
@@ -214,6 +215,10 @@ fn kill_frees_the_port_and_restart_reuses_it() {
     }
     let q = Qemu::start(QemuOpts::default());
     let (port, old_pid) = (q.port(), q.pid());
+    // A client connection that stays open across the restart, as a real client's
+    // would (its server side lingers in FIN_WAIT2): the port must still be reusable.
+    let mut held = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    held.write_all(&main_link_message()).expect("send link");
     let t0 = Instant::now();
     q.kill();
     eprintln!("kill took {:?}", t0.elapsed());
