@@ -20,7 +20,7 @@ pub mod qmp;
 pub use certs::Certs;
 pub use netns::NetNs;
 pub use proxy::Tinyproxy;
-pub use qemu::{require_qemu, Qemu, QemuOpts};
+pub use qemu::{require_qemu, Qemu, QemuOpts, QmpGuard};
 pub use qmp::{Qmp, QmpError, SpiceChannel};
 
 use std::net::{TcpListener, TcpStream};
