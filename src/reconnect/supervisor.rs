@@ -311,7 +311,7 @@ impl Supervisor {
     pub fn describe(&self) -> String {
         match self.reconnect_count() {
             0 => self.state.describe(),
-            n => format!("{}; {n} reconnects", self.state.describe()),
+            n => format!("{}; reconnects: {n}", self.state.describe()),
         }
     }
 

@@ -912,7 +912,7 @@ fn describe_is_short() {
     h.poll(11.0);
     assert_eq!(h.sup.describe(), "connecting: attempt 1");
     h.connected(11.0);
-    assert_eq!(h.sup.describe(), "connected (session 2); 1 reconnects");
+    assert_eq!(h.sup.describe(), "connected (session 2); reconnects: 1");
 }
 
 // ---- the daemon's loop shape, in paused tokio time ----
