@@ -1,0 +1,121 @@
+//! The reconnect back-off policy: the one place that turns `[reconnect]` settings
+//! into delays. Built on backon's `ExponentialBuilder`; the supervisor asks a
+//! [`Backoff`] (one per disconnect cluster) for the next delay and never computes
+//! one itself.
+
+use crate::config::ReconnectConfig;
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use std::time::Duration;
+
+/// Longest delay spiced will ever schedule (config validation allows up to a year;
+/// this only guards arithmetic on hand-built configs).
+const MAX_DELAY: Duration = Duration::from_secs(86_400 * 366);
+
+/// Back-off timings from `[reconnect]`. Cheap to copy; [`ReconnectPolicy::backoff`]
+/// starts a fresh delay sequence (backon's iterator cannot be reset or cloned).
+#[derive(Debug, Clone, Copy)]
+pub struct ReconnectPolicy {
+    builder: ExponentialBuilder,
+    enabled: bool,
+    max_attempts: u32,
+    takeover_delay: Duration,
+    cluster_window: Duration,
+}
+
+impl ReconnectPolicy {
+    pub fn from_config(cfg: &ReconnectConfig) -> Self {
+        let max_delay = secs(cfg.max_delay_secs);
+        // backon never caps the first delay, so cap it here.
+        let first = secs(cfg.initial_delay_secs).min(max_delay);
+        let attempts = if cfg.enabled { cfg.max_attempts } else { 0 };
+        let factor = if cfg.factor.is_finite() && cfg.factor >= 1.0 {
+            cfg.factor as f32
+        } else {
+            1.0
+        };
+        let mut builder = ExponentialBuilder::new()
+            .with_min_delay(first)
+            .with_max_delay(max_delay)
+            .with_factor(factor)
+            .with_max_times(attempts as usize);
+        if cfg.jitter {
+            builder = builder.with_jitter();
+        }
+        ReconnectPolicy {
+            builder,
+            enabled: cfg.enabled,
+            max_attempts: attempts,
+            takeover_delay: secs(cfg.takeover_delay_secs),
+            cluster_window: secs(cfg.cluster_window_secs),
+        }
+    }
+
+    /// A fresh delay sequence for a new disconnect cluster.
+    pub fn backoff(&self) -> Backoff {
+        Backoff {
+            delays: self.builder.build(),
+            used: 0,
+        }
+    }
+
+    /// false: a disconnect ends spiced (no retries at all).
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Attempts per disconnect cluster (0 when reconnecting is disabled).
+    pub fn max_attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
+    /// The least delay before reclaiming a session another client took over.
+    pub fn takeover_delay(&self) -> Duration {
+        self.takeover_delay
+    }
+
+    /// Disconnects this close to a cluster's start share its attempt budget.
+    pub fn cluster_window(&self) -> Duration {
+        self.cluster_window
+    }
+
+    /// The whole delay schedule of one cluster (with jitter: one random draw).
+    /// For logs, `--check` output and docs.
+    pub fn schedule(&self) -> Vec<Duration> {
+        self.builder.build().collect()
+    }
+}
+
+impl Default for ReconnectPolicy {
+    fn default() -> Self {
+        ReconnectPolicy::from_config(&ReconnectConfig::default())
+    }
+}
+
+/// The delays of one disconnect cluster, in order; `None` once the budget is spent.
+#[derive(Debug)]
+pub struct Backoff {
+    delays: ExponentialBackoff,
+    used: u32,
+}
+
+impl Backoff {
+    /// The delay before the next attempt, or `None` when the cluster's budget is spent.
+    pub fn next_delay(&mut self) -> Option<Duration> {
+        let d = self.delays.next()?;
+        self.used = self.used.saturating_add(1);
+        Some(d.min(MAX_DELAY))
+    }
+
+    /// Attempts handed out so far (the number of the last attempt).
+    pub fn used(&self) -> u32 {
+        self.used
+    }
+}
+
+/// Seconds from config as a Duration; nonsense (negative, NaN) is 0, huge is capped.
+pub(crate) fn secs(v: f64) -> Duration {
+    if !v.is_finite() || v <= 0.0 {
+        return Duration::ZERO;
+    }
+    Duration::try_from_secs_f64(v).map_or(MAX_DELAY, |d| d.min(MAX_DELAY))
+}

@@ -1,0 +1,821 @@
+//! The auto-reconnect supervisor: a sans-IO state machine that decides, from
+//! session events and injected time, when to connect, when to wait and when to
+//! give up. The daemon feeds it [`Input`]s, runs the [`Action`]s it returns, and
+//! calls [`Supervisor::poll`] when [`Supervisor::next_deadline`] is reached
+//! (the quinn-proto `handle`/`poll_timeout` shape). It never sleeps, reads a
+//! clock or touches a socket.
+
+use super::policy::{secs, Backoff, ReconnectPolicy};
+use super::reason::GiveUpReason;
+use super::ticket::{format_unix_utc, TicketInfo, TicketState};
+use crate::config::{OnTakeover, ReconnectConfig};
+use crate::wire::{ChannelId, ChannelType};
+use std::collections::VecDeque;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// A session must have been up this long before its clean close can be a takeover
+/// (a server closing a fresh link at once is something else).
+pub const TAKEOVER_MIN_HEALTHY: Duration = Duration::from_secs(5);
+
+/// Slack after `refresh_timeout_secs` before the supervisor stops waiting for the
+/// daemon to report on the refresh command.
+const REFRESH_GRACE: Duration = Duration::from_secs(5);
+
+/// The injected time: a monotonic instant for every timer, and the wall clock
+/// (unix seconds) for ticket expiry only. `mono` is a tokio `Instant` so paused
+/// tokio time drives the supervisor directly (`sleep_until(next_deadline)`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Now {
+    pub mono: Instant,
+    pub unix: f64,
+}
+
+impl Now {
+    pub fn new(mono: Instant, unix: f64) -> Self {
+        Now { mono, unix }
+    }
+
+    /// Reads both clocks (for the daemon; tests build `Now` by hand).
+    pub fn system() -> Self {
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        Now {
+            mono: Instant::now(),
+            unix,
+        }
+    }
+}
+
+/// How a connect attempt failed, as the daemon classified it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailClass {
+    /// Refused, timeout, reset, DNS, proxy, TLS handshake I/O: transient, retried.
+    Network,
+    /// Link result 8 BAD_CONNECTION_ID: start again from main (counts as an attempt).
+    BadConnectionId,
+    /// Link result 7 PERMISSION_DENIED: the ticket is dead for good.
+    PermissionDenied,
+    /// Link result 2/3/4 (error, invalid magic, invalid data): a bug, stop.
+    Protocol { code: u32 },
+    /// Certificate verification failed: bad CA, name or host-subject mismatch.
+    TlsVerification,
+    /// The settings cannot work (e.g. NEED_SECURED without a tls-port).
+    Config,
+}
+
+impl std::fmt::Display for FailClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FailClass::Network => f.write_str("network"),
+            FailClass::BadConnectionId => f.write_str("link result BAD_CONNECTION_ID (8)"),
+            FailClass::PermissionDenied => f.write_str("link result PERMISSION_DENIED (7)"),
+            FailClass::Protocol { code } => write!(f, "link result {code} (protocol error)"),
+            FailClass::TlsVerification => f.write_str("TLS verification"),
+            FailClass::Config => f.write_str("configuration"),
+        }
+    }
+}
+
+/// What the daemon tells the supervisor.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// The session `generation` is up (main linked, MAIN_INIT seen).
+    Connected { generation: u64 },
+    /// A channel of session `generation` went down and the session with it. Any
+    /// number of these per generation; only the first counts.
+    Disconnected {
+        generation: u64,
+        channel: ChannelId,
+        /// One line, no secrets.
+        cause: String,
+        /// EOF with no error (the server closed the socket cleanly).
+        clean_close: bool,
+    },
+    /// The connect attempt started by `ConnectNow` failed before `Connected`.
+    ConnectFailed {
+        class: FailClass,
+        channel: ChannelId,
+        message: String,
+    },
+    /// Fresh settings: SIGHUP, a new .vv, or the refresh command's output.
+    Reload { ticket: TicketInfo },
+    /// The refresh command failed or timed out (the daemon killed it).
+    RefreshFailed { message: String },
+    /// SIGTERM/SIGINT.
+    Shutdown,
+}
+
+/// What the supervisor asks of the daemon, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Start a connect attempt now (main link, connection id 0). `attempt` 0 is a
+    /// first connect (start or fresh ticket); 1.. are retries of the cluster.
+    ConnectNow {
+        attempt: u32,
+    },
+    /// A state change; log it at info level.
+    Transition(Transition),
+    Info(String),
+    Warn(String),
+    /// Run `refresh_command`; answer with `Input::Reload` or `Input::RefreshFailed`.
+    RunRefreshCommand,
+    /// Final: disconnect and exit with `reason.exit_code()`.
+    GiveUp(GiveUpReason),
+    /// Final: disconnect cleanly and exit 0.
+    Stop,
+}
+
+/// One state change, for the log: `connected -> pending: attempt 1 after 1s (main: EOF)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub from: &'static str,
+    pub to: String,
+    pub why: String,
+}
+
+impl std::fmt::Display for Transition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} -> {} ({})", self.from, self.to, self.why)
+    }
+}
+
+/// Where the supervisor is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum State {
+    /// Built, `start` not called yet.
+    Idle,
+    /// A connect attempt is running.
+    Connecting { attempt: u32 },
+    /// Session `generation` is up since `since`.
+    Connected { generation: u64, since: Instant },
+    /// Waiting to start retry `attempt` at `next_at`.
+    Pending {
+        attempt: u32,
+        next_at: Instant,
+        delay: Duration,
+    },
+    /// The ticket rules (or a yield) forbid a retry; waiting for a fresh ticket
+    /// until `until`, or longer while the refresh command runs (`refresh_until`).
+    WaitingForTicket {
+        reason: GiveUpReason,
+        until: Instant,
+        refresh_until: Option<Instant>,
+    },
+    /// Final.
+    GaveUp { reason: GiveUpReason },
+    /// Final: clean stop.
+    Stopped,
+}
+
+impl State {
+    /// One word for metrics and reports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            State::Idle => "idle",
+            State::Connecting { .. } => "connecting",
+            State::Connected { .. } => "connected",
+            State::Pending { .. } => "pending",
+            State::WaitingForTicket { .. } => "waiting_for_ticket",
+            State::GaveUp { .. } => "gave_up",
+            State::Stopped => "stopped",
+        }
+    }
+
+    /// A short line for logs and systemd STATUS.
+    pub fn describe(&self) -> String {
+        match self {
+            State::Idle | State::Stopped => self.name().into(),
+            State::Connecting { attempt: 0 } => "connecting".into(),
+            State::Connecting { attempt } => format!("connecting: attempt {attempt}"),
+            State::Connected { generation, .. } => format!("connected (session {generation})"),
+            State::Pending { attempt, delay, .. } => {
+                format!("pending: attempt {attempt} after {}", fmt_dur(*delay))
+            }
+            State::WaitingForTicket {
+                reason,
+                refresh_until,
+                ..
+            } => {
+                let refresh = if refresh_until.is_some() {
+                    ", refresh command running"
+                } else {
+                    ""
+                };
+                format!("waiting for a fresh ticket ({}{refresh})", reason.name())
+            }
+            State::GaveUp { reason } => format!("gave up: {reason}"),
+        }
+    }
+
+    /// GaveUp or Stopped: nothing more will happen.
+    pub fn is_final(&self) -> bool {
+        matches!(self, State::GaveUp { .. } | State::Stopped)
+    }
+}
+
+/// One disconnect cluster: shares one attempt budget.
+#[derive(Debug)]
+struct Cluster {
+    start: Instant,
+    backoff: Backoff,
+}
+
+/// The reconnect decisions. See the module docs and docs/reconnect.md.
+#[derive(Debug)]
+pub struct Supervisor {
+    policy: ReconnectPolicy,
+    wait_for_ticket: Duration,
+    has_refresh: bool,
+    refresh_timeout: Duration,
+    on_takeover: OnTakeover,
+    state: State,
+    ticket: TicketState,
+    cluster: Option<Cluster>,
+    /// Clean closes of healthy sessions that were followed by an immediately
+    /// successful link (confirmed takeover-like closes), newest last.
+    takeover_closes: VecDeque<Instant>,
+    /// The last disconnect was a clean close of a healthy main; confirmed if the
+    /// next attempt links at once.
+    suspect_close: Option<Instant>,
+    /// Refresh command starts, newest last (bounded per cluster window).
+    refresh_runs: VecDeque<Instant>,
+    /// A Reload arrived during a connect attempt: its failure gets a fresh try.
+    reload_pending: bool,
+    connects: u32,
+    /// The last time seen, to map wall-clock deadlines onto the monotonic clock.
+    clock: Option<Now>,
+}
+
+impl Supervisor {
+    pub fn new(policy: ReconnectPolicy, cfg: &ReconnectConfig, ticket: TicketInfo) -> Self {
+        Supervisor {
+            policy,
+            wait_for_ticket: secs(cfg.wait_for_ticket_secs),
+            has_refresh: !cfg.refresh_command.is_empty(),
+            refresh_timeout: secs(cfg.refresh_timeout_secs),
+            on_takeover: cfg.on_takeover,
+            state: State::Idle,
+            ticket: TicketState {
+                info: ticket,
+                used: false,
+                enforce_expiry: true,
+                past_at_load: false,
+                warned: false,
+            },
+            cluster: None,
+            takeover_closes: VecDeque::new(),
+            suspect_close: None,
+            refresh_runs: VecDeque::new(),
+            reload_pending: false,
+            connects: 0,
+            clock: None,
+        }
+    }
+
+    /// `new` with the policy built from the same config.
+    pub fn from_config(cfg: &ReconnectConfig, ticket: TicketInfo) -> Self {
+        Supervisor::new(ReconnectPolicy::from_config(cfg), cfg, ticket)
+    }
+
+    /// The first connect. Warns (and still tries once) if the ticket already expired.
+    pub fn start(&mut self, now: Now) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.state != State::Idle {
+            return out;
+        }
+        self.clock = Some(now);
+        let (t, warn) = TicketState::load(self.ticket.info, now.unix, None);
+        self.ticket = t;
+        out.extend(warn.map(Action::Warn));
+        self.connect_now(0, "start".into(), &mut out);
+        out
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Sessions re-established after the first one.
+    pub fn reconnect_count(&self) -> u32 {
+        self.connects.saturating_sub(1)
+    }
+
+    /// The ticket currently in use.
+    pub fn ticket(&self) -> TicketInfo {
+        self.ticket.info
+    }
+
+    /// `state().describe()` plus counters: for systemd STATUS.
+    pub fn describe(&self) -> String {
+        match self.reconnect_count() {
+            0 => self.state.describe(),
+            n => format!("{}; reconnects: {n}", self.state.describe()),
+        }
+    }
+
+    /// When `poll` must next be called; `None`: only an input can change anything.
+    /// May lie in the past (then poll at once).
+    pub fn next_deadline(&self) -> Option<Instant> {
+        if self.state.is_final() || self.state == State::Idle {
+            return None;
+        }
+        let mut dl = self
+            .ticket
+            .warning_unix()
+            .and_then(|u| self.wall_to_mono(u));
+        let mut add = |t: Option<Instant>| {
+            if let Some(t) = t {
+                dl = Some(dl.map_or(t, |d: Instant| d.min(t)));
+            }
+        };
+        match &self.state {
+            State::Pending { next_at, .. } => {
+                add(Some(*next_at));
+                add(self.ticket.expiry_unix().and_then(|u| self.wall_to_mono(u)));
+            }
+            State::WaitingForTicket {
+                until,
+                refresh_until,
+                ..
+            } => add(Some(wait_deadline(*until, *refresh_until))),
+            _ => {}
+        }
+        dl
+    }
+
+    /// Timers: the expiry warning, retry time, expiry while pending, end of a wait.
+    pub fn poll(&mut self, now: Now) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.state.is_final() || self.state == State::Idle {
+            return out;
+        }
+        self.clock = Some(now);
+        out.extend(self.ticket.poll_warning(now.unix).map(Action::Warn));
+        match self.state.clone() {
+            State::Pending {
+                attempt, next_at, ..
+            } => {
+                if let Some(v) = self.ticket.expired(now.unix) {
+                    let why = format!(
+                        "ticket-valid-until {} reached while waiting to reconnect",
+                        format_unix_utc(v)
+                    );
+                    self.ticket_give_up(
+                        GiveUpReason::TicketExpired { valid_until: v },
+                        why,
+                        now,
+                        &mut out,
+                    );
+                } else if now.mono >= next_at {
+                    self.connect_now(attempt, "retry time reached".into(), &mut out);
+                }
+            }
+            State::WaitingForTicket {
+                reason,
+                until,
+                refresh_until,
+            } if now.mono >= wait_deadline(until, refresh_until) => {
+                let why = if refresh_until.is_some() {
+                    "no fresh ticket: the refresh command did not report back".to_string()
+                } else {
+                    format!("no fresh ticket within {}", fmt_dur(self.wait_for_ticket))
+                };
+                self.give_up(reason, why, &mut out);
+            }
+            _ => {}
+        }
+        out
+    }
+
+    /// Feeds one event; returns what to do, in order.
+    pub fn handle(&mut self, input: Input, now: Now) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.state.is_final() {
+            return out;
+        }
+        self.clock = Some(now);
+        match input {
+            Input::Shutdown => {
+                self.set_state(State::Stopped, "shutdown requested".into(), &mut out);
+                out.push(Action::Stop);
+            }
+            Input::Connected { generation } => self.on_connected(generation, now, &mut out),
+            Input::Disconnected {
+                generation,
+                channel,
+                cause,
+                clean_close,
+            } => self.on_disconnected(generation, channel, &cause, clean_close, now, &mut out),
+            Input::ConnectFailed {
+                class,
+                channel,
+                message,
+            } => self.on_connect_failed(class, channel, &message, now, &mut out),
+            Input::Reload { ticket } => self.on_reload(ticket, now, &mut out),
+            Input::RefreshFailed { message } => self.on_refresh_failed(&message, now, &mut out),
+        }
+        out
+    }
+
+    fn on_connected(&mut self, generation: u64, now: Now, out: &mut Vec<Action>) {
+        let State::Connecting { attempt } = self.state else {
+            return; // stale: no attempt is running
+        };
+        self.reload_pending = false;
+        self.ticket.used = true;
+        if self.ticket.past_at_load && !self.ticket.enforce_expiry {
+            out.push(Action::Warn(
+                "the server accepted a ticket our clock calls expired: check the clock; \
+                 ticket-valid-until is ignored for this ticket"
+                    .into(),
+            ));
+            // Stop repeating this on later reconnects with the same ticket.
+            self.ticket.past_at_load = false;
+        }
+        if let Some(t) = self.suspect_close.take() {
+            // The server was reachable at once after a clean close: takeover-like.
+            self.takeover_closes.push_back(t);
+        }
+        self.connects = self.connects.saturating_add(1);
+        let why = match attempt {
+            0 => "linked".to_string(),
+            n => format!("linked on attempt {n}"),
+        };
+        self.set_state(
+            State::Connected {
+                generation,
+                since: now.mono,
+            },
+            why,
+            out,
+        );
+    }
+
+    fn on_disconnected(
+        &mut self,
+        generation: u64,
+        channel: ChannelId,
+        cause: &str,
+        clean_close: bool,
+        now: Now,
+        out: &mut Vec<Action>,
+    ) {
+        let State::Connected {
+            generation: current,
+            since,
+        } = self.state
+        else {
+            return; // a later event of a session already counted (a storm) or stale
+        };
+        if generation != current {
+            return;
+        }
+        let healthy = now.mono.saturating_duration_since(since);
+        let clean = if clean_close { ", clean close" } else { "" };
+        let why = format!("{channel}: {cause}{clean}, after {} up", fmt_dur(healthy));
+
+        if let Some(reason) = self.ticket_forbids_retry(now) {
+            self.ticket_give_up(reason, why, now, out);
+            return;
+        }
+        if !self.policy.enabled() {
+            self.give_up(GiveUpReason::ReconnectDisabled, why, out);
+            return;
+        }
+
+        let takeover_like =
+            clean_close && channel.ty == ChannelType::Main && healthy >= TAKEOVER_MIN_HEALTHY;
+        self.suspect_close = takeover_like.then_some(now.mono);
+        if takeover_like {
+            let window = self.policy.cluster_window();
+            while self
+                .takeover_closes
+                .front()
+                .is_some_and(|&t| now.mono.saturating_duration_since(t) >= window)
+            {
+                self.takeover_closes.pop_front();
+            }
+            if !self.takeover_closes.is_empty() {
+                self.on_takeover(why, now, out);
+                return;
+            }
+        }
+        self.schedule_retry(
+            Duration::ZERO,
+            GiveUpReason::RetriesExhausted,
+            why,
+            now,
+            out,
+        );
+    }
+
+    /// The second clean close of a healthy session within the window: another
+    /// client keeps taking the session. Back off hard or yield.
+    fn on_takeover(&mut self, why: String, now: Now, out: &mut Vec<Action>) {
+        let why = format!("{why}; another client appears to have taken the session over");
+        match self.on_takeover {
+            OnTakeover::Yield => {
+                out.push(Action::Warn(
+                    "session taken over by another client; yielding (on_takeover = \"yield\")"
+                        .into(),
+                ));
+                self.suspect_close = None;
+                self.ticket_give_up(GiveUpReason::TakenOver, why, now, out);
+            }
+            OnTakeover::Reclaim => {
+                out.push(Action::Warn(format!(
+                    "session taken over by another client; reclaiming it after {} \
+                     (on_takeover = \"reclaim\")",
+                    fmt_dur(self.policy.takeover_delay())
+                )));
+                let delay = self.policy.takeover_delay();
+                self.schedule_retry(delay, GiveUpReason::TakenOver, why, now, out);
+            }
+        }
+    }
+
+    fn on_connect_failed(
+        &mut self,
+        class: FailClass,
+        channel: ChannelId,
+        message: &str,
+        now: Now,
+        out: &mut Vec<Action>,
+    ) {
+        let State::Connecting { .. } = self.state else {
+            return; // stale
+        };
+        let why = format!("{channel}: {class}: {message}");
+        self.suspect_close = None;
+        if self.ticket.past_at_load {
+            // A ticket past at load got its one try and failed: our clock judges it now.
+            self.ticket.enforce_expiry = true;
+        }
+        if std::mem::take(&mut self.reload_pending) {
+            self.cluster = None;
+            self.connect_now(
+                0,
+                format!("{why}; retrying at once with the reloaded settings"),
+                out,
+            );
+            return;
+        }
+        match class {
+            FailClass::Protocol { code } => {
+                self.give_up(GiveUpReason::ProtocolError { code }, why, out);
+            }
+            FailClass::TlsVerification => self.give_up(GiveUpReason::TlsVerification, why, out),
+            FailClass::Config => self.give_up(GiveUpReason::BadConfig, why, out),
+            FailClass::PermissionDenied => {
+                self.ticket.used = true;
+                if let Some(v) = self.ticket.still_valid(now.unix) {
+                    out.push(Action::Warn(skew_warning(v)));
+                }
+                self.ticket_give_up(GiveUpReason::TicketRejected, why, now, out);
+            }
+            FailClass::Network | FailClass::BadConnectionId => {
+                if class == FailClass::BadConnectionId {
+                    // The main link got past authentication: the ticket was used.
+                    self.ticket.used = true;
+                }
+                if let Some(reason) = self.ticket_forbids_retry(now) {
+                    self.ticket_give_up(reason, why, now, out);
+                } else if !self.policy.enabled() {
+                    self.give_up(GiveUpReason::ReconnectDisabled, why, out);
+                } else {
+                    self.schedule_retry(
+                        Duration::ZERO,
+                        GiveUpReason::RetriesExhausted,
+                        why,
+                        now,
+                        out,
+                    );
+                }
+            }
+        }
+    }
+
+    fn on_reload(&mut self, info: TicketInfo, now: Now, out: &mut Vec<Action>) {
+        let (t, warn) = TicketState::load(info, now.unix, Some(&self.ticket));
+        self.ticket = t;
+        out.extend(warn.map(Action::Warn));
+        // Fresh settings are an operator's (or broker's) word: a fresh budget.
+        self.cluster = None;
+        self.takeover_closes.clear();
+        self.suspect_close = None;
+        match self.state {
+            State::Idle => {}
+            State::Connected { .. } => out.push(Action::Info(
+                "new settings loaded; the running session keeps going, they apply at the next connect"
+                    .into(),
+            )),
+            State::Connecting { .. } => {
+                self.reload_pending = true;
+                out.push(Action::Info(
+                    "new settings loaded during a connect attempt; if it fails they get a fresh try"
+                        .into(),
+                ));
+            }
+            State::Pending { .. } | State::WaitingForTicket { .. } => {
+                self.connect_now(0, "fresh settings loaded".into(), out);
+            }
+            State::GaveUp { .. } | State::Stopped => {}
+        }
+    }
+
+    fn on_refresh_failed(&mut self, message: &str, now: Now, out: &mut Vec<Action>) {
+        let State::WaitingForTicket {
+            reason,
+            until,
+            refresh_until: Some(_),
+        } = self.state
+        else {
+            return;
+        };
+        let why = format!("refresh command failed: {message}");
+        out.push(Action::Warn(why.clone()));
+        if now.mono >= until {
+            self.give_up(reason, why, out);
+        } else {
+            self.set_state(
+                State::WaitingForTicket {
+                    reason,
+                    until,
+                    refresh_until: None,
+                },
+                why,
+                out,
+            );
+        }
+    }
+
+    /// The ticket reason that forbids any retry now, if one does.
+    fn ticket_forbids_retry(&self, now: Now) -> Option<GiveUpReason> {
+        if self.ticket.info.single_use && self.ticket.used {
+            return Some(GiveUpReason::OneShotConsumed);
+        }
+        self.ticket
+            .expired(now.unix)
+            .map(|v| GiveUpReason::TicketExpired { valid_until: v })
+    }
+
+    /// Next attempt of the current cluster (or of a new one when the last began a
+    /// window ago), at least `min_delay` from now; `exhausted` when none is left.
+    fn schedule_retry(
+        &mut self,
+        min_delay: Duration,
+        exhausted: GiveUpReason,
+        why: String,
+        now: Now,
+        out: &mut Vec<Action>,
+    ) {
+        let window = self.policy.cluster_window();
+        let fresh = self
+            .cluster
+            .as_ref()
+            .is_none_or(|c| now.mono.saturating_duration_since(c.start) >= window);
+        if fresh {
+            self.cluster = Some(Cluster {
+                start: now.mono,
+                backoff: self.policy.backoff(),
+            });
+        }
+        let next = self.cluster.as_mut().and_then(|c| {
+            let d = c.backoff.next_delay()?;
+            Some((c.backoff.used(), d))
+        });
+        match next {
+            Some((attempt, delay)) => {
+                let delay = delay.max(min_delay);
+                let next_at = after(now.mono, delay);
+                self.set_state(
+                    State::Pending {
+                        attempt,
+                        next_at,
+                        delay,
+                    },
+                    why,
+                    out,
+                );
+            }
+            None => {
+                if let Some(v) = self.ticket.still_valid(now.unix) {
+                    out.push(Action::Warn(skew_warning(v)));
+                }
+                let why = format!(
+                    "{why}; all {} attempts of this disconnect cluster used",
+                    self.policy.max_attempts()
+                );
+                self.give_up(exhausted, why, out);
+            }
+        }
+    }
+
+    /// The ticket rules (or a yield) forbid a retry: refresh and/or wait for a
+    /// fresh ticket if configured, else give up now.
+    fn ticket_give_up(
+        &mut self,
+        reason: GiveUpReason,
+        why: String,
+        now: Now,
+        out: &mut Vec<Action>,
+    ) {
+        if !self.policy.enabled() {
+            self.give_up(reason, why, out);
+            return;
+        }
+        let refresh = self.has_refresh && reason.is_ticket() && self.refresh_allowed(now);
+        if !refresh && self.wait_for_ticket.is_zero() {
+            self.give_up(reason, why, out);
+            return;
+        }
+        let until = after(now.mono, self.wait_for_ticket);
+        let refresh_until = refresh.then(|| after(now.mono, self.refresh_timeout + REFRESH_GRACE));
+        self.set_state(
+            State::WaitingForTicket {
+                reason,
+                until,
+                refresh_until,
+            },
+            why,
+            out,
+        );
+        if refresh {
+            self.refresh_runs.push_back(now.mono);
+            out.push(Action::RunRefreshCommand);
+        }
+    }
+
+    /// At most `max_attempts` (at least 1) refresh runs per cluster window, so a
+    /// broker handing out bad tickets cannot drive a fast loop.
+    fn refresh_allowed(&mut self, now: Now) -> bool {
+        let window = self.policy.cluster_window();
+        while self
+            .refresh_runs
+            .front()
+            .is_some_and(|&t| now.mono.saturating_duration_since(t) >= window)
+        {
+            self.refresh_runs.pop_front();
+        }
+        self.refresh_runs.len() < self.policy.max_attempts().max(1) as usize
+    }
+
+    fn give_up(&mut self, reason: GiveUpReason, why: String, out: &mut Vec<Action>) {
+        self.set_state(State::GaveUp { reason }, why, out);
+        out.push(Action::GiveUp(reason));
+    }
+
+    fn connect_now(&mut self, attempt: u32, why: String, out: &mut Vec<Action>) {
+        self.set_state(State::Connecting { attempt }, why, out);
+        out.push(Action::ConnectNow { attempt });
+    }
+
+    fn set_state(&mut self, to: State, why: String, out: &mut Vec<Action>) {
+        out.push(Action::Transition(Transition {
+            from: self.state.name(),
+            to: to.describe(),
+            why,
+        }));
+        self.state = to;
+    }
+
+    /// The monotonic instant at which the wall clock reads `unix`, by the last
+    /// `Now` seen. Re-derived at every poll, so a wall-clock step is caught there.
+    fn wall_to_mono(&self, unix: f64) -> Option<Instant> {
+        let c = self.clock?;
+        let ahead = unix - c.unix;
+        if ahead.is_nan() {
+            return None;
+        }
+        if ahead <= 0.0 {
+            return Some(c.mono);
+        }
+        Some(after(c.mono, secs(ahead)))
+    }
+}
+
+fn wait_deadline(until: Instant, refresh_until: Option<Instant>) -> Instant {
+    refresh_until.map_or(until, |r| r.max(until))
+}
+
+/// `t + d` without overflow panics (a year at most).
+fn after(t: Instant, d: Duration) -> Instant {
+    t.checked_add(d)
+        .or_else(|| t.checked_add(Duration::from_secs(86_400 * 365)))
+        .unwrap_or(t)
+}
+
+fn skew_warning(valid_until: i64) -> String {
+    format!(
+        "the ticket should still be valid until {} by our clock: \
+         the clocks may be skewed, or the server revoked the ticket",
+        format_unix_utc(valid_until)
+    )
+}
+
+fn fmt_dur(d: Duration) -> String {
+    let ms = Duration::from_millis(d.as_millis().min(u64::MAX as u128) as u64);
+    humantime::format_duration(ms).to_string()
+}

@@ -1,0 +1,990 @@
+//! Supervisor tests with injected time: `at(s)` is `s` seconds after an arbitrary
+//! origin on both clocks (wall clock starting at `T0_UNIX`).
+
+use super::*;
+use crate::config::{OnTakeover, ReconnectConfig};
+use crate::exit;
+use crate::wire::{ChannelId, ChannelType};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// 2023-11-14T22:13:20Z
+const T0_UNIX: f64 = 1_700_000_000.0;
+const T0: i64 = 1_700_000_000;
+
+fn d(s: f64) -> Duration {
+    Duration::from_secs_f64(s)
+}
+
+struct H {
+    sup: Supervisor,
+    base: Instant,
+    generation: u64,
+}
+
+impl H {
+    fn new(cfg: ReconnectConfig, ticket: TicketInfo) -> H {
+        H {
+            sup: Supervisor::from_config(&cfg, ticket),
+            base: Instant::now(),
+            generation: 0,
+        }
+    }
+
+    fn default() -> H {
+        H::new(ReconnectConfig::default(), TicketInfo::default())
+    }
+
+    fn at(&self, s: f64) -> Now {
+        Now::new(self.base + d(s), T0_UNIX + s)
+    }
+
+    fn inst(&self, s: f64) -> Instant {
+        self.base + d(s)
+    }
+
+    fn start(&mut self, s: f64) -> Vec<Action> {
+        let now = self.at(s);
+        self.sup.start(now)
+    }
+
+    fn connected(&mut self, s: f64) -> Vec<Action> {
+        self.generation += 1;
+        let i = Input::Connected {
+            generation: self.generation,
+        };
+        self.handle(i, s)
+    }
+
+    fn down(&mut self, s: f64, clean: bool) -> Vec<Action> {
+        let i = Input::Disconnected {
+            generation: self.generation,
+            channel: ChannelId::MAIN,
+            cause: if clean {
+                "EOF".into()
+            } else {
+                "connection reset by peer".into()
+            },
+            clean_close: clean,
+        };
+        self.handle(i, s)
+    }
+
+    fn fail(&mut self, s: f64, class: FailClass) -> Vec<Action> {
+        let i = Input::ConnectFailed {
+            class,
+            channel: ChannelId::MAIN,
+            message: "connection refused".into(),
+        };
+        self.handle(i, s)
+    }
+
+    fn reload(&mut self, s: f64, ticket: TicketInfo) -> Vec<Action> {
+        self.handle(Input::Reload { ticket }, s)
+    }
+
+    fn handle(&mut self, i: Input, s: f64) -> Vec<Action> {
+        let now = self.at(s);
+        self.sup.handle(i, now)
+    }
+
+    fn poll(&mut self, s: f64) -> Vec<Action> {
+        let now = self.at(s);
+        self.sup.poll(now)
+    }
+
+    /// The pending retry: (attempt, delay, seconds of next_at).
+    fn pending(&self) -> (u32, Duration, f64) {
+        match self.sup.state() {
+            State::Pending {
+                attempt,
+                delay,
+                next_at,
+            } => (*attempt, *delay, (*next_at - self.base).as_secs_f64()),
+            s => panic!("not pending: {s:?}"),
+        }
+    }
+
+    /// Up and running at `s`.
+    fn up(&mut self, s: f64) {
+        if *self.sup.state() == State::Idle {
+            assert_eq!(connects(&self.start(s)), vec![0]);
+        }
+        self.connected(s);
+        assert_eq!(self.sup.state().name(), "connected");
+    }
+}
+
+fn connects(a: &[Action]) -> Vec<u32> {
+    a.iter()
+        .filter_map(|a| match a {
+            Action::ConnectNow { attempt } => Some(*attempt),
+            _ => None,
+        })
+        .collect()
+}
+
+fn gave_up(a: &[Action]) -> Option<GiveUpReason> {
+    a.iter().find_map(|a| match a {
+        Action::GiveUp(r) => Some(*r),
+        _ => None,
+    })
+}
+
+fn warns(a: &[Action]) -> Vec<String> {
+    a.iter()
+        .filter_map(|a| match a {
+            Action::Warn(w) => Some(w.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn transitions(a: &[Action]) -> Vec<Transition> {
+    a.iter()
+        .filter_map(|a| match a {
+            Action::Transition(t) => Some(t.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+// ---- policy ----
+
+#[test]
+fn default_policy_is_1_4_16() {
+    let p = ReconnectPolicy::default();
+    assert_eq!(
+        p.schedule(),
+        vec![
+            Duration::from_secs(1),
+            Duration::from_secs(4),
+            Duration::from_secs(16)
+        ]
+    );
+    let mut b = p.backoff();
+    assert_eq!(b.next_delay(), Some(Duration::from_secs(1)));
+    assert_eq!(b.used(), 1);
+    // A fresh backoff starts over.
+    assert_eq!(p.backoff().next_delay(), Some(Duration::from_secs(1)));
+}
+
+#[test]
+fn policy_caps_delays_and_honours_disabled_and_jitter() {
+    let cfg = ReconnectConfig {
+        max_attempts: 4,
+        max_delay_secs: 10.0,
+        ..Default::default()
+    };
+    let secs: Vec<u64> = ReconnectPolicy::from_config(&cfg)
+        .schedule()
+        .iter()
+        .map(Duration::as_secs)
+        .collect();
+    assert_eq!(secs, vec![1, 4, 10, 10]);
+
+    // The first delay is capped too (backon does not cap it).
+    let cfg = ReconnectConfig {
+        initial_delay_secs: 50.0,
+        max_delay_secs: 10.0,
+        ..Default::default()
+    };
+    assert_eq!(
+        ReconnectPolicy::from_config(&cfg).schedule()[0],
+        Duration::from_secs(10)
+    );
+
+    let cfg = ReconnectConfig {
+        enabled: false,
+        ..Default::default()
+    };
+    assert!(ReconnectPolicy::from_config(&cfg).schedule().is_empty());
+
+    let cfg = ReconnectConfig {
+        jitter: true,
+        ..Default::default()
+    };
+    let p = ReconnectPolicy::from_config(&cfg);
+    for _ in 0..20 {
+        for (got, base) in p.schedule().into_iter().zip([1u64, 4, 16]) {
+            let base = Duration::from_secs(base);
+            assert!(got >= base && got < base * 2, "{got:?} vs {base:?}");
+        }
+    }
+}
+
+// ---- schedule and budget ----
+
+#[test]
+fn retries_follow_1_4_16_then_give_up() {
+    let mut h = H::default();
+    h.up(0.0);
+    let a = h.down(10.0, false);
+    assert!(connects(&a).is_empty());
+    assert_eq!(h.pending(), (1, d(1.0), 11.0));
+    assert_eq!(h.sup.next_deadline(), Some(h.inst(11.0)));
+    assert!(h.poll(10.999).is_empty());
+    assert_eq!(connects(&h.poll(11.0)), vec![1]);
+    assert_eq!(h.sup.state(), &State::Connecting { attempt: 1 });
+    assert_eq!(h.sup.next_deadline(), None);
+
+    h.fail(11.5, FailClass::Network);
+    assert_eq!(h.pending(), (2, d(4.0), 15.5));
+    assert_eq!(connects(&h.poll(15.5)), vec![2]);
+    h.fail(16.0, FailClass::Network);
+    assert_eq!(h.pending(), (3, d(16.0), 32.0));
+    assert_eq!(connects(&h.poll(32.0)), vec![3]);
+    let a = h.fail(33.0, FailClass::Network);
+    assert_eq!(gave_up(&a), Some(GiveUpReason::RetriesExhausted));
+    assert_eq!(GiveUpReason::RetriesExhausted.exit_code(), 69);
+    assert_eq!(h.sup.state().name(), "gave_up");
+    assert_eq!(h.sup.next_deadline(), None);
+    // Final: nothing more happens.
+    assert!(h.poll(100.0).is_empty());
+    assert!(h.reload(100.0, TicketInfo::default()).is_empty());
+}
+
+#[test]
+fn initial_connect_failures_are_retried_with_the_same_policy() {
+    let mut h = H::default();
+    assert_eq!(connects(&h.start(0.0)), vec![0]);
+    h.fail(0.1, FailClass::Network);
+    assert_eq!(h.pending().1, d(1.0));
+    h.poll(1.1);
+    h.fail(1.2, FailClass::Network);
+    assert_eq!(h.pending().1, d(4.0));
+    h.poll(5.2);
+    h.connected(5.3);
+    assert_eq!(h.sup.state().name(), "connected");
+    assert_eq!(h.sup.reconnect_count(), 0);
+}
+
+#[test]
+fn bad_connection_id_counts_as_an_attempt() {
+    let mut h = H::default();
+    h.up(0.0);
+    h.down(10.0, false);
+    h.poll(11.0);
+    h.fail(11.0, FailClass::BadConnectionId);
+    assert_eq!(h.pending().0, 2);
+    assert_eq!(h.pending().1, d(4.0));
+}
+
+#[test]
+fn channel_down_storm_of_one_session_counts_once() {
+    let mut h = H::default();
+    h.up(0.0);
+    let mut scheduled = 0;
+    for i in 0..5 {
+        let a = h.handle(
+            Input::Disconnected {
+                generation: 1,
+                channel: ChannelId::new(ChannelType::Display, 0),
+                cause: format!("reset {i}"),
+                clean_close: false,
+            },
+            10.0 + i as f64 * 0.01,
+        );
+        scheduled += transitions(&a).len();
+    }
+    assert_eq!(scheduled, 1);
+    assert_eq!(h.pending(), (1, d(1.0), 11.0));
+    // Late events of generation 1 after generation 2 is up are ignored too.
+    h.poll(11.0);
+    h.connected(11.2);
+    assert!(h.down_gen(1, 12.0).is_empty());
+    assert_eq!(h.sup.state().name(), "connected");
+    assert_eq!(h.sup.reconnect_count(), 1);
+}
+
+impl H {
+    fn down_gen(&mut self, generation: u64, s: f64) -> Vec<Action> {
+        self.handle(
+            Input::Disconnected {
+                generation,
+                channel: ChannelId::MAIN,
+                cause: "EOF".into(),
+                clean_close: false,
+            },
+            s,
+        )
+    }
+}
+
+/// Uses all three attempts of a cluster that starts at 10 s, each retry linking.
+fn burn_cluster() -> H {
+    let mut h = H::default();
+    h.up(0.0);
+    for (down, retry_at) in [(10.0, 11.0), (20.0, 24.0), (30.0, 46.0)] {
+        h.down(down, false);
+        assert_eq!(h.pending().2, retry_at);
+        h.poll(retry_at);
+        h.connected(retry_at);
+    }
+    h
+}
+
+#[test]
+fn window_edge_299s_does_not_refill_the_budget() {
+    let mut h = burn_cluster();
+    let a = h.down(10.0 + 299.0, false);
+    assert_eq!(gave_up(&a), Some(GiveUpReason::RetriesExhausted));
+}
+
+#[test]
+fn window_edge_301s_starts_a_fresh_cluster() {
+    let mut h = burn_cluster();
+    let a = h.down(10.0 + 301.0, false);
+    assert_eq!(gave_up(&a), None);
+    assert_eq!(h.pending(), (1, d(1.0), 312.0));
+}
+
+#[test]
+fn reconnect_disabled_gives_up_at_first_disconnect() {
+    let cfg = ReconnectConfig {
+        enabled: false,
+        ..Default::default()
+    };
+    let mut h = H::new(cfg, TicketInfo::default());
+    h.up(0.0);
+    let a = h.down(5.0, false);
+    assert_eq!(gave_up(&a), Some(GiveUpReason::ReconnectDisabled));
+    assert_eq!(
+        GiveUpReason::ReconnectDisabled.exit_code(),
+        exit::RETRIES_EXHAUSTED
+    );
+}
+
+// ---- transitions name channel and cause ----
+
+#[test]
+fn transition_names_channel_and_cause() {
+    let mut h = H::default();
+    h.up(0.0);
+    let a = h.handle(
+        Input::Disconnected {
+            generation: 1,
+            channel: ChannelId::new(ChannelType::Usbredir, 1),
+            cause: "keepalive_timeout".into(),
+            clean_close: false,
+        },
+        7.0,
+    );
+    let t = transitions(&a);
+    assert_eq!(t.len(), 1);
+    assert_eq!(t[0].from, "connected");
+    let line = t[0].to_string();
+    assert!(line.contains("usbredir:1: keepalive_timeout"), "{line}");
+    assert!(
+        line.starts_with("connected -> pending: attempt 1 after 1s"),
+        "{line}"
+    );
+}
+
+// ---- ticket rules ----
+
+#[test]
+fn single_use_ticket_gives_up_at_once() {
+    let t = TicketInfo {
+        single_use: true,
+        valid_until: None,
+    };
+    let mut h = H::new(ReconnectConfig::default(), t);
+    h.up(0.0);
+    let a = h.down(10.0, false);
+    assert!(connects(&a).is_empty());
+    assert_eq!(gave_up(&a), Some(GiveUpReason::OneShotConsumed));
+    assert_eq!(GiveUpReason::OneShotConsumed.exit_code(), exit::TICKET);
+}
+
+#[test]
+fn single_use_ticket_not_yet_presented_is_retried() {
+    let t = TicketInfo {
+        single_use: true,
+        valid_until: None,
+    };
+    let mut h = H::new(ReconnectConfig::default(), t);
+    h.start(0.0);
+    h.fail(0.5, FailClass::Network);
+    assert_eq!(h.pending().0, 1);
+    h.poll(1.5);
+    // BAD_CONNECTION_ID means main got past authentication: now it is used.
+    let a = h.fail(2.0, FailClass::BadConnectionId);
+    assert_eq!(gave_up(&a), Some(GiveUpReason::OneShotConsumed));
+}
+
+#[test]
+fn ticket_expired_at_disconnect_gives_up_with_rfc3339_time() {
+    let t = TicketInfo {
+        single_use: false,
+        valid_until: Some(T0 + 100),
+    };
+    let mut h = H::new(ReconnectConfig::default(), t);
+    h.up(0.0);
+    let a = h.down(150.0, false);
+    let r = gave_up(&a).expect("gave up");
+    assert_eq!(
+        r,
+        GiveUpReason::TicketExpired {
+            valid_until: T0 + 100
+        }
+    );
+    assert_eq!(r.exit_code(), 77);
+    assert_eq!(
+        r.to_string(),
+        "ticket_expired (ticket valid until 2023-11-14T22:15:00Z)"
+    );
+}
+
+#[test]
+fn ticket_expiry_reached_while_pending_gives_up_then() {
+    let t = TicketInfo {
+        single_use: false,
+        valid_until: Some(T0 + 103),
+    };
+    let mut h = H::new(ReconnectConfig::default(), t);
+    h.up(80.0); // after the T-30 s warning time: it is given at the first poll
+    h.down(100.0, false);
+    h.poll(101.0);
+    h.fail(101.0, FailClass::Network);
+    assert_eq!(h.pending(), (2, d(4.0), 105.0));
+    // Woken at expiry (103), before the retry time (105).
+    assert_eq!(h.sup.next_deadline(), Some(h.inst(103.0)));
+    assert!(gave_up(&h.poll(102.9)).is_none());
+    let a = h.poll(103.0);
+    assert!(connects(&a).is_empty());
+    assert_eq!(
+        gave_up(&a),
+        Some(GiveUpReason::TicketExpired {
+            valid_until: T0 + 103
+        })
+    );
+}
+
+#[test]
+fn expiry_warning_comes_once_30s_before() {
+    let t = TicketInfo {
+        single_use: false,
+        valid_until: Some(T0 + 100),
+    };
+    let mut h = H::new(ReconnectConfig::default(), t);
+    h.up(0.0);
+    assert_eq!(h.sup.next_deadline(), Some(h.inst(70.0)));
+    let mut all = Vec::new();
+    for s in [10.0, 50.0, 69.9] {
+        all.extend(warns(&h.poll(s)));
+    }
+    assert!(all.is_empty());
+    let w = warns(&h.poll(70.0));
+    assert_eq!(w.len(), 1);
+    assert!(w[0].contains("2023-11-14T22:15:00Z"), "{}", w[0]);
+    for i in 0..100 {
+        all.extend(warns(&h.poll(70.0 + i as f64 * 0.25)));
+    }
+    assert!(all.is_empty(), "{all:?}");
+    assert_eq!(h.sup.next_deadline(), None);
+
+    // The same ticket reloaded: no second warning. A new ticket: a new warning.
+    h.reload(90.0, t);
+    assert!(warns(&h.poll(91.0)).is_empty());
+    let t2 = TicketInfo {
+        single_use: false,
+        valid_until: Some(T0 + 200),
+    };
+    h.reload(92.0, t2);
+    assert!(warns(&h.poll(169.0)).is_empty());
+    assert_eq!(warns(&h.poll(170.0)).len(), 1);
+    assert!(warns(&h.poll(171.0)).is_empty());
+}
+
+#[test]
+fn exhausted_with_a_valid_ticket_warns_about_clock_skew() {
+    let t = TicketInfo {
+        single_use: false,
+        valid_until: Some(T0 + 10_000),
+    };
+    let mut h = H::new(ReconnectConfig::default(), t);
+    h.up(0.0);
+    h.down(10.0, false);
+    let mut last = Vec::new();
+    for _ in 0..3 {
+        let at = h.pending().2;
+        h.poll(at);
+        last = h.fail(at, FailClass::Network);
+    }
+    assert_eq!(gave_up(&last), Some(GiveUpReason::RetriesExhausted));
+    let w = warns(&last);
+    assert_eq!(w.len(), 1);
+    assert!(w[0].contains("clocks may be skewed"), "{}", w[0]);
+}
+
+#[test]
+fn no_skew_warning_without_a_valid_until() {
+    let mut h = H::default();
+    h.up(0.0);
+    h.down(10.0, false);
+    let mut last = Vec::new();
+    for _ in 0..3 {
+        let at = h.pending().2;
+        h.poll(at);
+        last = h.fail(at, FailClass::Network);
+    }
+    assert!(warns(&last).is_empty());
+}
+
+#[test]
+fn ticket_already_past_at_start_warns_and_tries_once() {
+    let t = TicketInfo {
+        single_use: false,
+        valid_until: Some(T0 - 10),
+    };
+    let mut h = H::new(ReconnectConfig::default(), t);
+    let a = h.start(0.0);
+    assert_eq!(warns(&a).len(), 1);
+    assert!(warns(&a)[0].contains("already past"));
+    assert_eq!(connects(&a), vec![0]);
+    let a = h.fail(1.0, FailClass::Network);
+    assert_eq!(
+        gave_up(&a),
+        Some(GiveUpReason::TicketExpired {
+            valid_until: T0 - 10
+        })
+    );
+}
+
+#[test]
+fn past_ticket_accepted_by_the_server_is_trusted_over_our_clock() {
+    let t = TicketInfo {
+        single_use: false,
+        valid_until: Some(T0 - 10),
+    };
+    let mut h = H::new(ReconnectConfig::default(), t);
+    h.start(0.0);
+    let a = h.connected(1.0);
+    assert!(warns(&a)[0].contains("check the clock"));
+    // The server is the authority: a later disconnect is retried.
+    h.down(50.0, false);
+    assert_eq!(h.pending().0, 1);
+    h.poll(51.0);
+    h.fail(51.0, FailClass::Network);
+    assert_eq!(h.pending().0, 2);
+    // Until the server itself says no.
+    h.poll(55.0);
+    let a = h.fail(55.0, FailClass::PermissionDenied);
+    assert_eq!(gave_up(&a), Some(GiveUpReason::TicketRejected));
+}
+
+#[test]
+fn permission_denied_on_first_connect_gives_up() {
+    let mut h = H::default();
+    h.start(0.0);
+    let a = h.fail(0.2, FailClass::PermissionDenied);
+    assert_eq!(gave_up(&a), Some(GiveUpReason::TicketRejected));
+    assert_eq!(GiveUpReason::TicketRejected.exit_code(), 77);
+}
+
+#[test]
+fn permission_denied_on_retry_gives_up_and_flags_skew_if_ticket_looks_valid() {
+    let t = TicketInfo {
+        single_use: false,
+        valid_until: Some(T0 + 3600),
+    };
+    let mut h = H::new(ReconnectConfig::default(), t);
+    h.up(0.0);
+    h.down(10.0, false);
+    h.poll(11.0);
+    let a = h.fail(11.0, FailClass::PermissionDenied);
+    assert_eq!(gave_up(&a), Some(GiveUpReason::TicketRejected));
+    assert!(warns(&a).iter().any(|w| w.contains("clocks may be skewed")));
+}
+
+#[test]
+fn protocol_and_tls_errors_give_up_at_once() {
+    let mut h = H::default();
+    h.start(0.0);
+    let a = h.fail(0.1, FailClass::Protocol { code: 3 });
+    let r = gave_up(&a).expect("gave up");
+    assert_eq!(r, GiveUpReason::ProtocolError { code: 3 });
+    assert_eq!(r.exit_code(), exit::FAILURE);
+    assert_eq!(r.to_string(), "protocol_error (link result 3)");
+
+    let mut h = H::default();
+    h.up(0.0);
+    h.down(10.0, false);
+    h.poll(11.0);
+    let a = h.fail(11.0, FailClass::TlsVerification);
+    let r = gave_up(&a).expect("gave up");
+    assert_eq!(r, GiveUpReason::TlsVerification);
+    assert_eq!(r.exit_code(), exit::CONFIG);
+}
+
+// ---- fresh tickets ----
+
+#[test]
+fn reload_while_pending_connects_at_once_with_a_fresh_cluster() {
+    let mut h = H::default();
+    h.up(0.0);
+    h.down(10.0, false);
+    h.poll(11.0);
+    h.fail(11.0, FailClass::Network);
+    h.poll(15.0);
+    h.fail(15.0, FailClass::Network);
+    assert_eq!(h.pending().0, 3);
+    let a = h.reload(20.0, TicketInfo::default());
+    assert_eq!(connects(&a), vec![0]);
+    h.fail(20.5, FailClass::Network);
+    assert_eq!(h.pending(), (1, d(1.0), 21.5));
+}
+
+#[test]
+fn reload_while_connected_refills_the_budget() {
+    let mut h = burn_cluster();
+    let a = h.reload(100.0, TicketInfo::default());
+    assert!(connects(&a).is_empty());
+    assert_eq!(h.sup.state().name(), "connected");
+    h.down(110.0, false);
+    assert_eq!(h.pending().0, 1);
+}
+
+#[test]
+fn reload_during_a_connect_attempt_gets_a_fresh_try_if_it_fails() {
+    let mut h = H::default();
+    h.start(0.0);
+    h.reload(0.1, TicketInfo::default());
+    let a = h.fail(0.2, FailClass::PermissionDenied);
+    assert_eq!(gave_up(&a), None);
+    assert_eq!(connects(&a), vec![0]);
+}
+
+#[test]
+fn wait_for_ticket_then_reload_reconnects() {
+    let cfg = ReconnectConfig {
+        wait_for_ticket_secs: 60.0,
+        ..Default::default()
+    };
+    let t = TicketInfo {
+        single_use: true,
+        valid_until: None,
+    };
+    let mut h = H::new(cfg, t);
+    h.up(0.0);
+    let a = h.down(10.0, false);
+    assert_eq!(gave_up(&a), None);
+    assert_eq!(h.sup.state().name(), "waiting_for_ticket");
+    assert_eq!(
+        h.sup.state().describe(),
+        "waiting for a fresh ticket (one_shot_consumed)"
+    );
+    assert_eq!(h.sup.next_deadline(), Some(h.inst(70.0)));
+    assert!(h.poll(69.0).is_empty());
+    let a = h.reload(40.0, t);
+    assert_eq!(connects(&a), vec![0]);
+    h.connected(41.0);
+    assert_eq!(h.sup.reconnect_count(), 1);
+}
+
+#[test]
+fn wait_for_ticket_deadline_gives_up_with_the_ticket_reason() {
+    let cfg = ReconnectConfig {
+        wait_for_ticket_secs: 60.0,
+        ..Default::default()
+    };
+    let mut h = H::new(cfg, TicketInfo::default());
+    h.start(0.0);
+    h.fail(0.5, FailClass::PermissionDenied);
+    assert_eq!(h.sup.state().name(), "waiting_for_ticket");
+    assert!(gave_up(&h.poll(60.4)).is_none());
+    let a = h.poll(60.5);
+    assert_eq!(gave_up(&a), Some(GiveUpReason::TicketRejected));
+}
+
+#[test]
+fn refresh_command_runs_while_waiting_for_ticket() {
+    let cfg = ReconnectConfig {
+        refresh_command: vec!["/usr/local/bin/fetch-vv".into()],
+        refresh_timeout_secs: 30.0,
+        ..Default::default()
+    };
+    let mut h = H::new(cfg.clone(), TicketInfo::default());
+    h.start(0.0);
+    let a = h.fail(1.0, FailClass::PermissionDenied);
+    // The state is WaitingForTicket before the command is asked for.
+    assert!(matches!(
+        a.as_slice(),
+        [Action::Transition(_), Action::RunRefreshCommand]
+    ));
+    assert!(matches!(
+        h.sup.state(),
+        State::WaitingForTicket {
+            refresh_until: Some(_),
+            ..
+        }
+    ));
+    // The command delivers: connect with it at once.
+    let a = h.reload(3.0, TicketInfo::default());
+    assert_eq!(connects(&a), vec![0]);
+
+    // The command fails: with no wait configured that is the end.
+    let mut h = H::new(cfg.clone(), TicketInfo::default());
+    h.start(0.0);
+    h.fail(1.0, FailClass::PermissionDenied);
+    let a = h.handle(
+        Input::RefreshFailed {
+            message: "exit status 2".into(),
+        },
+        4.0,
+    );
+    assert_eq!(gave_up(&a), Some(GiveUpReason::TicketRejected));
+
+    // The daemon never reports: give up after the timeout plus grace.
+    let mut h = H::new(cfg, TicketInfo::default());
+    h.start(0.0);
+    h.fail(1.0, FailClass::PermissionDenied);
+    assert_eq!(h.sup.next_deadline(), Some(h.inst(36.0)));
+    assert!(gave_up(&h.poll(35.0)).is_none());
+    assert_eq!(gave_up(&h.poll(36.0)), Some(GiveUpReason::TicketRejected));
+}
+
+#[test]
+fn refresh_command_is_bounded_per_window() {
+    let cfg = ReconnectConfig {
+        refresh_command: vec!["fetch".into()],
+        ..Default::default()
+    };
+    let mut h = H::new(cfg, TicketInfo::default());
+    h.start(0.0);
+    let mut runs = 0;
+    for i in 0..5 {
+        let s = i as f64 * 10.0;
+        let a = h.fail(s + 1.0, FailClass::PermissionDenied);
+        runs += a
+            .iter()
+            .filter(|a| **a == Action::RunRefreshCommand)
+            .count();
+        if gave_up(&a).is_some() {
+            break;
+        }
+        h.reload(s + 2.0, TicketInfo::default());
+    }
+    assert_eq!(runs, 3);
+    assert_eq!(h.sup.state().name(), "gave_up");
+}
+
+// ---- takeover ----
+
+/// A healthy session closed cleanly at 10 s, relinked at once (11 s), closed
+/// cleanly again at 20 s: the takeover pattern.
+fn takeover(on: OnTakeover, wait: f64) -> (H, Vec<Action>) {
+    let cfg = ReconnectConfig {
+        on_takeover: on,
+        wait_for_ticket_secs: wait,
+        ..Default::default()
+    };
+    let mut h = H::new(cfg, TicketInfo::default());
+    h.up(0.0);
+    let a = h.down(10.0, true);
+    assert!(warns(&a).is_empty());
+    assert_eq!(h.pending(), (1, d(1.0), 11.0));
+    h.poll(11.0);
+    h.connected(11.1);
+    let a = h.down(20.0, true);
+    (h, a)
+}
+
+#[test]
+fn takeover_reclaim_waits_the_takeover_delay_and_budget_still_stops() {
+    let (mut h, a) = takeover(OnTakeover::Reclaim, 0.0);
+    assert!(warns(&a)[0].contains("taken over"));
+    assert_eq!(h.pending(), (2, d(60.0), 80.0));
+    h.poll(80.0);
+    h.connected(80.1);
+    let a = h.down(90.0, true);
+    assert!(!warns(&a).is_empty());
+    assert_eq!(h.pending(), (3, d(60.0), 150.0));
+    h.poll(150.0);
+    h.connected(150.1);
+    let a = h.down(160.0, true);
+    assert_eq!(gave_up(&a), Some(GiveUpReason::TakenOver));
+    assert_eq!(GiveUpReason::TakenOver.exit_code(), 69);
+}
+
+#[test]
+fn takeover_yield_gives_up_taken_over() {
+    let (h, a) = takeover(OnTakeover::Yield, 0.0);
+    assert_eq!(gave_up(&a), Some(GiveUpReason::TakenOver));
+    assert_eq!(h.sup.state().describe(), "gave up: taken_over");
+}
+
+#[test]
+fn takeover_yield_with_wait_resumes_on_reload() {
+    let (mut h, a) = takeover(OnTakeover::Yield, 600.0);
+    assert_eq!(gave_up(&a), None);
+    assert!(!a.contains(&Action::RunRefreshCommand));
+    assert_eq!(h.sup.state().name(), "waiting_for_ticket");
+    let a = h.reload(100.0, TicketInfo::default());
+    assert_eq!(connects(&a), vec![0]);
+}
+
+#[test]
+fn not_a_takeover_when_unhealthy_dirty_or_server_unreachable() {
+    // Short-lived sessions: the second clean close is a plain retry.
+    let mut h = H::default();
+    h.up(0.0);
+    h.down(2.0, true);
+    h.poll(3.0);
+    h.connected(3.0);
+    let a = h.down(5.0, true);
+    assert!(warns(&a).is_empty());
+    assert_eq!(h.pending(), (2, d(4.0), 9.0));
+
+    // Errors, not clean closes.
+    let mut h = H::default();
+    h.up(0.0);
+    h.down(10.0, false);
+    h.poll(11.0);
+    h.connected(11.0);
+    let a = h.down(20.0, false);
+    assert!(warns(&a).is_empty());
+    assert_eq!(h.pending().1, d(4.0));
+
+    // The relink after the first close needed a retry: server was not reachable.
+    let mut h = H::default();
+    h.up(0.0);
+    h.down(10.0, true);
+    h.poll(11.0);
+    h.fail(11.0, FailClass::Network);
+    h.poll(15.0);
+    h.connected(15.0);
+    let a = h.down(30.0, true);
+    assert!(warns(&a).is_empty());
+    assert_eq!(h.pending(), (3, d(16.0), 46.0));
+}
+
+// ---- stop and describe ----
+
+#[test]
+fn shutdown_stops_cleanly_from_any_state() {
+    let mut h = H::default();
+    h.up(0.0);
+    h.down(10.0, false);
+    let a = h.handle(Input::Shutdown, 10.5);
+    assert_eq!(a.last(), Some(&Action::Stop));
+    assert_eq!(h.sup.state(), &State::Stopped);
+    assert_eq!(h.sup.next_deadline(), None);
+    assert!(h.poll(11.0).is_empty());
+    assert!(h.connected(11.0).is_empty());
+}
+
+#[test]
+fn exit_codes_follow_the_contract() {
+    let table = [
+        (GiveUpReason::RetriesExhausted, 69),
+        (GiveUpReason::ReconnectDisabled, 69),
+        (GiveUpReason::TakenOver, 69),
+        (GiveUpReason::OneShotConsumed, 77),
+        (GiveUpReason::TicketExpired { valid_until: 0 }, 77),
+        (GiveUpReason::TicketRejected, 77),
+        (GiveUpReason::ProtocolError { code: 2 }, 1),
+        (GiveUpReason::TlsVerification, 78),
+        (GiveUpReason::BadConfig, 78),
+    ];
+    for (r, code) in table {
+        assert_eq!(r.exit_code(), code, "{r}");
+    }
+}
+
+#[test]
+fn utc_formatting_is_total() {
+    assert_eq!(format_unix_utc(0), "1970-01-01T00:00:00Z");
+    assert_eq!(format_unix_utc(-5), "unix time -5");
+    assert_eq!(format_unix_utc(i64::MAX), format!("unix time {}", i64::MAX));
+    assert_eq!(format_unix_utc(253_402_300_799), "9999-12-31T23:59:59Z");
+}
+
+#[test]
+fn describe_is_short() {
+    let mut h = H::default();
+    assert_eq!(h.sup.describe(), "idle");
+    h.up(0.0);
+    assert_eq!(h.sup.describe(), "connected (session 1)");
+    h.down(10.0, false);
+    assert_eq!(h.sup.describe(), "pending: attempt 1 after 1s");
+    h.poll(11.0);
+    assert_eq!(h.sup.describe(), "connecting: attempt 1");
+    h.connected(11.0);
+    assert_eq!(h.sup.describe(), "connected (session 2); reconnects: 1");
+}
+
+// ---- the daemon's loop shape, in paused tokio time ----
+
+#[tokio::test(start_paused = true)]
+async fn paused_loop_sleeps_1_4_16_then_gives_up() {
+    let origin = Instant::now();
+    let now = || Now::new(Instant::now(), T0_UNIX + origin.elapsed().as_secs_f64());
+    let mut sup = Supervisor::from_config(&ReconnectConfig::default(), TicketInfo::default());
+    let mut inputs = Vec::new();
+    let mut actions = sup.start(now());
+    let mut attempts = Vec::new();
+    let mut outcome = None;
+    let mut down_at = None;
+    loop {
+        for a in actions.drain(..) {
+            match a {
+                // The first connect works; every retry is refused.
+                Action::ConnectNow { attempt: 0 } => {
+                    inputs.push(Input::Connected { generation: 1 })
+                }
+                Action::ConnectNow { attempt } => {
+                    attempts.push((attempt, origin.elapsed()));
+                    inputs.push(Input::ConnectFailed {
+                        class: FailClass::Network,
+                        channel: ChannelId::MAIN,
+                        message: "connection refused".into(),
+                    });
+                }
+                Action::GiveUp(r) => outcome = Some((r, origin.elapsed())),
+                _ => {}
+            }
+        }
+        if outcome.is_some() {
+            break;
+        }
+        if let Some(i) = inputs.pop() {
+            actions = sup.handle(i, now());
+        } else if down_at.is_none() && sup.state().name() == "connected" {
+            tokio::time::sleep(Duration::from_secs(100)).await;
+            down_at = Some(origin.elapsed());
+            let i = Input::Disconnected {
+                generation: 1,
+                channel: ChannelId::MAIN,
+                cause: "connection reset by peer".into(),
+                clean_close: false,
+            };
+            actions = sup.handle(i, now());
+        } else if let Some(dl) = sup.next_deadline() {
+            tokio::time::sleep_until(dl).await;
+            actions = sup.poll(now());
+        } else {
+            panic!("stuck in {:?}", sup.state());
+        }
+    }
+    let (reason, end) = outcome.expect("gave up");
+    assert_eq!(reason, GiveUpReason::RetriesExhausted);
+    let down = down_at.expect("disconnected");
+    let rel: Vec<(u32, f64)> = attempts
+        .iter()
+        .map(|(a, t)| (*a, (*t - down).as_secs_f64()))
+        .collect();
+    // Retries at +1, +5, +21 s after the disconnect (1 + 4 + 16 s of back-off).
+    let want = [(1u32, 1.0), (2, 5.0), (3, 21.0)];
+    assert_eq!(rel.len(), 3, "{rel:?}");
+    for ((a, t), (wa, wt)) in rel.iter().zip(want) {
+        assert_eq!(*a, wa);
+        assert!((t - wt).abs() < 0.01, "attempt {a} at +{t}s, want +{wt}s");
+    }
+    let total = (end - down).as_secs_f64();
+    assert!(
+        (21.0..21.01).contains(&total),
+        "gave up {total}s after the disconnect"
+    );
+}

@@ -1,0 +1,129 @@
+//! Ticket rules: what `delete-this-file` and `ticket-valid-until` allow, judged
+//! against the injected wall clock. The supervisor asks; this module never acts.
+
+use crate::vv::ConnectionSettings;
+
+/// The expiry warning comes this long before `ticket-valid-until`.
+pub const EXPIRY_WARNING_SECS: f64 = 30.0;
+
+/// Wall-clock comparisons tolerate this much float rounding (seconds), so a timer
+/// set for an instant never wakes a hair early and spins.
+const WALL_EPSILON: f64 = 0.001;
+
+/// What the supervisor needs to know about a ticket (never the ticket itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TicketInfo {
+    /// `delete-this-file=1`: the ticket is single-use.
+    pub single_use: bool,
+    /// `ticket-valid-until`, unix seconds.
+    pub valid_until: Option<i64>,
+}
+
+impl TicketInfo {
+    pub fn from_settings(s: &ConnectionSettings) -> Self {
+        TicketInfo {
+            single_use: s.delete_this_file,
+            valid_until: s.ticket_valid_until,
+        }
+    }
+}
+
+/// Unix seconds as RFC 3339 UTC (`2025-01-31T12:00:00Z`); out-of-range values
+/// (before 1970, after 9999) as `unix time N`.
+pub fn format_unix_utc(secs: i64) -> String {
+    // humantime's Display fails beyond year 9999 and cannot express times before 1970.
+    const LAST: i64 = 253_402_300_799;
+    if (0..=LAST).contains(&secs) {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs as u64);
+        humantime::format_rfc3339_seconds(t).to_string()
+    } else {
+        format!("unix time {secs}")
+    }
+}
+
+/// The current ticket and what has happened to it.
+#[derive(Debug, Clone)]
+pub(crate) struct TicketState {
+    pub info: TicketInfo,
+    /// A session (or a link answer) has used it: a single-use ticket is gone.
+    pub used: bool,
+    /// Judge expiry by our clock. Off while a ticket that looked expired at load
+    /// gets its one try, and for good if the server then accepted it (the server
+    /// is the authority; our clock is the suspect).
+    pub enforce_expiry: bool,
+    /// Already past when loaded (spiced start or reload).
+    pub past_at_load: bool,
+    /// The T-30 s warning was given (or is moot).
+    pub warned: bool,
+}
+
+impl TicketState {
+    /// Adopts a ticket at wall time `unix`; returns a warning if it already expired.
+    /// `previous` keeps the warning from repeating when a reload brings the same expiry.
+    pub fn load(
+        info: TicketInfo,
+        unix: f64,
+        previous: Option<&TicketState>,
+    ) -> (TicketState, Option<String>) {
+        let past = info.valid_until.is_some_and(|v| v as f64 <= unix);
+        let same_expiry = previous.is_some_and(|p| p.info.valid_until == info.valid_until);
+        let st = TicketState {
+            info,
+            used: false,
+            enforce_expiry: !past,
+            past_at_load: past,
+            warned: past || (same_expiry && previous.is_some_and(|p| p.warned)),
+        };
+        let warn = match info.valid_until {
+            Some(v) if past => Some(format!(
+                "ticket-valid-until {} is already past (local clock {}); trying once: the server decides",
+                format_unix_utc(v),
+                format_unix_utc(unix.floor() as i64)
+            )),
+            _ => None,
+        };
+        (st, warn)
+    }
+
+    /// Expired by our clock, and our clock is trusted for this ticket.
+    pub fn expired(&self, unix: f64) -> Option<i64> {
+        let v = self.info.valid_until?;
+        (self.enforce_expiry && v as f64 <= unix + WALL_EPSILON).then_some(v)
+    }
+
+    /// The wall time at which [`expired`](Self::expired) becomes true, if it can.
+    pub fn expiry_unix(&self) -> Option<f64> {
+        let v = self.info.valid_until?;
+        self.enforce_expiry.then_some(v as f64)
+    }
+
+    /// `ticket-valid-until` exists and lies ahead of `unix`.
+    pub fn still_valid(&self, unix: f64) -> Option<i64> {
+        self.info.valid_until.filter(|&v| v as f64 > unix)
+    }
+
+    /// Wall time of the pending T-30 s warning.
+    pub fn warning_unix(&self) -> Option<f64> {
+        let v = self.info.valid_until?;
+        (!self.warned && self.enforce_expiry).then_some(v as f64 - EXPIRY_WARNING_SECS)
+    }
+
+    /// The T-30 s warning, once per ticket, if it is due at `unix`.
+    pub fn poll_warning(&mut self, unix: f64) -> Option<String> {
+        let at = self.warning_unix()?;
+        if unix + WALL_EPSILON < at {
+            return None;
+        }
+        self.warned = true;
+        let v = self.info.valid_until?;
+        if v as f64 <= unix {
+            // Slept through the warning window: the expiry rule speaks instead.
+            return None;
+        }
+        Some(format!(
+            "ticket expires at {} (in {:.0} s): reconnecting after that needs a fresh .vv",
+            format_unix_utc(v),
+            (v as f64 - unix).max(0.0)
+        ))
+    }
+}
