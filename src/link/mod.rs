@@ -1,1 +1,14 @@
-//! (stub; to be written)
+//! The I/O edge of a SPICE channel: connection settings in, a byte stream out
+//! (TCP with socket options, HTTP CONNECT proxy, TLS with remote-viewer's
+//! certificate rules). The SPICE link handshake runs on top of [`Stream`].
+
+pub mod error;
+pub mod proxy;
+pub mod sockopt;
+pub mod subject;
+pub mod tls;
+pub mod transport;
+
+pub use error::TransportError;
+pub use tls::TlsSetup;
+pub use transport::{connect, Io, Stream, Target};
