@@ -295,7 +295,7 @@ fn decode_string(tag: x509_parser::der_parser::asn1_rs::Tag, data: &[u8]) -> Opt
         // OpenSSL reads T61String as Latin-1.
         Tag::T61String => Some(data.iter().map(|&b| char::from(b)).collect()),
         Tag::BmpString => {
-            if data.len() % 2 != 0 {
+            if !data.len().is_multiple_of(2) {
                 return None;
             }
             let units: Vec<u16> = data
@@ -305,7 +305,7 @@ fn decode_string(tag: x509_parser::der_parser::asn1_rs::Tag, data: &[u8]) -> Opt
             String::from_utf16(&units).ok()
         }
         Tag::UniversalString => {
-            if data.len() % 4 != 0 {
+            if !data.len().is_multiple_of(4) {
                 return None;
             }
             data.chunks_exact(4)

@@ -492,7 +492,11 @@ fn describe(e: &rustls::Error, origin: &str) -> String {
                 if presented.is_empty() {
                     "no name".to_string()
                 } else {
-                    presented.join(", ")
+                    presented
+                        .iter()
+                        .map(|p| presented_name(p))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 }
             )
         }
@@ -504,6 +508,18 @@ fn describe(e: &rustls::Error, origin: &str) -> String {
         C::BadEncoding => "it is not a well-formed X.509 certificate".into(),
         C::Other(other) => format!("{other}"),
         other => format!("{other:?}"),
+    }
+}
+
+/// rustls lists presented names in Debug form (`DnsName("x")`, `IpAddress(1.2.3.4)`).
+fn presented_name(p: &str) -> String {
+    let inner = p
+        .strip_prefix("DnsName(")
+        .or_else(|| p.strip_prefix("IpAddress("))
+        .and_then(|r| r.strip_suffix(')'));
+    match inner {
+        Some(i) => i.trim_matches('"').to_string(),
+        None => p.to_string(),
     }
 }
 
@@ -547,7 +563,9 @@ fn classify(e: std::io::Error) -> TransportError {
             ),
             kind: None,
         },
-        rustls::Error::InvalidMessage(_) => TransportError::TlsHandshake {
+        rustls::Error::InvalidMessage(_)
+        | rustls::Error::InappropriateMessage { .. }
+        | rustls::Error::InappropriateHandshakeMessage { .. } => TransportError::TlsHandshake {
             detail: format!("the server does not speak TLS here ({re}); is this the plain port?"),
             kind: None,
         },
@@ -561,6 +579,13 @@ fn classify(e: std::io::Error) -> TransportError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn presented_names_are_plain() {
+        assert_eq!(presented_name("DnsName(\"localhost\")"), "localhost");
+        assert_eq!(presented_name("IpAddress(127.0.0.1)"), "127.0.0.1");
+        assert_eq!(presented_name("other"), "other");
+    }
 
     #[test]
     fn wildcards_match_within_one_label() {
