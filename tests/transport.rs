@@ -732,3 +732,103 @@ async fn tls_to_a_plain_port_is_a_handshake_error() {
     assert_eq!(e.cause(), "tls_error");
     eprintln!("{e}");
 }
+
+// ---------------------------------------------------------------- real spice-server
+
+/// QEMU serving SPICE on 127.0.0.1 (VM paused), killed on drop.
+struct Qemu {
+    child: Child,
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn wait_listening(port: u16) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "port {port} never listened"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn qemu_spice_server_tls_link_reply() {
+    if !have("openssl") || !have("qemu-system-x86_64") {
+        return;
+    }
+    let certs = make_certs();
+    // QEMU's x509-dir layout.
+    std::fs::copy(certs.path("ca.pem"), certs.path("ca-cert.pem")).unwrap();
+    let plain = free_port().await;
+    let tls = free_port().await;
+    let spice = format!(
+        "addr=127.0.0.1,port={plain},tls-port={tls},x509-dir={},disable-ticketing=on",
+        certs.dir.path().display()
+    );
+    let child = Command::new("qemu-system-x86_64")
+        .args([
+            "-machine",
+            "pc",
+            "-accel",
+            "tcg",
+            "-m",
+            "64",
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-serial",
+            "none",
+            "-monitor",
+            "none",
+            "-S",
+            "-spice",
+        ])
+        .arg(&spice)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start qemu");
+    let _qemu = Qemu { child };
+    wait_listening(tls).await;
+
+    let s = ConnectionSettings {
+        tls_port: Some(tls),
+        port: Some(plain),
+        ..tls_settings(&certs, "127.0.0.1", Some(SUBJECT))
+    };
+    let mut stream = tls_connect(&s, tls).await.unwrap();
+    // SpiceLinkHeader (REDQ, 2.2, size 18) + SpiceLinkMess for main:0, no caps.
+    let mut link = Vec::new();
+    link.extend_from_slice(b"REDQ");
+    for v in [2u32, 2, 18, 0] {
+        link.extend_from_slice(&v.to_le_bytes());
+    }
+    link.extend_from_slice(&[1, 0]);
+    for v in [0u32, 0, 18] {
+        link.extend_from_slice(&v.to_le_bytes());
+    }
+    stream.write_all(&link).await.unwrap();
+    let mut magic = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut magic))
+        .await
+        .expect("link reply in time")
+        .unwrap();
+    assert_eq!(&magic, b"REDQ");
+
+    // TLS against the plain port: spice-server drops it.
+    let e = tls_connect(&s, plain).await.err().unwrap();
+    assert_eq!(e.cause(), "tls_error", "{e}");
+    eprintln!("TLS to the plain SPICE port: {e}");
+}
