@@ -832,3 +832,54 @@ async fn qemu_spice_server_tls_link_reply() {
     assert_eq!(e.cause(), "tls_error", "{e}");
     eprintln!("TLS to the plain SPICE port: {e}");
 }
+
+// ---------------------------------------------------------------- black hole
+
+/// Measures how fast TCP_USER_TIMEOUT ends a black-holed connection: 15 s idle
+/// (the application keepalive interval), one write that is never acknowledged,
+/// then the kernel gives up. Real time (~40 s), and it installs nft rules, so it
+/// runs only inside a private network namespace:
+/// `unshare -n sh -c 'ip link set lo up; SPICED_NETNS=1 cargo test --test transport -- --ignored blackhole --nocapture'`
+#[tokio::test]
+#[ignore = "needs a private network namespace and ~40 s"]
+async fn blackhole_is_detected_within_45s_of_the_last_byte() {
+    if std::env::var_os("SPICED_NETNS").is_none() || !have("nft") {
+        eprintln!("SKIPPED: run inside `unshare -n` with SPICED_NETNS=1");
+        return;
+    }
+    let port = echo_server("127.0.0.1:0").await;
+    let t = Target {
+        host: "127.0.0.1".into(),
+        port,
+        tls: false,
+    };
+    let mut stream = connect(&settings("127.0.0.1"), &Config::default(), None, &t)
+        .await
+        .unwrap();
+    roundtrip(&mut stream).await;
+    let last_byte = std::time::Instant::now();
+    for rule in [
+        "add table inet spiced_bh".to_string(),
+        "add chain inet spiced_bh in { type filter hook input priority 0; }".to_string(),
+        format!("add rule inet spiced_bh in tcp dport {port} drop"),
+        format!("add rule inet spiced_bh in tcp sport {port} drop"),
+    ] {
+        let st = Command::new("nft").args(rule.split(' ')).status().unwrap();
+        assert!(st.success(), "nft {rule}");
+    }
+    // The application keepalive fires after 15 s of silence.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    stream.write_all(b"ping").await.unwrap();
+    let mut b = [0u8; 4];
+    let r = tokio::time::timeout(Duration::from_secs(120), stream.read(&mut b))
+        .await
+        .expect("the kernel should end the connection");
+    let elapsed = last_byte.elapsed();
+    eprintln!(
+        "black hole: read returned {r:?} {:.1} s after the last byte",
+        elapsed.as_secs_f64()
+    );
+    let e = r.unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+    assert!(elapsed < Duration::from_secs(45), "{elapsed:?}");
+}
