@@ -165,28 +165,51 @@ async fn tcp_connect(
         });
     }
     let tried = addrs.len();
-    let mut last_err: Option<(SocketAddr, std::io::ErrorKind)> = None;
+    match connect_addrs(&addrs, ka, deadline).await {
+        Ok(stream) => {
+            tracing::debug!(peer = ?stream.peer_addr().ok(), proxy = is_proxy, "TCP connected");
+            Ok(stream)
+        }
+        Err(Some((_, kind))) if is_proxy => Err(TransportError::ProxyConnect { proxy: name, kind }),
+        Err(Some((addr, kind))) => Err(TransportError::Connect { addr, kind, tried }),
+        Err(None) => Err(TransportError::Timeout {
+            stage: if is_proxy {
+                format!("TCP connect to proxy {name}")
+            } else {
+                format!("TCP connect to {name}:{port}")
+            },
+            after: budget,
+        }),
+    }
+}
+
+/// Tries each address in turn (IPv6 and IPv4 as resolved), each attempt getting
+/// an equal share of what is left until `deadline`. The error is the last
+/// address that failed and how, or `None` when every attempt timed out.
+async fn connect_addrs(
+    addrs: &[SocketAddr],
+    ka: &KeepaliveConfig,
+    deadline: Instant,
+) -> Result<TcpStream, Option<(SocketAddr, std::io::ErrorKind)>> {
+    let mut last_err = None;
     for (i, addr) in addrs.iter().enumerate() {
         let now = Instant::now();
         if now >= deadline {
             break;
         }
-        let left = u32::try_from(tried - i).unwrap_or(1).max(1);
+        let left = u32::try_from(addrs.len() - i).unwrap_or(u32::MAX).max(1);
         let share = (deadline - now) / left;
+        // A socket that cannot even be made (IPv6 disabled, ...) fails only this address.
         let sock = match new_socket(addr, ka) {
             Ok(s) => s,
             Err(e) => {
-                return Err(TransportError::Io {
-                    stage: format!("socket setup for {addr}"),
-                    kind: e.kind(),
-                })
+                tracing::debug!(%addr, error = %e, "socket setup failed");
+                last_err = Some((*addr, e.kind()));
+                continue;
             }
         };
         match tokio::time::timeout(share, sock.connect(*addr)).await {
-            Ok(Ok(stream)) => {
-                tracing::debug!(%addr, proxy = is_proxy, "TCP connected");
-                return Ok(stream);
-            }
+            Ok(Ok(stream)) => return Ok(stream),
             Ok(Err(e)) => {
                 tracing::debug!(%addr, error = %e, "TCP connect failed");
                 last_err = Some((*addr, e.kind()));
@@ -194,22 +217,7 @@ async fn tcp_connect(
             Err(_) => tracing::debug!(%addr, "TCP connect timed out"),
         }
     }
-    match (last_err, is_proxy) {
-        (Some((_, kind)), true) => Err(TransportError::ProxyConnect { proxy: name, kind }),
-        (Some((addr, kind)), false) => Err(TransportError::Connect { addr, kind, tried }),
-        (None, _) => Err(TransportError::Timeout {
-            stage: format!(
-                "TCP connect to {}{}",
-                if is_proxy { "proxy " } else { "" },
-                if is_proxy {
-                    name
-                } else {
-                    format!("{name}:{port}")
-                }
-            ),
-            after: budget,
-        }),
-    }
+    Err(last_err)
 }
 
 fn new_socket(addr: &SocketAddr, ka: &KeepaliveConfig) -> std::io::Result<TcpSocket> {
@@ -279,6 +287,30 @@ mod tests {
         );
         assert_eq!(e.cause(), "connect_refused");
         assert!(e.is_transient());
+    }
+
+    #[tokio::test]
+    async fn every_address_is_tried() {
+        let closed = {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            l.local_addr().unwrap()
+        };
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let open = l.local_addr().unwrap();
+        let mut addrs = vec![closed];
+        // An IPv6 address first, as getaddrinfo often orders them (refused or
+        // unsupported here: either way the next address is tried).
+        addrs.insert(
+            0,
+            SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), closed.port()),
+        );
+        addrs.push(open);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let ka = KeepaliveConfig::default();
+        let s = connect_addrs(&addrs, &ka, deadline).await.unwrap();
+        assert_eq!(s.peer_addr().unwrap(), open);
+        let e = connect_addrs(&addrs[..2], &ka, deadline).await.unwrap_err();
+        assert_eq!(e, Some((closed, std::io::ErrorKind::ConnectionRefused)));
     }
 
     #[tokio::test]
