@@ -1,3 +1,15 @@
-//! I/O edge of a channel link: transport (TCP, proxy, TLS) and the link handshake.
+//! The I/O edge of a SPICE channel: connection settings in, a byte stream out
+//! (TCP with socket options, HTTP CONNECT proxy, TLS with remote-viewer's
+//! certificate rules), then the SPICE link handshake on top of [`Stream`].
 
+pub mod error;
 pub mod handshake;
+pub mod proxy;
+pub mod sockopt;
+pub mod subject;
+pub mod tls;
+pub mod transport;
+
+pub use error::TransportError;
+pub use tls::TlsSetup;
+pub use transport::{connect, Io, Stream, Target};
