@@ -422,6 +422,7 @@ async fn channel_task(
     // A write that cannot finish in this long means the peer stopped reading.
     let write_timeout = Duration::from_secs(30);
     let mut buf = vec![0u8; 64 * 1024];
+    let mut aborted = false;
     let failure = loop {
         // Flush answers first (they are tiny; the server always reads).
         let mut werr = None;
@@ -487,15 +488,19 @@ async fn channel_task(
                         stream.shutdown().await
                     };
                     let _ = tokio::time::timeout(Duration::from_secs(2), bye).await;
+                    break None;
                 }
+                aborted = true;
                 break None;
             }
         }
     };
-    let reason = failure
-        .as_ref()
-        .map(|f| f.cause.as_str())
-        .unwrap_or("local_shutdown");
+    let reason = match &failure {
+        Some(f) => f.cause.as_str(),
+        // Another channel failed first and the session closed this one.
+        None if aborted => "session_ended",
+        None => "local_shutdown",
+    };
     state.mark_closed(ctx.now(), reason);
     if let Some(c) = &ctx.capture {
         c.closed(ch);
@@ -563,7 +568,7 @@ pub async fn run(
         tokio::select! {
             Some(m) = int_rx.recv() => match m {
                 Internal::Up { channel, info: li } => {
-                    info!(channel = %channel, tls = li.tls, "channel {channel} up{}", if li.tls { " (TLS)" } else { "" });
+                    info!("channel {channel} up{}", if li.tls { " (TLS)" } else { "" });
                     notify(SessionEvent::ChannelUp { channel, tls: li.tls });
                     info.channels.insert(channel.to_string(), li);
                     up.insert(channel);
@@ -644,7 +649,7 @@ pub async fn run(
                     }
                     Some(f) => {
                         if up.contains(&f.channel) {
-                            info!(channel = %f.channel, cause = f.cause.as_str(), "channel {} down: {}", f.channel, f.message);
+                            info!("channel {} down: {} ({})", f.channel, f.message, f.cause.as_str());
                         }
                         break Some(f);
                     }
@@ -668,7 +673,7 @@ pub async fn run(
         while let Some(joined) = tasks.join_next().await {
             if let Ok(end) = joined {
                 if up.contains(&end.channel) {
-                    info!(channel = %end.channel, "channel {} down: session closing", end.channel);
+                    info!("channel {} down: session closing", end.channel);
                 }
                 counters.insert(end.channel, end.counters);
             }
