@@ -686,6 +686,20 @@ pub async fn run(
         warn!("some channel tasks did not stop within 5 s; aborting them");
         tasks.abort_all();
     }
+    for (ch, c) in &counters {
+        info!(
+            "channel {ch} totals: in {} B / {} msgs, out {} B / {} msgs, pings {}, pongs {}, acks {}, keepalives {} (replies {})",
+            c.bytes_in,
+            c.messages_in,
+            c.bytes_out,
+            c.messages_out,
+            c.ping_recv_count,
+            c.pong_send_count,
+            c.ack_send_count,
+            c.client_keepalive_send_count,
+            c.keepalive_replies
+        );
+    }
     info.dropped_events = dropped.load(Ordering::Relaxed);
     SessionEnd {
         failure,

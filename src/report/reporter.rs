@@ -74,7 +74,7 @@ impl Reporter {
                     tracing::info!(dir = %self.dir.display(), "report spool writable again");
                 }
                 self.failing = false;
-                tracing::info!(path = %path.display(), "disconnect report written");
+                tracing::info!("disconnect report written: {}", path.display());
                 false
             }
             Err(e) if !self.failing => {
