@@ -16,12 +16,14 @@ pub mod netns;
 pub mod proxy;
 pub mod qemu;
 pub mod qmp;
+pub mod spiced;
 
 pub use certs::Certs;
 pub use netns::NetNs;
 pub use proxy::Tinyproxy;
 pub use qemu::{require_qemu, Qemu, QemuOpts, QmpGuard};
 pub use qmp::{Qmp, QmpError, SpiceChannel};
+pub use spiced::Spiced;
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
