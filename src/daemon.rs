@@ -513,9 +513,16 @@ impl Daemon {
         }
         let input = match &end.failure {
             None => None,
+            // A whole session closed cleanly by the server counts as main's close
+            // (that is what the takeover rule looks at); the report keeps the
+            // channel that was noticed first.
             Some(f) if end.connected => Some(Input::Disconnected {
                 generation: run.generation,
-                channel: f.channel,
+                channel: if end.server_closed_session {
+                    ChannelId::MAIN
+                } else {
+                    f.channel
+                },
                 cause: format!("{}: {}", f.cause.as_str(), f.message),
                 clean_close: f.cause == Cause::ServerClosed,
             }),

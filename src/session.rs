@@ -186,6 +186,9 @@ pub struct SessionEnd {
     pub connected: bool,
     /// Every listed channel linked at some point.
     pub all_linked: bool,
+    /// Main too was closed cleanly by the server (within 0.5 s of the first
+    /// failure): the server ended the whole session, not just one channel.
+    pub server_closed_session: bool,
     pub info: SessionInfo,
 }
 
@@ -662,6 +665,40 @@ pub async fn run(
             }
         }
     };
+    // When the server closes a session, every channel sees EOF at about the same
+    // time and any of them may be noticed first. Give main a moment to report its
+    // own EOF: "the server closed the whole session" (QEMU stopped, or another
+    // client took over) is what the reconnect supervisor needs to know.
+    let mut server_closed_session = failure
+        .as_ref()
+        .is_some_and(|f| f.cause == Cause::ServerClosed && f.channel == ChannelId::MAIN);
+    if failure
+        .as_ref()
+        .is_some_and(|f| f.cause == Cause::ServerClosed && f.channel != ChannelId::MAIN)
+    {
+        let wait_main = async {
+            while let Some(joined) = tasks.join_next().await {
+                let Ok(end) = joined else { continue };
+                let main_eof = end.channel == ChannelId::MAIN
+                    && end
+                        .failure
+                        .as_ref()
+                        .is_some_and(|f| f.cause == Cause::ServerClosed);
+                let is_main = end.channel == ChannelId::MAIN;
+                if is_main {
+                    info!("channel main down: server closed the connection");
+                }
+                counters.insert(end.channel, end.counters);
+                if is_main {
+                    return main_eof;
+                }
+            }
+            false
+        };
+        server_closed_session = tokio::time::timeout(Duration::from_millis(500), wait_main)
+            .await
+            .unwrap_or(false);
+    }
     // Tear down: the rest stop now; collect their counters, bounded in time.
     let mode = if failure.is_some() {
         Stop::Abort
@@ -707,6 +744,7 @@ pub async fn run(
         uptime: ctx.now(),
         connected,
         all_linked,
+        server_closed_session,
         info,
     }
 }

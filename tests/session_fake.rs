@@ -34,6 +34,8 @@ struct Fake {
     connects: Mutex<Vec<(ChannelId, bool)>>,
     /// Every client message type received per channel.
     received: Arc<Mutex<Vec<(ChannelId, u16)>>>,
+    /// Set to true: every server side closes its connection (QEMU gone).
+    close_all: tokio::sync::watch::Sender<bool>,
 }
 
 fn mini(t: u16, body: &[u8]) -> Vec<u8> {
@@ -55,6 +57,7 @@ async fn serve(
     fault: Fault,
     tls: bool,
     received: Arc<Mutex<Vec<(ChannelId, u16)>>>,
+    mut close_all: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut h = [0u8; 16];
     if s.read_exact(&mut h).await.is_err() {
@@ -111,7 +114,11 @@ async fn serve(
     let mut buf = vec![0u8; 4096];
     let mut acc = Vec::new();
     loop {
-        let n = match s.read(&mut buf).await {
+        let r = tokio::select! {
+            r = s.read(&mut buf) => r,
+            _ = close_all.wait_for(|c| *c) => return,
+        };
+        let n = match r {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
@@ -146,6 +153,7 @@ impl Connector for Fake {
             self.fault,
             tls,
             self.received.clone(),
+            self.close_all.subscribe(),
         ));
         Box::pin(async move {
             let b: BoxStream = Box::new(c);
@@ -173,6 +181,7 @@ fn ctx(fault: Fault, cfg: Config) -> (SessionCtx, Arc<Fake>) {
         fault,
         connects: Mutex::new(Vec::new()),
         received: Arc::new(Mutex::new(Vec::new())),
+        close_all: tokio::sync::watch::channel(false).0,
     });
     let settings = ConnectionSettings {
         host: "fake".into(),
@@ -321,4 +330,21 @@ async fn teardown_does_not_hang_when_nobody_reads_events() {
         .await
         .expect("session must stop")
         .unwrap();
+}
+
+#[tokio::test]
+async fn server_closing_every_channel_is_a_server_closed_session() {
+    for _ in 0..5 {
+        let (c, fake) = ctx(Fault::None, Config::default());
+        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+        let (_stop_tx, stop_rx) = tokio::sync::watch::channel(Stop::Run);
+        let run = tokio::spawn(session::run(c, tx, stop_rx));
+        assert_eq!(wait_all_up(&mut rx).await, 4);
+        fake.close_all.send(true).unwrap();
+        let end = run.await.unwrap();
+        let f = end.failure.unwrap();
+        assert_eq!(f.cause, Cause::ServerClosed);
+        assert!(end.server_closed_session, "first noticed on {}", f.channel);
+        assert_eq!(end.counters.len(), 4);
+    }
 }
