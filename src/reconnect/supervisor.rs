@@ -607,10 +607,15 @@ impl Supervisor {
         self.suspect_close = None;
         match self.state {
             State::Idle => {}
-            State::Connected { .. } => out.push(Action::Info(
-                "new settings loaded; the running session keeps going, they apply at the next connect"
-                    .into(),
-            )),
+            // The operator (or broker) says "use this now": the running session is
+            // replaced by one made with the new settings.
+            State::Connected { .. } => {
+                self.connect_now(
+                    0,
+                    "fresh settings loaded: reconnecting with them".into(),
+                    out,
+                );
+            }
             State::Connecting { .. } => {
                 self.reload_pending = true;
                 out.push(Action::Info(

@@ -637,11 +637,12 @@ fn reload_while_pending_connects_at_once_with_a_fresh_cluster() {
 }
 
 #[test]
-fn reload_while_connected_refills_the_budget() {
+fn reload_while_connected_reconnects_at_once_with_a_fresh_budget() {
     let mut h = burn_cluster();
     let a = h.reload(100.0, TicketInfo::default());
-    assert!(connects(&a).is_empty());
-    assert_eq!(h.sup.state().name(), "connected");
+    assert_eq!(connects(&a), vec![0]);
+    assert_eq!(h.sup.state().name(), "connecting");
+    h.connected(100.5);
     h.down(110.0, false);
     assert_eq!(h.pending().0, 1);
 }
