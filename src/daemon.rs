@@ -585,7 +585,11 @@ impl Daemon {
                         } else {
                             info!("connecting to {} (session {generation})", self.shown_host());
                         }
-                        self.status(format!("connecting (attempt {attempt})"));
+                        self.status(if attempt == 0 {
+                            format!("connecting to {}", self.shown_host())
+                        } else {
+                            format!("reconnecting to {} (attempt {attempt})", self.shown_host())
+                        });
                         let (r, h, e) = self.start_session(generation);
                         running = Some(r);
                         join = Some(h);
@@ -594,8 +598,14 @@ impl Daemon {
                     Action::Transition(t) => {
                         info!("reconnect: {t}");
                         self.status(sup.describe());
+                        // READY once the daemon is settled: fully linked (below), or
+                        // retrying / waiting, so systemd's start does not hang on a
+                        // server that is down.
                         if !ready_sent
-                            && !matches!(sup.state(), State::Connecting { .. } | State::Idle)
+                            && !matches!(
+                                sup.state(),
+                                State::Connecting { .. } | State::Idle | State::Connected { .. }
+                            )
                         {
                             ready_sent = true;
                             self.notifier.notify(Notice::Ready);
