@@ -38,7 +38,7 @@ fn notifies_ready_status_watchdog_and_stopping() {
     let mut child = spawn_tied(cmd).unwrap();
     // Without WATCHDOG_PID, WATCHDOG_USEC applies to whichever process reads it.
     let mut got: Vec<String> = Vec::new();
-    let mut recv_until = |got: &mut Vec<String>, want: &str, secs: u64| -> bool {
+    let recv_until = |got: &mut Vec<String>, want: &str, secs: u64| -> bool {
         let end = Instant::now() + Duration::from_secs(secs);
         let mut buf = [0u8; 4096];
         while Instant::now() < end {
