@@ -1,14 +1,18 @@
 //! The transport against real programs on 127.0.0.1: a real tinyproxy for HTTP
-//! CONNECT, openssl-made certificates served by a tokio-rustls server.
+//! CONNECT, the harness's openssl-made certificates (tests/common) served by a
+//! tokio-rustls server, and a real spice-server in the harness's QEMU.
 //!
-//! Missing programs (tinyproxy, openssl): the test fails when `CI` is set, else it
-//! is skipped with a note on stderr.
+//! Missing programs (tinyproxy, openssl, QEMU): the test fails when `CI` is set,
+//! else it is skipped with a note on stderr.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::certs::unrelated_ca_pem;
+use common::{free_port, have_program, require_qemu, Certs, Qemu, QemuOpts, Tinyproxy};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use spiced::config::Config;
@@ -18,13 +22,13 @@ use spiced::vv::ConnectionSettings;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+/// The server certificate's CN, and the subject a matching host-subject names.
+const CN: &str = "spice-lab-server";
 const SUBJECT: &str = "O=spice-lab,CN=spice-lab-server";
 
-/// True if `prog` is on PATH; otherwise fails under CI or prints a skip note.
+/// True if `prog` is installed; otherwise fails under CI or prints a skip note.
 fn have(prog: &str) -> bool {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
-        .unwrap_or(false);
+    let found = have_program(prog);
     if !found {
         if std::env::var_os("CI").is_some() {
             panic!("{prog} is required (CI is set): apt-get install {prog}");
@@ -36,120 +40,19 @@ fn have(prog: &str) -> bool {
 
 // ---------------------------------------------------------------- certificates
 
-struct Certs {
-    dir: tempfile::TempDir,
-}
-
-impl Certs {
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+/// The harness's CA + v3 server certificate for `CN` (SAN IP:127.0.0.1 +
+/// DNS:localhost, serverAuth), plus `v1-cert.pem`: an X.509 v1 certificate for
+/// the same key. The directory lives as long as the returned `TempDir`. `None`
+/// (test skipped) without openssl.
+fn make_certs() -> Option<(tempfile::TempDir, Certs)> {
+    if !have("openssl") {
+        return None;
     }
-    fn pem(&self, name: &str) -> String {
-        std::fs::read_to_string(self.path(name)).unwrap()
-    }
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA, a v3 server certificate (SAN IP:127.0.0.1 + DNS:localhost, serverAuth,
-/// subject /O=spice-lab/CN=spice-lab-server), a v1 certificate for the same key,
-/// and an unrelated CA. EC P-256 keys: fast to make on shared cores.
-fn make_certs() -> Certs {
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    for (name, cn) in [
-        ("ca", "spice-lab test CA"),
-        ("other-ca", "someone else's CA"),
-    ] {
-        let key = format!("{name}-key.pem");
-        let cert = format!("{name}.pem");
-        let subj = format!("/O=spice-lab/CN={cn}");
-        let mut args = vec!["req", "-x509"];
-        args.extend(ec);
-        args.extend([
-            "-sha256",
-            "-days",
-            "2",
-            "-keyout",
-            &key,
-            "-out",
-            &cert,
-            "-subj",
-            &subj,
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ]);
-        openssl(d, &args);
-    }
-    let mut args = vec!["req"];
-    args.extend(ec);
-    args.extend([
-        "-keyout",
-        "server-key.pem",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/O=spice-lab/CN=spice-lab-server",
-    ]);
-    openssl(d, &args);
-    std::fs::write(
-        d.join("ext.cnf"),
-        "basicConstraints=critical,CA:FALSE\n\
-         keyUsage=critical,digitalSignature,keyEncipherment\n\
-         extendedKeyUsage=serverAuth\n\
-         subjectAltName=IP:127.0.0.1,DNS:localhost\n\
-         subjectKeyIdentifier=hash\n\
-         authorityKeyIdentifier=keyid\n",
-    )
-    .unwrap();
-    let common = [
-        "x509",
-        "-req",
-        "-sha256",
-        "-days",
-        "2",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca-key.pem",
-    ];
-    let mut args = common.to_vec();
-    args.extend([
-        "-set_serial",
-        "1001",
-        "-extfile",
-        "ext.cnf",
-        "-out",
-        "server-cert.pem",
-    ]);
-    openssl(d, &args);
-    // No extensions: OpenSSL writes an X.509 v1 certificate.
-    let mut args = common.to_vec();
-    args.extend(["-set_serial", "1002", "-out", "v1-cert.pem"]);
-    openssl(d, &args);
-    Certs { dir }
+    let certs = Certs::generate(dir.path(), CN);
+    assert_eq!(certs.host_subject(), SUBJECT);
+    certs.write_x509_v1_server_cert(&certs.dir().join("v1-cert.pem"));
+    Some((dir, certs))
 }
 
 // ---------------------------------------------------------------- servers
@@ -196,8 +99,8 @@ impl rustls::server::ResolvesServerCert for OneCert {
 
 async fn tls_echo_server(certs: &Certs, cert: &str, bind: &str) -> u16 {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let chain = vec![CertificateDer::from_pem_file(certs.path(cert)).unwrap()];
-    let key = PrivateKeyDer::from_pem_file(certs.path("server-key.pem")).unwrap();
+    let chain = vec![CertificateDer::from_pem_file(certs.dir().join(cert)).unwrap()];
+    let key = PrivateKeyDer::from_pem_file(certs.dir().join("server-key.pem")).unwrap();
     let signer = provider.key_provider.load_private_key(key).unwrap();
     let ck = Arc::new(rustls::sign::CertifiedKey::new(chain, signer));
     let cfg = rustls::ServerConfig::builder_with_provider(provider)
@@ -249,70 +152,15 @@ async fn fake_proxy(to: u16) -> (u16, tokio::sync::oneshot::Receiver<String>) {
     (port, rx)
 }
 
-/// A real tinyproxy on a free port, killed on drop.
-struct Tinyproxy {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Tinyproxy {
-    async fn start(connect_ports: &[u16]) -> Tinyproxy {
-        let port = free_port().await;
-        let dir = tempfile::tempdir().unwrap();
-        let mut conf =
-            format!("Listen 127.0.0.1\nPort {port}\nAllow 127.0.0.1\nTimeout 5\nMaxClients 20\n");
-        for p in connect_ports {
-            conf.push_str(&format!("ConnectPort {p}\n"));
-        }
-        let path = dir.path().join("tinyproxy.conf");
-        std::fs::write(&path, conf).unwrap();
-        let child = Command::new("tinyproxy")
-            .arg("-d")
-            .arg("-c")
-            .arg(&path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start tinyproxy");
-        let t = Tinyproxy {
-            child,
-            port,
-            _dir: dir,
-        };
-        // Poll until it listens (no sleeping as synchronisation).
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return t;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "tinyproxy did not start"
-            );
-            tokio::task::yield_now().await;
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Tinyproxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap().port()
-}
-
 // ---------------------------------------------------------------- helpers
+
+fn target(host: &str, port: u16, tls: bool) -> Target {
+    Target {
+        host: host.into(),
+        port,
+        tls,
+    }
+}
 
 fn settings(host: &str) -> ConnectionSettings {
     ConnectionSettings {
@@ -323,7 +171,7 @@ fn settings(host: &str) -> ConnectionSettings {
 
 fn tls_settings(certs: &Certs, host: &str, subject: Option<&str>) -> ConnectionSettings {
     ConnectionSettings {
-        ca: Some(certs.pem("ca.pem")),
+        ca: Some(certs.ca_pem()),
         host_subject: subject.map(str::to_string),
         ..settings(host)
     }
@@ -343,55 +191,41 @@ async fn tls_connect(
     s: &ConnectionSettings,
     port: u16,
 ) -> Result<spiced::link::Stream, TransportError> {
-    let cfg = Config::default();
-    let setup = TlsSetup::new(s, &cfg.tls)?;
-    let t = Target {
-        host: s.host.clone(),
-        port,
-        tls: true,
-    };
-    connect(s, &cfg, Some(&setup), &t).await
+    let t = target(&s.host, port, true);
+    tls_connect_target(s, &t).await
 }
 
 // ---------------------------------------------------------------- proxy
 
 #[tokio::test]
 async fn tinyproxy_connect_carries_bytes() {
-    if !have("tinyproxy") {
+    if !Tinyproxy::available() {
         return;
     }
     let echo = echo_server("127.0.0.1:0").await;
-    let proxy = Tinyproxy::start(&[echo]).await;
+    let proxy = Tinyproxy::start(&[echo], 5);
     let s = ConnectionSettings {
-        proxy: Some(format!("http://127.0.0.1:{}", proxy.port)),
+        proxy: Some(proxy.url()),
         ..settings("127.0.0.1")
     };
-    let t = Target {
-        host: "127.0.0.1".into(),
-        port: echo,
-        tls: false,
-    };
+    let t = target("127.0.0.1", echo, false);
     let mut stream = connect(&s, &Config::default(), None, &t).await.unwrap();
     roundtrip(&mut stream).await;
 }
 
 #[tokio::test]
 async fn tinyproxy_forbidden_port_quotes_the_status_line() {
-    if !have("tinyproxy") {
+    if !Tinyproxy::available() {
         return;
     }
     let allowed = echo_server("127.0.0.1:0").await;
     let forbidden = echo_server("127.0.0.1:0").await;
-    let proxy = Tinyproxy::start(&[allowed]).await;
+    let proxy = Tinyproxy::start(&[allowed], 5);
     let s = ConnectionSettings {
-        proxy: Some(format!("http://127.0.0.1:{}/", proxy.port)),
+        proxy: Some(format!("{}/", proxy.url())),
         ..settings("127.0.0.1")
     };
-    let t = Target {
-        host: "127.0.0.1".into(),
-        port: forbidden,
-        tls: false,
-    };
+    let t = target("127.0.0.1", forbidden, false);
     let e = connect(&s, &Config::default(), None, &t)
         .await
         .err()
@@ -409,7 +243,7 @@ async fn tinyproxy_forbidden_port_quotes_the_status_line() {
             );
             let want = format!(
                 "proxy 127.0.0.1:{} answered `{status_line}` to CONNECT 127.0.0.1:{forbidden}",
-                proxy.port
+                proxy.port()
             );
             assert_eq!(e.to_string(), want);
         }
@@ -422,16 +256,12 @@ async fn tinyproxy_forbidden_port_quotes_the_status_line() {
 
 #[tokio::test]
 async fn proxy_not_running_is_proxy_connect_refused() {
-    let port = free_port().await;
+    let port = free_port();
     let s = ConnectionSettings {
         proxy: Some(format!("http://127.0.0.1:{port}")),
         ..settings("pvespiceproxy:secret-ticket:100:node1::abc")
     };
-    let t = Target {
-        host: s.host.clone(),
-        port: 61000,
-        tls: false,
-    };
+    let t = target(&s.host, 61000, false);
     let e = connect(&s, &Config::default(), None, &t)
         .await
         .err()
@@ -474,11 +304,7 @@ async fn proxy_on_ipv6_literal() {
         proxy: Some(format!("http://[::1]:{port}")),
         ..settings("::1")
     };
-    let t = Target {
-        host: "::1".into(),
-        port: 5900,
-        tls: false,
-    };
+    let t = target("::1", 5900, false);
     let mut stream = connect(&s, &Config::default(), None, &t).await.unwrap();
     roundtrip(&mut stream).await;
 }
@@ -492,11 +318,7 @@ async fn silent_proxy_times_out() {
         proxy: Some(format!("http://127.0.0.1:{port}")),
         ..settings("spice.example")
     };
-    let t = Target {
-        host: "spice.example".into(),
-        port: 5900,
-        tls: false,
-    };
+    let t = target("spice.example", 5900, false);
     let e = connect(&s, &Config::default(), None, &t)
         .await
         .err()
@@ -513,10 +335,9 @@ async fn silent_proxy_times_out() {
 
 #[tokio::test]
 async fn tls_host_subject_match_connects() {
-    if !have("openssl") {
+    let Some((_dir, certs)) = make_certs() else {
         return;
-    }
-    let certs = make_certs();
+    };
     let port = tls_echo_server(&certs, "server-cert.pem", "127.0.0.1:0").await;
     let s = tls_settings(&certs, "127.0.0.1", Some(SUBJECT));
     let mut stream = tls_connect(&s, port).await.unwrap();
@@ -533,10 +354,9 @@ async fn tls_host_subject_match_connects() {
 
 #[tokio::test]
 async fn tls_host_subject_mismatch() {
-    if !have("openssl") {
+    let Some((_dir, certs)) = make_certs() else {
         return;
-    }
-    let certs = make_certs();
+    };
     let port = tls_echo_server(&certs, "server-cert.pem", "127.0.0.1:0").await;
     for wrong in [
         "O=x,CN=y",
@@ -562,10 +382,9 @@ async fn tls_host_subject_mismatch() {
 
 #[tokio::test]
 async fn tls_without_host_subject_checks_ip_and_name() {
-    if !have("openssl") {
+    let Some((_dir, certs)) = make_certs() else {
         return;
-    }
-    let certs = make_certs();
+    };
     let port = tls_echo_server(&certs, "server-cert.pem", "127.0.0.1:0").await;
     for host in ["127.0.0.1", "localhost"] {
         let s = tls_settings(&certs, host, None);
@@ -589,14 +408,14 @@ async fn tls_without_host_subject_checks_ip_and_name() {
 
 #[tokio::test]
 async fn tls_wrong_ca_is_cert_verify() {
-    if !have("openssl") {
+    let Some((_dir, certs)) = make_certs() else {
         return;
-    }
-    let certs = make_certs();
+    };
     let port = tls_echo_server(&certs, "server-cert.pem", "127.0.0.1:0").await;
+    let other_ca = unrelated_ca_pem("someone else's CA");
     for subject in [Some(SUBJECT), None] {
         let s = ConnectionSettings {
-            ca: Some(certs.pem("other-ca.pem")),
+            ca: Some(other_ca.clone()),
             ..tls_settings(&certs, "127.0.0.1", subject)
         };
         let e = tls_connect(&s, port).await.err().unwrap();
@@ -609,7 +428,7 @@ async fn tls_wrong_ca_is_cert_verify() {
         assert_eq!(e.cause(), "cert_error");
     }
     // With several CAs in `ca`, the right one anywhere in the list is enough.
-    let both = format!("{}{}", certs.pem("other-ca.pem"), certs.pem("ca.pem"));
+    let both = format!("{other_ca}{}", certs.ca_pem());
     let s = ConnectionSettings {
         ca: Some(both),
         ..tls_settings(&certs, "127.0.0.1", Some(SUBJECT))
@@ -620,10 +439,9 @@ async fn tls_wrong_ca_is_cert_verify() {
 
 #[tokio::test]
 async fn tls_x509_v1_is_refused_clearly_unless_insecure() {
-    if !have("openssl") {
+    let Some((_dir, certs)) = make_certs() else {
         return;
-    }
-    let certs = make_certs();
+    };
     let port = tls_echo_server(&certs, "v1-cert.pem", "127.0.0.1:0").await;
     let s = tls_settings(&certs, "127.0.0.1", Some(SUBJECT));
     let e = tls_connect(&s, port).await.err().unwrap();
@@ -633,43 +451,36 @@ async fn tls_x509_v1_is_refused_clearly_unless_insecure() {
     let mut cfg = Config::default();
     cfg.tls.insecure = true;
     let setup = TlsSetup::new(&s, &cfg.tls).unwrap();
-    let t = Target {
-        host: "127.0.0.1".into(),
-        port,
-        tls: true,
-    };
+    let t = target("127.0.0.1", port, true);
     let mut stream = connect(&s, &cfg, Some(&setup), &t).await.unwrap();
     roundtrip(&mut stream).await;
 }
 
 #[tokio::test]
 async fn tls_through_tinyproxy() {
-    if !have("openssl") || !have("tinyproxy") {
+    if !Tinyproxy::available() {
         return;
     }
-    let certs = make_certs();
+    let Some((_dir, certs)) = make_certs() else {
+        return;
+    };
     let port = tls_echo_server(&certs, "server-cert.pem", "127.0.0.1:0").await;
-    let proxy = Tinyproxy::start(&[port]).await;
+    let proxy = Tinyproxy::start(&[port], 5);
     let s = ConnectionSettings {
-        proxy: Some(format!("http://127.0.0.1:{}", proxy.port)),
+        proxy: Some(proxy.url()),
         ..tls_settings(&certs, "localhost", Some(SUBJECT))
     };
     // No prebuilt TlsSetup: connect builds one.
-    let t = Target {
-        host: "localhost".into(),
-        port,
-        tls: true,
-    };
+    let t = target("localhost", port, true);
     let mut stream = connect(&s, &Config::default(), None, &t).await.unwrap();
     roundtrip(&mut stream).await;
 }
 
 #[tokio::test]
 async fn proxmox_shape_ticket_host_through_proxy_with_auth() {
-    if !have("openssl") {
+    let Some((_dir, certs)) = make_certs() else {
         return;
-    }
-    let certs = make_certs();
+    };
     let tls_port = tls_echo_server(&certs, "server-cert.pem", "127.0.0.1:0").await;
     let (proxy_port, request) = fake_proxy(tls_port).await;
     let ticket = "PVESPICEPROXY:65a1b2c3::deadbeef";
@@ -680,11 +491,7 @@ async fn proxmox_shape_ticket_host_through_proxy_with_auth() {
         tls_port: Some(61000),
         ..tls_settings(&certs, &host, Some(SUBJECT))
     };
-    let t = Target {
-        host: host.clone(),
-        port: 61000,
-        tls: true,
-    };
+    let t = target(&host, 61000, true);
     let mut stream = tls_connect_target(&s, &t).await.unwrap();
     roundtrip(&mut stream).await;
     let req = request.await.unwrap();
@@ -735,73 +542,20 @@ async fn tls_to_a_plain_port_is_a_handshake_error() {
 
 // ---------------------------------------------------------------- real spice-server
 
-/// QEMU serving SPICE on 127.0.0.1 (VM paused), killed on drop.
-struct Qemu {
-    child: Child,
-}
-
-impl Drop for Qemu {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn wait_listening(port: u16) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "port {port} never listened"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn qemu_spice_server_tls_link_reply() {
-    if !have("openssl") || !have("qemu-system-x86_64") {
+    if !require_qemu() {
         return;
     }
-    let certs = make_certs();
-    // QEMU's x509-dir layout.
-    std::fs::copy(certs.path("ca.pem"), certs.path("ca-cert.pem")).unwrap();
-    let plain = free_port().await;
-    let tls = free_port().await;
-    let spice = format!(
-        "addr=127.0.0.1,port={plain},tls-port={tls},x509-dir={},disable-ticketing=on",
-        certs.dir.path().display()
-    );
-    let child = Command::new("qemu-system-x86_64")
-        .args([
-            "-machine",
-            "pc",
-            "-accel",
-            "tcg",
-            "-m",
-            "64",
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-serial",
-            "none",
-            "-monitor",
-            "none",
-            "-S",
-            "-spice",
-        ])
-        .arg(&spice)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start qemu");
-    let _qemu = Qemu { child };
-    wait_listening(tls).await;
+    let Some((_dir, certs)) = make_certs() else {
+        return;
+    };
+    // VM paused: only spice-server has to answer.
+    let qemu = Qemu::start(QemuOpts {
+        paused: true,
+        ..QemuOpts::with_tls(&certs)
+    });
+    let (plain, tls) = (qemu.port(), qemu.tls_port());
 
     let s = ConnectionSettings {
         tls_port: Some(tls),
@@ -848,11 +602,7 @@ async fn blackhole_is_detected_within_45s_of_the_last_byte() {
         return;
     }
     let port = echo_server("127.0.0.1:0").await;
-    let t = Target {
-        host: "127.0.0.1".into(),
-        port,
-        tls: false,
-    };
+    let t = target("127.0.0.1", port, false);
     let mut stream = connect(&settings("127.0.0.1"), &Config::default(), None, &t)
         .await
         .unwrap();

@@ -149,3 +149,43 @@ fn openssl(args: &[&str]) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+impl Certs {
+    /// Writes to `out` an X.509 v1 certificate (no extensions) for the server key,
+    /// with the server certificate's subject: what old tooling issues and rustls
+    /// refuses. Self-signed, since the CA key is not kept; spiced rejects a v1
+    /// certificate before it looks for the issuer.
+    pub fn write_x509_v1_server_cert(&self, out: &Path) {
+        let work = tempfile::tempdir().expect("temp dir for the v1 CSR");
+        let csr = s(&work.path().join("v1.csr"));
+        let key = s(&self.dir.join("server-key.pem"));
+        let subj = format!("/O=spice-lab/CN={}", self.cn);
+        openssl(&["req", "-new", "-key", &key, "-subj", &subj, "-out", &csr]);
+        // `x509 -req` without -extfile writes a v1 certificate.
+        let serial = format!("0x{:016x}", super::random_u64());
+        let out = s(out);
+        let sign = ["-signkey", &key, "-set_serial", &serial, "-out", &out];
+        let mut args = vec!["x509", "-req", "-sha256", "-days", "30", "-in", &csr];
+        args.extend(sign);
+        openssl(&args);
+    }
+}
+
+/// PEM text of a self-signed CA that signed nothing here, with subject
+/// `/O=spice-lab/CN=<cn>`: a `ca` that must not verify any `Certs` server. Pick a
+/// `cn` other than the test CA's so verification reports an unknown issuer.
+pub fn unrelated_ca_pem(cn: &str) -> String {
+    let work = tempfile::tempdir().expect("temp dir for the unrelated CA");
+    let key = s(&work.path().join("key.pem"));
+    let cert = s(&work.path().join("cert.pem"));
+    let subj = format!("/O=spice-lab/CN={cn}");
+    // EC P-256: the key is thrown away, so make it the fast kind.
+    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    let mut args = vec!["req", "-x509", "-sha256", "-days", "30"];
+    args.extend(ec.split(' '));
+    args.extend(["-keyout", &key, "-out", &cert, "-subj", &subj]);
+    args.extend(["-addext", "basicConstraints=critical,CA:TRUE"]);
+    args.extend(["-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
+    openssl(&args);
+    std::fs::read_to_string(&cert).expect("read the unrelated CA")
+}
