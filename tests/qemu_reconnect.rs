@@ -124,9 +124,17 @@ fn server_restart_reconnects_every_channel() {
         restarted.as_secs_f64(),
         back.as_secs_f64()
     );
-    assert!(a1 >= 1.0 - EARLY_SLACK && a1 < 3.0, "attempt 1 at {a1}");
-    assert!(a2 >= 4.0 - EARLY_SLACK && a2 < 7.0, "attempt 2 after {a2}");
-    assert!(s.log().contains("connected (session 3)") || s.log().contains("linked on attempt 2"));
+    assert!((1.0 - EARLY_SLACK..3.0).contains(&a1), "attempt 1 at {a1}");
+    assert!(
+        (4.0 - EARLY_SLACK..7.0).contains(&a2),
+        "attempt 2 after {a2}"
+    );
+    assert!(
+        s.log()
+            .contains("-> connected (session 3) (linked on attempt 2)"),
+        "{}",
+        s.log()
+    );
     assert_eq!(s.stop(), Some(0));
 }
 
@@ -168,7 +176,7 @@ fn server_down_exhausts_three_attempts_then_69() {
     );
     for (gap, want) in gaps.iter().zip([1.0, 4.0, 16.0]) {
         assert!(
-            *gap >= want - EARLY_SLACK && *gap < want + 3.0,
+            (want - EARLY_SLACK..want + 3.0).contains(gap),
             "gap {gap} for {want}"
         );
     }
@@ -196,7 +204,11 @@ fn single_use_ticket_is_deleted_and_never_retried() {
     wait_linked(&q, &s, 1);
     let killed = Instant::now();
     q.kill();
-    assert_eq!(s.wait_exit(Duration::from_secs(20)), Some(77), "exit status");
+    assert_eq!(
+        s.wait_exit(Duration::from_secs(20)),
+        Some(77),
+        "exit status"
+    );
     let took = killed.elapsed();
     let log = s.log();
     assert!(
@@ -226,11 +238,7 @@ fn rejected_ticket_on_retry_exits_77() {
     let dir = tempfile::tempdir().unwrap();
     let vv = vv_for(dir.path(), &q, &[("password", "pw-one")]);
     // The first retry comes 3 s after the loss: room to expire the password first.
-    let mut s = Spiced::start(
-        &vv,
-        &config(dir.path(), "initial_delay_secs = 3"),
-        &[],
-    );
+    let mut s = Spiced::start(&vv, &config(dir.path(), "initial_delay_secs = 3"), &[]);
     wait_linked(&q, &s, 1);
     q.restart_same_ports();
     q.qmp().expire_password("now").unwrap();
@@ -238,7 +246,11 @@ fn rejected_ticket_on_retry_exits_77() {
         s.lines_with("reconnect attempt").is_empty(),
         "test setup raced: spiced retried before the password was expired"
     );
-    assert_eq!(s.wait_exit(Duration::from_secs(30)), Some(77), "exit status");
+    assert_eq!(
+        s.wait_exit(Duration::from_secs(30)),
+        Some(77),
+        "exit status"
+    );
     let log = s.log();
     assert!(log.contains("ticket rejected by server"), "{log}");
     assert!(
@@ -247,6 +259,12 @@ fn rejected_ticket_on_retry_exits_77() {
     );
     assert_eq!(s.lines_with("reconnect attempt").len(), 1, "one try only");
     assert!(!log.contains("pw-one"), "the password leaked into the log");
+    assert!(
+        q.stderr_text()
+            .contains("Ticketing is enabled, but no password is set"),
+        "the server did not reject the ticket: {}",
+        q.stderr_text()
+    );
     let lost = stamps(&s, "session lost after")[0];
     let tried = stamps(&s, "reconnect attempt 1")[0];
     let gave_up = stamps(&s, "giving up:")[0];
@@ -256,8 +274,7 @@ fn rejected_ticket_on_retry_exits_77() {
         gave_up - tried,
         q.stderr_text()
             .lines()
-            .filter(|l| l.contains("password") || l.contains("icket"))
-            .last()
+            .rfind(|l| l.contains("password") || l.contains("icket"))
             .unwrap_or("(nothing)")
     );
 }
@@ -277,11 +294,7 @@ fn waits_for_ticket_and_uses_new_vv_file() {
         &q,
         &[("password", "pw-one"), ("delete-this-file", "1")],
     );
-    let mut s = Spiced::start(
-        &vv,
-        &config(dir.path(), "wait_for_ticket_secs = 60"),
-        &[],
-    );
+    let mut s = Spiced::start(&vv, &config(dir.path(), "wait_for_ticket_secs = 60"), &[]);
     wait_linked(&q, &s, 1);
     assert!(!vv.exists(), "single-use .vv not deleted");
     q.restart_same_ports();
@@ -306,7 +319,10 @@ fn waits_for_ticket_and_uses_new_vv_file() {
     );
     assert_eq!(vv2, vv, "same path");
     assert!(
-        s.wait_log("new .vv file: new connection settings", Duration::from_secs(10)),
+        s.wait_log(
+            "new .vv file: new connection settings",
+            Duration::from_secs(10)
+        ),
         "the new .vv was not noticed"
     );
     wait_linked(&q, &s, 2);
@@ -317,7 +333,10 @@ fn waits_for_ticket_and_uses_new_vv_file() {
     );
     assert!(s.lines_with("reconnect attempt").is_empty(), "no retries");
     let log = s.log();
-    assert!(!log.contains("pw-two") && !log.contains("pw-one"), "password in log");
+    assert!(
+        !log.contains("pw-two") && !log.contains("pw-one"),
+        "password in log"
+    );
     eprintln!(
         "wait for ticket: new .vv -> all 11 channels in {:.2} s",
         took.as_secs_f64()
@@ -335,11 +354,7 @@ fn sighup_with_new_vv_reconnects_at_once() {
     let q = Qemu::start(QemuOpts::with_password("pw-one"));
     let dir = tempfile::tempdir().unwrap();
     let vv = vv_for(dir.path(), &q, &[("password", "pw-one")]);
-    let mut s = Spiced::start(
-        &vv,
-        &config(dir.path(), "initial_delay_secs = 30"),
-        &[],
-    );
+    let mut s = Spiced::start(&vv, &config(dir.path(), "initial_delay_secs = 30"), &[]);
     wait_linked(&q, &s, 1);
     q.restart_same_ports();
     assert!(
@@ -358,8 +373,14 @@ fn sighup_with_new_vv_reconnects_at_once() {
     let took = hup.elapsed();
     let log = s.log();
     assert!(log.contains("SIGHUP: re-reading"), "{log}");
-    assert!(log.contains("-> connecting (fresh settings loaded)"), "{log}");
-    assert!(s.lines_with("reconnect attempt").is_empty(), "the 30 s retry never ran");
+    assert!(
+        log.contains("-> connecting (fresh settings loaded)"),
+        "{log}"
+    );
+    assert!(
+        s.lines_with("reconnect attempt").is_empty(),
+        "the 30 s retry never ran"
+    );
     eprintln!(
         "SIGHUP: all 11 channels {:.2} s after the signal (retry was 30 s off)",
         took.as_secs_f64()
@@ -397,7 +418,10 @@ fn refresh_command_output_is_used() {
         "refresh command not run"
     );
     assert!(
-        s.wait_log("refresh command: new connection settings", Duration::from_secs(10)),
+        s.wait_log(
+            "refresh command: new connection settings",
+            Duration::from_secs(10)
+        ),
         "refresh output not used"
     );
     // The server comes back with the password the refresh command handed out.
@@ -411,7 +435,10 @@ fn refresh_command_output_is_used() {
     let took = killed.elapsed();
     let log = s.log();
     assert!(log.contains("one_shot_consumed"), "{log}");
-    assert!(!log.contains("pw-two") && !log.contains("pw-one"), "password in log");
+    assert!(
+        !log.contains("pw-two") && !log.contains("pw-one"),
+        "password in log"
+    );
     eprintln!(
         "refresh: {} refresh run(s), {} retry attempt(s); all 11 channels {:.2} s after the kill",
         s.lines_with("running reconnect.refresh_command").len(),
@@ -420,4 +447,194 @@ fn refresh_command_output_is_used() {
     );
     assert_eq!(s.try_exit(), None);
     assert_eq!(s.stop(), Some(0));
+}
+
+/// The session must be up this long for its clean close to count as a takeover
+/// (`spiced::reconnect::TAKEOVER_MIN_HEALTHY` is 5 s), plus margin.
+const HEALTHY: f64 = 5.5;
+
+/// A second client for the takeover tests: spiced with reconnecting disabled.
+fn intruder(vv: &Path, spool: &Path) -> Spiced {
+    std::fs::create_dir_all(spool).unwrap();
+    Spiced::start(vv, &config(spool, "enabled = false"), &[])
+}
+
+/// The takeover pattern up to its second half: `a` links and stays up 5.5 s; a
+/// first intruder takes the session (a clean close of a healthy session), `a`
+/// retries after 1 s, links at once (the server is reachable: the close counts)
+/// and kicks the intruder; `a` stays up 5.5 s again. Returns the first intruder's
+/// exit code.
+fn first_takeover(q: &Qemu, a: &Spiced, vv: &Path, dir: &Path) -> i32 {
+    wait_linked(q, a, 1);
+    keep_up_until(*stamps(a, "-> connected").last().unwrap(), HEALTHY);
+    let mut b1 = intruder(vv, &dir.join("b1"));
+    assert!(
+        a.wait_log("session lost after", Duration::from_secs(20)),
+        "the intruder did not take the session"
+    );
+    assert!(
+        a.wait_log("-> pending: attempt 1 after 1s", Duration::from_secs(5)),
+        "the first takeover-like close must be retried normally"
+    );
+    wait_linked(q, a, 2);
+    let b1_code = b1
+        .wait_exit(Duration::from_secs(20))
+        .expect("intruder 1 exits");
+    keep_up_until(*stamps(a, "-> connected").last().unwrap(), HEALTHY);
+    b1_code
+}
+
+/// Session loss `nth` of `a` was a clean close by the server (a takeover closes
+/// every channel at once; whichever EOF spiced reads first is named).
+fn assert_clean_close(a: &Spiced, nth: usize) {
+    let lost = a.lines_with("session lost after");
+    let line = lost
+        .get(nth)
+        .unwrap_or_else(|| panic!("no session loss #{nth}"));
+    assert!(
+        line.contains("server closed the connection"),
+        "a takeover shows as a clean close: {line}"
+    );
+}
+
+/// The channels named as failing first in `a`'s session losses (for the notes).
+fn first_failed(a: &Spiced) -> Vec<String> {
+    a.lines_with("session lost after")
+        .iter()
+        .filter_map(|l| {
+            let rest = l.split(" s: ").nth(1)?;
+            Some(rest.split(" failed first").next()?.to_string())
+        })
+        .collect()
+}
+
+/// 7a. No kick wars, `on_takeover = "yield"`: the second takeover within the
+///     window is recognised and spiced gives up with `taken_over` (69), leaving
+///     the other client in peace.
+#[test]
+fn takeover_twice_yields_with_69() {
+    if !require_qemu() {
+        return;
+    }
+    let q = Qemu::start(QemuOpts::default());
+    let dir = tempfile::tempdir().unwrap();
+    let vv = vv_for(dir.path(), &q, &[]);
+    let mut a = Spiced::start(&vv, &config(dir.path(), "on_takeover = \"yield\""), &[]);
+    let b1_code = first_takeover(&q, &a, &vv, dir.path());
+    assert_eq!(
+        b1_code, 69,
+        "intruder 1 is kicked and, not reconnecting, exits 69"
+    );
+    assert_clean_close(&a, 0);
+
+    let mut b2 = intruder(&vv, &dir.path().join("b2"));
+    assert_eq!(
+        a.wait_exit(Duration::from_secs(20)),
+        Some(69),
+        "exit status"
+    );
+    let log = a.log();
+    assert!(
+        log.contains("another client appears to have taken the session over"),
+        "{log}"
+    );
+    assert!(log.contains("yielding (on_takeover = \"yield\")"), "{log}");
+    assert!(
+        log.contains("giving up: taken_over (exit status 69)"),
+        "{log}"
+    );
+    assert_clean_close(&a, 1);
+    assert_eq!(
+        a.lines_with("reconnect attempt").len(),
+        1,
+        "only the first close was retried"
+    );
+    // The intruder keeps the session.
+    wait_linked(&q, &b2, 1);
+    let ids = connection_ids(&q);
+    assert_eq!(ids.len(), 1);
+    assert!(
+        !wait_until(Duration::from_secs(2), || connection_ids(&q) != ids),
+        "someone took the session from the second client"
+    );
+    assert_eq!(b2.try_exit(), None);
+    let lost = stamps(&a, "session lost after");
+    let gave_up = stamps(&a, "giving up:")[0];
+    eprintln!(
+        "takeover/yield: closes {:.2} s apart (first EOF read on {:?}); gave up {:.3} s after the second",
+        lost[1] - lost[0],
+        first_failed(&a),
+        gave_up - lost[1]
+    );
+    assert_eq!(b2.stop(), Some(0));
+}
+
+/// 7b. No kick wars, `on_takeover = "reclaim"` with `takeover_delay_secs = 6`:
+///     after the second takeover spiced leaves the other client alone for at least
+///     6 s, then takes the session back.
+#[test]
+fn takeover_twice_reclaims_after_the_delay() {
+    if !require_qemu() {
+        return;
+    }
+    let q = Qemu::start(QemuOpts::default());
+    let dir = tempfile::tempdir().unwrap();
+    let vv = vv_for(dir.path(), &q, &[]);
+    let mut a = Spiced::start(
+        &vv,
+        &config(
+            dir.path(),
+            "on_takeover = \"reclaim\"\ntakeover_delay_secs = 6",
+        ),
+        &[],
+    );
+    let b1_code = first_takeover(&q, &a, &vv, dir.path());
+    assert_eq!(b1_code, 69);
+
+    let mut b2 = intruder(&vv, &dir.path().join("b2"));
+    assert!(
+        a.wait_log_count("session lost after", 2, Duration::from_secs(20)),
+        "the second intruder did not take the session"
+    );
+    assert!(
+        a.wait_log("reclaiming it after 6s", Duration::from_secs(5)),
+        "takeover not recognised: {}",
+        a.log()
+    );
+    assert!(a.log().contains("-> pending: attempt 2 after 6s"));
+    assert_clean_close(&a, 1);
+    // The intruder holds the session undisturbed for the first second (and more).
+    wait_linked(&q, &b2, 1);
+    let ids = connection_ids(&q);
+    assert_eq!(ids.len(), 1);
+    let lost2 = stamps(&a, "session lost after")[1];
+    let quiet_until = lost2 + 1.0;
+    assert!(
+        !wait_until(
+            Duration::from_secs_f64((quiet_until - unix_now()).max(0.0)),
+            || connection_ids(&q) != ids
+        ),
+        "spiced reclaimed within a second of the takeover"
+    );
+    assert!(
+        a.lines_with("reconnect attempt 2").is_empty(),
+        "reclaim attempt within the first second"
+    );
+    // Then it reclaims: every channel back, the intruder kicked.
+    wait_linked(&q, &a, 3);
+    assert_eq!(
+        b2.wait_exit(Duration::from_secs(20)),
+        Some(69),
+        "intruder 2 kicked"
+    );
+    let reclaim = stamps(&a, "reconnect attempt 2")[0];
+    let waited = reclaim - lost2;
+    eprintln!(
+        "takeover/reclaim: closes {:.2} s apart (first EOF read on {:?}); reclaimed {waited:.3} s after the second takeover",
+        lost2 - stamps(&a, "session lost after")[0],
+        first_failed(&a)
+    );
+    assert!(waited >= 6.0 - EARLY_SLACK, "reclaimed after {waited} s");
+    assert!(waited < 10.0, "reclaimed after {waited} s");
+    assert_eq!(a.stop(), Some(0));
 }
