@@ -9,7 +9,7 @@ use super::policy::{secs, Backoff, ReconnectPolicy};
 use super::reason::GiveUpReason;
 use super::ticket::{format_unix_utc, TicketInfo, TicketState};
 use crate::config::{OnTakeover, ReconnectConfig};
-use crate::wire::{ChannelId, ChannelType};
+use crate::wire::ChannelId;
 use std::collections::VecDeque;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -236,7 +236,7 @@ pub struct Supervisor {
     /// Clean closes of healthy sessions that were followed by an immediately
     /// successful link (confirmed takeover-like closes), newest last.
     takeover_closes: VecDeque<Instant>,
-    /// The last disconnect was a clean close of a healthy main; confirmed if the
+    /// The last disconnect was a clean close of a healthy session; confirmed if the
     /// next attempt links at once.
     suspect_close: Option<Instant>,
     /// Refresh command starts, newest last (bounded per cluster window).
@@ -485,8 +485,10 @@ impl Supervisor {
             return;
         }
 
-        let takeover_like =
-            clean_close && channel.ty == ChannelType::Main && healthy >= TAKEOVER_MIN_HEALTHY;
+        // Any channel counts: a takeover closes every socket of the session at once
+        // and whichever EOF is read first (measured: inputs, usbredir:1...) ends
+        // the session, so requiring main would miss nearly every real takeover.
+        let takeover_like = clean_close && healthy >= TAKEOVER_MIN_HEALTHY;
         self.suspect_close = takeover_like.then_some(now.mono);
         if takeover_like {
             let window = self.policy.cluster_window();

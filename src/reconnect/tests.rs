@@ -826,6 +826,34 @@ fn takeover_yield_with_wait_resumes_on_reload() {
     assert_eq!(connects(&a), vec![0]);
 }
 
+/// A real takeover closes every socket of the session at once; the session ends
+/// with whichever EOF it read first (seen against QEMU: inputs, usbredir:1).
+#[test]
+fn takeover_recognised_when_a_secondary_channel_reports_the_close() {
+    let cfg = ReconnectConfig {
+        on_takeover: OnTakeover::Yield,
+        ..Default::default()
+    };
+    let mut h = H::new(cfg, TicketInfo::default());
+    let eof_on = |h: &mut H, s: f64, ch: ChannelId| {
+        let i = Input::Disconnected {
+            generation: h.generation,
+            channel: ch,
+            cause: "server_closed: server closed the connection".into(),
+            clean_close: true,
+        };
+        h.handle(i, s)
+    };
+    h.up(0.0);
+    let a = eof_on(&mut h, 10.0, ChannelId::new(ChannelType::Inputs, 0));
+    assert!(warns(&a).is_empty());
+    assert_eq!(h.pending(), (1, d(1.0), 11.0));
+    h.poll(11.0);
+    h.connected(11.1);
+    let a = eof_on(&mut h, 20.0, ChannelId::new(ChannelType::Usbredir, 1));
+    assert_eq!(gave_up(&a), Some(GiveUpReason::TakenOver));
+}
+
 #[test]
 fn not_a_takeover_when_unhealthy_dirty_or_server_unreachable() {
     // Short-lived sessions: the second clean close is a plain retry.
