@@ -9,7 +9,7 @@ use super::policy::{secs, Backoff, ReconnectPolicy};
 use super::reason::GiveUpReason;
 use super::ticket::{format_unix_utc, TicketInfo, TicketState};
 use crate::config::{OnTakeover, ReconnectConfig};
-use crate::wire::ChannelId;
+use crate::wire::{ChannelId, ChannelType};
 use std::collections::VecDeque;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -485,10 +485,13 @@ impl Supervisor {
             return;
         }
 
-        // Any channel counts: a takeover closes every socket of the session at once
-        // and whichever EOF is read first (measured: inputs, usbredir:1...) ends
-        // the session, so requiring main would miss nearly every real takeover.
-        let takeover_like = clean_close && healthy >= TAKEOVER_MIN_HEALTHY;
+        // A takeover closes every socket of the session at once and any channel's
+        // EOF may be read first (measured: inputs, usbredir:1...). The session
+        // waits for main's own EOF and the daemon then reports the close on main,
+        // so "main closed cleanly" means "the server ended the whole session";
+        // one secondary channel closing alone is not a takeover.
+        let takeover_like =
+            clean_close && channel.ty == ChannelType::Main && healthy >= TAKEOVER_MIN_HEALTHY;
         self.suspect_close = takeover_like.then_some(now.mono);
         if takeover_like {
             let window = self.policy.cluster_window();
