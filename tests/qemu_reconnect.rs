@@ -389,6 +389,50 @@ fn sighup_with_new_vv_reconnects_at_once() {
     assert_eq!(s.stop(), Some(0));
 }
 
+/// 6b. SIGHUP while connected: `systemctl reload` means "use this .vv now", so
+///     the running session is replaced by one made with the new settings.
+#[test]
+fn sighup_while_connected_replaces_the_session() {
+    if !require_qemu() {
+        return;
+    }
+    let q = Qemu::start(QemuOpts::with_password("pw-one"));
+    let dir = tempfile::tempdir().unwrap();
+    let vv = vv_for(dir.path(), &q, &[("password", "pw-one")]);
+    let mut s = Spiced::start(&vv, &config(dir.path(), ""), &[]);
+    wait_linked(&q, &s, 1);
+    let before = connection_ids(&q);
+    {
+        let mut qmp = q.qmp();
+        qmp.set_password("pw-two").unwrap();
+        qmp.expire_password("never").unwrap();
+    }
+    vv_for(dir.path(), &q, &[("password", "pw-two")]);
+    let hup = Instant::now();
+    s.signal(libc::SIGHUP);
+    wait_linked(&q, &s, 2);
+    let took = hup.elapsed();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let now = connection_ids(&q);
+            now.len() == 1 && now != before
+        }),
+        "QEMU still sees the old session: {before:?} -> {:?}",
+        connection_ids(&q)
+    );
+    let log = s.log();
+    assert!(log.contains("fresh settings loaded: reconnecting"), "{log}");
+    assert!(
+        !log.contains("session lost"),
+        "a reload is no disconnect: {log}"
+    );
+    eprintln!(
+        "SIGHUP while connected: new session fully linked {:.2} s after the signal",
+        took.as_secs_f64()
+    );
+    assert_eq!(s.stop(), Some(0));
+}
+
 /// 8. `refresh_command` on a consumed single-use ticket: its stdout is a fresh
 ///    .vv with the server's new password; spiced links with it.
 #[test]
