@@ -1,3 +1,5 @@
+//! Unit tests of the channel state machine (compiled only under #[cfg(test)]).
+
 use super::*;
 use crate::wire::frame::{Decoder, Encoder, HeaderKind};
 use crate::wire::msg::client;

@@ -1,5 +1,5 @@
-//! Supervisor tests with injected time: `at(s)` is `s` seconds after an arbitrary
-//! origin on both clocks (wall clock starting at `T0_UNIX`).
+//! Supervisor tests (compiled only under #[cfg(test)]) with injected time: `at(s)` is `s`
+//! seconds after an arbitrary origin on both clocks (wall clock starting at `T0_UNIX`).
 
 use super::*;
 use crate::config::{OnTakeover, ReconnectConfig};
