@@ -16,6 +16,12 @@ impl Spiced {
     /// Starts `spiced --vv VV --config <toml> [extra args]`. The TOML text is
     /// written to a temp file; pass "" for defaults.
     pub fn start(vv: &Path, toml: &str, extra: &[&str]) -> Spiced {
+        Spiced::start_env(vv, toml, extra, &[])
+    }
+
+    /// `start` with extra environment variables, set after the default
+    /// `RUST_LOG=info` so e.g. `("RUST_LOG", "info,spiced::report=debug")` wins.
+    pub fn start_env(vv: &Path, toml: &str, extra: &[&str], env: &[(&str, &str)]) -> Spiced {
         let dir = tempfile::tempdir().expect("temp dir");
         let cfg = dir.path().join("spiced.toml");
         std::fs::write(&cfg, toml).expect("write config");
@@ -28,6 +34,7 @@ impl Spiced {
             .arg(&cfg)
             .args(extra)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(logf);
