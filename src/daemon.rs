@@ -32,7 +32,7 @@ use std::time::{Duration, SystemTime};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 /// Runs spiced until it stops; returns the process exit code (see `exit`).
 pub fn main(args: &RunArgs) -> u8 {
@@ -414,7 +414,6 @@ impl Daemon {
             return;
         }
         let Some(skipped) = self.reporter.should_write(end_mono()) else {
-            debug!("disconnect report skipped (cooldown)");
             return;
         };
         let mut cause = DisconnectCause::new(
@@ -444,7 +443,7 @@ impl Daemon {
             "channels": end.info.channels,
             "dropped_events": end.info.dropped_events,
             "settings": self.settings.redacted_json(),
-            "config": serde_json::to_value(&*self.config).unwrap_or_default(),
+            "config": redacted_config(&self.config),
         });
         let capture = run
             .capture
@@ -777,7 +776,78 @@ async fn tick_opt(t: &mut Option<tokio::time::Interval>) {
     }
 }
 
+/// The config for `session.json`: the refresh command's arguments may carry a
+/// broker token, so only the program name is kept.
+fn redacted_config(c: &Config) -> serde_json::Value {
+    let mut c = c.clone();
+    if let Some((prog, args)) = c.reconnect.refresh_command.split_first() {
+        let mut v = vec![prog.clone()];
+        v.extend(args.iter().map(|_| "<redacted>".to_string()));
+        c.reconnect.refresh_command = v;
+    }
+    serde_json::to_value(&c).unwrap_or_default()
+}
+
 fn end_mono() -> Duration {
     static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     ORIGIN.get_or_init(std::time::Instant::now).elapsed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_json_config_hides_refresh_command_arguments() {
+        let mut c = Config::default();
+        c.reconnect.refresh_command = vec!["/usr/bin/broker".into(), "--token=s3cr3t".into()];
+        let v = redacted_config(&c).to_string();
+        assert!(!v.contains("s3cr3t"), "{v}");
+        assert!(
+            v.contains("/usr/bin/broker") && v.contains("<redacted>"),
+            "{v}"
+        );
+    }
+
+    #[test]
+    fn link_refusals_map_to_supervisor_classes() {
+        let f = |code: Option<LinkErrorCode>, cause: Cause, transient: bool| Failure {
+            channel: ChannelId::MAIN,
+            cause,
+            message: String::new(),
+            io_kind: None,
+            link_code: code,
+            transient,
+            during_link: true,
+        };
+        use LinkErrorCode as L;
+        assert_eq!(
+            fail_class(&f(Some(L::PermissionDenied), Cause::TicketRejected, false)),
+            FailClass::PermissionDenied
+        );
+        assert_eq!(
+            fail_class(&f(Some(L::BadConnectionId), Cause::LinkError, true)),
+            FailClass::BadConnectionId
+        );
+        assert_eq!(
+            fail_class(&f(Some(L::InvalidData), Cause::LinkError, false)),
+            FailClass::Protocol { code: 3 }
+        );
+        assert_eq!(
+            fail_class(&f(Some(L::NeedSecured), Cause::LinkError, false)),
+            FailClass::Config
+        );
+        assert_eq!(
+            fail_class(&f(None, Cause::TlsError, false)),
+            FailClass::TlsVerification
+        );
+        assert_eq!(
+            fail_class(&f(None, Cause::ConnectFailed, true)),
+            FailClass::Network
+        );
+        assert_eq!(
+            fail_class(&f(None, Cause::TlsError, true)),
+            FailClass::Network
+        );
+    }
 }
