@@ -16,12 +16,29 @@ impl Spiced {
     /// Starts `spiced --vv VV --config <toml> [extra args]`. The TOML text is
     /// written to a temp file; pass "" for defaults.
     pub fn start(vv: &Path, toml: &str, extra: &[&str]) -> Spiced {
+        Spiced::start_cmd(
+            std::process::Command::new(super::spiced_bin()),
+            vv,
+            toml,
+            extra,
+        )
+    }
+
+    /// `start` with a prepared command that runs the spiced binary, e.g.
+    /// `ns.command(spiced_bin())` to run it inside a network namespace (`ip netns
+    /// exec` execs in place, so the child's pid is spiced's and signals reach it).
+    /// The same arguments, log file and drop behaviour as `start`.
+    pub fn start_cmd(
+        mut cmd: std::process::Command,
+        vv: &Path,
+        toml: &str,
+        extra: &[&str],
+    ) -> Spiced {
         let dir = tempfile::tempdir().expect("temp dir");
         let cfg = dir.path().join("spiced.toml");
         std::fs::write(&cfg, toml).expect("write config");
         let log = dir.path().join("spiced.log");
         let logf = std::fs::File::create(&log).expect("log file");
-        let mut cmd = std::process::Command::new(super::spiced_bin());
         cmd.arg("--vv")
             .arg(vv)
             .arg("--config")
