@@ -22,12 +22,30 @@ impl Spiced {
     /// `start` with extra environment variables, set after the default
     /// `RUST_LOG=info` so e.g. `("RUST_LOG", "info,spiced::report=debug")` wins.
     pub fn start_env(vv: &Path, toml: &str, extra: &[&str], env: &[(&str, &str)]) -> Spiced {
+        let cmd = std::process::Command::new(super::spiced_bin());
+        Spiced::start_cmd_env(cmd, vv, toml, extra, env)
+    }
+
+    /// `start` with a prepared command that runs the spiced binary, e.g.
+    /// `ns.command(spiced_bin())` to run it inside a network namespace (`ip netns
+    /// exec` execs in place, so the child's pid is spiced's and signals reach it).
+    /// The same arguments, log file and drop behaviour as `start`.
+    pub fn start_cmd(cmd: std::process::Command, vv: &Path, toml: &str, extra: &[&str]) -> Spiced {
+        Spiced::start_cmd_env(cmd, vv, toml, extra, &[])
+    }
+
+    fn start_cmd_env(
+        mut cmd: std::process::Command,
+        vv: &Path,
+        toml: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Spiced {
         let dir = tempfile::tempdir().expect("temp dir");
         let cfg = dir.path().join("spiced.toml");
         std::fs::write(&cfg, toml).expect("write config");
         let log = dir.path().join("spiced.log");
         let logf = std::fs::File::create(&log).expect("log file");
-        let mut cmd = std::process::Command::new(super::spiced_bin());
         cmd.arg("--vv")
             .arg(vv)
             .arg("--config")
