@@ -38,7 +38,8 @@ impl Default for LogConfig {
 pub struct KeepaliveConfig {
     /// A channel silent in both directions this long sends one keepalive. 0 disables.
     pub idle_secs: f64,
-    /// No inbound byte on main for this long ends the session (`keepalive_timeout`). 0 disables.
+    /// No inbound byte on main for this long ends the session (`keepalive_timeout`);
+    /// a probe goes out at half of it. 0 disables.
     pub main_timeout_secs: f64,
     /// TCP keepalive: idle time before the first probe. 0 disables TCP keepalive.
     pub tcp_idle_secs: u32,

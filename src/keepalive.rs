@@ -7,6 +7,9 @@
 //! * [`Backstop`]: no inbound byte on main for `timeout` ends the session: the
 //!   server PINGs main every 15 s, so silence there means a frozen or wedged
 //!   server — something TCP cannot see, since the server's kernel keeps ACKing.
+//!   Halfway through the silence main sends a probe the server must answer
+//!   (ATTACH_CHANNELS ⇒ CHANNELS_LIST), so a timeout shorter than the server's
+//!   PING interval still never fires on a healthy server.
 
 use std::time::Duration;
 
@@ -62,6 +65,11 @@ impl Backstop {
 
     pub fn deadline(&self) -> Option<Duration> {
         self.timeout.map(|t| self.last_rx + t)
+    }
+
+    /// When to ask the server for a sign of life: halfway to the deadline.
+    pub fn probe_at(&self) -> Option<Duration> {
+        self.timeout.map(|t| self.last_rx + t / 2)
     }
 
     /// `Some(silence)` once the timeout has passed.
@@ -125,5 +133,14 @@ mod tests {
         assert_eq!(b.expired(S(99)), None);
         assert_eq!(b.expired(S(100)), Some(S(90)));
         assert_eq!(Backstop::new(None, S(0)).expired(S(1 << 30)), None);
+    }
+
+    #[test]
+    fn backstop_probes_halfway() {
+        let mut b = Backstop::new(Some(S(10)), S(0));
+        assert_eq!(b.probe_at(), Some(S(5)));
+        b.on_rx(S(7));
+        assert_eq!(b.probe_at(), Some(S(12)));
+        assert_eq!(b.deadline(), Some(S(17)));
     }
 }

@@ -597,8 +597,11 @@ pub async fn run(
                                 continue;
                             }
                             if let Some(why) = ctx.skip_reason(c) {
-                                info!(channel = %c, "not linking {c}: {why}");
-                                info.not_linked.insert(c.to_string(), why);
+                                // The list comes again after every main probe: say it once.
+                                if !info.not_linked.contains_key(&c.to_string()) {
+                                    info!(channel = %c, "not linking {c}: {why}");
+                                    info.not_linked.insert(c.to_string(), why);
+                                }
                                 continue;
                             }
                             spawned.insert(c);

@@ -113,6 +113,8 @@ async fn serve(
     // Then answer like a server: CHANNELS_LIST after ATTACH_CHANNELS; record all.
     let mut buf = vec![0u8; 4096];
     let mut acc = Vec::new();
+    let frozen = fault == Fault::FrozenMain;
+    let mut lists_sent = 0;
     loop {
         let r = tokio::select! {
             r = s.read(&mut buf) => r,
@@ -131,14 +133,13 @@ async fn serve(
             }
             acc.drain(..6 + len);
             received.lock().unwrap().push((ch, t));
-            if ch.ty == ChannelType::Main && t == 104 {
+            // A frozen server answers nothing after its first CHANNELS_LIST (the
+            // kernel still takes the bytes): main's probes go unanswered.
+            if ch.ty == ChannelType::Main && t == 104 && !(frozen && lists_sent > 0) {
                 let list = [3u32.to_le_bytes().to_vec(), vec![2, 0, 3, 0, 4, 0]].concat();
                 let _ = s.write_all(&mini(104, &list)).await;
+                lists_sent += 1;
             }
-        }
-        if ch.ty == ChannelType::Main && fault == Fault::FrozenMain {
-            // Keep reading (the kernel ACKs) but never send again.
-            continue;
         }
     }
 }
@@ -275,6 +276,33 @@ async fn need_secured_moves_the_channel_to_tls() {
     let inputs = ChannelId::new(ChannelType::Inputs, 0);
     let c = fake.connects.lock().unwrap().clone();
     assert!(c.contains(&(inputs, false)) && c.contains(&(inputs, true)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn main_probe_keeps_a_live_server_under_a_short_backstop() {
+    // The fake server PINGs once and then only answers the probes; a 4 s
+    // backstop would fire every 4 s without them.
+    let mut cfg = Config::default();
+    cfg.keepalive.main_timeout_secs = 4.0;
+    let (c, fake) = ctx(Fault::None, cfg);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(Stop::Run);
+    let run = tokio::spawn(session::run(c, tx, stop_rx));
+    wait_all_up(&mut rx).await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(!run.is_finished(), "a live server must not look frozen");
+    stop_tx.send(Stop::Abort).unwrap();
+    let end = run.await.unwrap();
+    assert_eq!(end.failure, None);
+    let probes = fake
+        .received
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| **r == (ChannelId::MAIN, 104))
+        .count();
+    // One ATTACH_CHANNELS at link, then a probe every 2 s of silence.
+    assert!((25..=32).contains(&probes), "{probes} ATTACH_CHANNELS");
 }
 
 #[tokio::test(start_paused = true)]

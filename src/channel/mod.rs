@@ -81,6 +81,10 @@ pub struct Channel {
     ack_countdown: u32,
     idle: IdleTimer,
     backstop: Option<Backstop>,
+    /// Main only: ATTACH_CHANNELS went out after MAIN_INIT, so a probe may follow.
+    attached: bool,
+    /// Main only: a probe was sent and nothing has arrived since.
+    probe_outstanding: bool,
     last_keepalive: Option<Duration>,
     out: VecDeque<(ClientMsg, Vec<u8>)>,
     events: VecDeque<ChannelEvent>,
@@ -106,6 +110,8 @@ impl Channel {
             ack_countdown: 0,
             idle: IdleTimer::new(secs(cfg.idle_secs), now),
             backstop,
+            attached: false,
+            probe_outstanding: false,
             last_keepalive: None,
             out: VecDeque::new(),
             events: VecDeque::new(),
@@ -157,6 +163,7 @@ impl Channel {
         self.idle.on_traffic(now);
         if let Some(b) = self.backstop.as_mut() {
             b.on_rx(now);
+            self.probe_outstanding = false;
         }
         self.decoder.push(data);
         while let Some(frame) = self.decoder.next_frame()? {
@@ -203,6 +210,7 @@ impl Channel {
             ServerMsg::MainInit(init) => {
                 self.events.push_back(ChannelEvent::MainInit(init));
                 self.queue(ClientMsg::AttachChannels);
+                self.attached = true;
             }
             ServerMsg::ChannelsList(list) => {
                 let ids = list
@@ -238,6 +246,16 @@ impl Channel {
         if let Some(silent) = self.backstop.as_ref().and_then(|b| b.expired(now)) {
             return Err(ChannelError::KeepaliveTimeout { silent });
         }
+        if self.probe_due(now) {
+            // spice-server answers ATTACH_CHANNELS with CHANNELS_LIST (and does
+            // nothing else), so a live server breaks the silence; a frozen one
+            // cannot. The session handles the repeated list idempotently.
+            self.queue(ClientMsg::AttachChannels);
+            self.probe_outstanding = true;
+            self.counters.client_keepalive_send_count += 1;
+            self.counters.last_client_keepalive_send_ts_secs = Some(secs_f64(now));
+            self.last_keepalive = Some(now);
+        }
         if self.idle.due(now) && self.out.is_empty() {
             // Echo the current generation: spice-server only records it (no log,
             // no reply), and the ACK window stays intact. See docs/keepalive.md.
@@ -251,13 +269,27 @@ impl Channel {
         Ok(())
     }
 
+    fn probe_at(&self) -> Option<Duration> {
+        if !self.attached || self.probe_outstanding {
+            return None;
+        }
+        self.backstop.as_ref().and_then(Backstop::probe_at)
+    }
+
+    fn probe_due(&self, now: Duration) -> bool {
+        self.probe_at().is_some_and(|p| now >= p)
+    }
+
     /// The earliest time `handle_timeout` has work to do.
     pub fn poll_timeout(&self) -> Option<Duration> {
-        let b = self.backstop.as_ref().and_then(Backstop::deadline);
-        match (self.idle.deadline(), b) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.idle.deadline(),
+            self.backstop.as_ref().and_then(Backstop::deadline),
+            self.probe_at(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// The next bytes to write; the caller writes them right away.

@@ -207,6 +207,56 @@ fn main_backstop_fires_on_inbound_silence_only() {
     assert_eq!(other.poll_timeout(), None, "backstop is main's only");
 }
 
+fn main_init() -> Vec<u8> {
+    let mut init = Vec::new();
+    for v in [42u32, 1, 3, 2, 0, 10, 0, 0] {
+        init.extend_from_slice(&v.to_le_bytes());
+    }
+    server_msg(103, &init)
+}
+
+#[test]
+fn main_probes_halfway_and_an_answer_keeps_the_session() {
+    // A backstop shorter than the server's 15 s PING interval: the probe
+    // (ATTACH_CHANNELS, answered by CHANNELS_LIST) keeps a live server from
+    // looking frozen.
+    let mut ch = Channel::new(ChannelId::MAIN, HeaderKind::Mini, &cfg(15.0, 10.0), S(0));
+    ch.on_bytes(&main_init(), S(0)).unwrap();
+    assert_eq!(
+        types(&sent(&mut ch, S(0))),
+        vec![client::MAIN_ATTACH_CHANNELS]
+    );
+    assert_eq!(ch.poll_timeout(), Some(S(5)));
+    ch.handle_timeout(S(5)).unwrap();
+    assert_eq!(
+        types(&sent(&mut ch, S(5))),
+        vec![client::MAIN_ATTACH_CHANNELS]
+    );
+    // One probe per silence: nothing more until the server speaks.
+    assert_eq!(ch.poll_timeout(), Some(S(10)));
+    let list = [1u32.to_le_bytes().to_vec(), vec![2, 0]].concat();
+    ch.on_bytes(&server_msg(104, &list), Duration::from_millis(5010))
+        .unwrap();
+    assert!(ch.handle_timeout(S(10)).is_ok(), "answered: no timeout");
+    assert_eq!(ch.counters().keepalive_replies, 1);
+    // A frozen server never answers: the probe goes out, then the timeout.
+    ch.handle_timeout(Duration::from_millis(10_010)).unwrap();
+    assert_eq!(
+        types(&sent(&mut ch, Duration::from_millis(10_010))),
+        vec![client::MAIN_ATTACH_CHANNELS]
+    );
+    assert_eq!(
+        ch.handle_timeout(Duration::from_millis(15_010)),
+        Err(ChannelError::KeepaliveTimeout { silent: S(10) })
+    );
+}
+
+#[test]
+fn no_probe_before_main_init() {
+    let ch = Channel::new(ChannelId::MAIN, HeaderKind::Mini, &cfg(0.0, 10.0), S(0));
+    assert_eq!(ch.poll_timeout(), Some(S(10)), "only the backstop itself");
+}
+
 #[test]
 fn oversized_or_malformed_input_is_a_typed_error() {
     let mut ch = Channel::new(ChannelId::MAIN, HeaderKind::Mini, &cfg(15.0, 90.0), S(0));
