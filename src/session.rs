@@ -598,9 +598,11 @@ pub async fn run(
                             }
                             if let Some(why) = ctx.skip_reason(c) {
                                 // The list comes again after every main probe: say it once.
-                                if !info.not_linked.contains_key(&c.to_string()) {
+                                if let std::collections::btree_map::Entry::Vacant(e) =
+                                    info.not_linked.entry(c.to_string())
+                                {
                                     info!(channel = %c, "not linking {c}: {why}");
-                                    info.not_linked.insert(c.to_string(), why);
+                                    e.insert(why);
                                 }
                                 continue;
                             }
