@@ -17,7 +17,8 @@ bin=target/debug/spiced
 work=$(mktemp -d /tmp/spiced-demo.XXXXXX)
 qpid=""
 cleanup() {
-  [ -n "$qpid" ] && kill -9 "$qpid" 2>/dev/null && wait "$qpid" 2>/dev/null
+  # Never fail here: the exit status is spiced's.
+  if [ -n "$qpid" ]; then kill -9 "$qpid" 2>/dev/null || true; wait "$qpid" 2>/dev/null || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
