@@ -565,6 +565,9 @@ impl Daemon {
         let mut events: Option<mpsc::Receiver<SessionEvent>> = None;
         let mut generation = 0u64;
         let mut ready_sent = false;
+        // READY at the latest this long after the first session is established,
+        // even if some channel never links (systemd must not time out the start).
+        let mut ready_by: Option<tokio::time::Instant> = None;
         let mut refresh: Option<oneshot::Receiver<Result<vv::Parsed, String>>> = None;
         let mut vv_stamp = file_stamp(&self.vv_path);
         let mut watch_tick = tokio::time::interval(Duration::from_secs(1));
@@ -664,6 +667,9 @@ impl Daemon {
                     match ev {
                         SessionEvent::Connected { .. } => {
                             run.connected = true;
+                            if !ready_sent && ready_by.is_none() {
+                                ready_by = Some(tokio::time::Instant::now() + Duration::from_secs_f64(self.config.keepalive.connect_timeout_secs));
+                            }
                             actions.extend(sup.handle(Input::Connected { generation: run.generation }, Now::system()));
                         }
                         SessionEvent::AllChannelsUp { count } => {
@@ -724,6 +730,11 @@ impl Daemon {
                             actions.extend(sup.handle(Input::Reload { ticket }, Now::system()));
                         }
                     }
+                }
+                _ = sleep_until_opt(ready_by), if !ready_sent => {
+                    ready_sent = true;
+                    warn!("not every channel linked within {:.0} s of the session start; telling systemd we are ready anyway", self.config.keepalive.connect_timeout_secs);
+                    self.notifier.notify(Notice::Ready);
                 }
                 _ = tick_opt(&mut watchdog) => {
                     self.notifier.notify(Notice::Watchdog);
