@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # benches/idle_vs_reference.sh [SECONDS] — idle cost of spiced vs spice-gtk.
-# Starts two identical QEMUs (SPICE on 127.0.0.1, 11 channels), links spiced
+# Starts two identical QEMUs (scripts/lab-qemu.sh: SPICE on 127.0.0.1, 11 channels), links spiced
 # (release build) to one and the reference client spicy-stats (spice-gtk, no X) to
 # the other, waits SECONDS (default 60) after a 10 s settle, and prints each
 # client's RSS and CPU time over the window, the channels QEMU saw, and the ratio
@@ -15,39 +15,14 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-qemu() { # qemu PORT QMP
-  qemu-system-x86_64 -name spiced-bench,process=spiced-bench-qemu -machine pc -accel tcg -m 64 \
-    -nodefaults -no-user-config -display none -serial none -monitor none -device qxl-vga \
-    -spice "addr=127.0.0.1,port=$1,disable-ticketing=on" \
-    -audiodev spice,id=snd0 -device intel-hda -device hda-duplex,audiodev=snd0 \
-    -device qemu-xhci,id=xhci \
-    -chardev spicevmc,name=usbredir,id=u0 -device usb-redir,chardev=u0,bus=xhci.0 \
-    -chardev spicevmc,name=usbredir,id=u1 -device usb-redir,chardev=u1,bus=xhci.0 \
-    -device usb-ccid,bus=xhci.0 -chardev spicevmc,name=smartcard,id=sc -device ccid-card-passthru,chardev=sc \
-    -device virtio-serial-pci,id=vser0 \
-    -chardev spiceport,name=org.spice-space.webdav.0,id=wd -device virtserialport,bus=vser0.0,chardev=wd,name=org.spice-space.webdav.0 \
-    -qmp "unix:$2,server=on,wait=off" </dev/null >/dev/null 2>&1 &
-  pids+=($!)
-}
-channels() { # channels QMP: connected SPICE channels as QEMU sees them
-  python3 - "$1" <<'PY'
-import json, socket, sys
-s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); f = s.makefile("rw")
-f.readline(); f.write('{"execute":"qmp_capabilities"}\n'); f.flush(); f.readline()
-f.write('{"execute":"query-spice"}\n'); f.flush()
-while True:
-    r = json.loads(f.readline())
-    if "return" in r: print(len(r["return"].get("channels", []))); break
-PY
-}
+. scripts/lab-qemu.sh
 stat() { # stat PID -> "rss_kb cpu_ticks"
   awk '/VmRSS/ {print $2}' "/proc/$1/status" | tr '\n' ' '
   awk '{print $14 + $15}' "/proc/$1/stat"
 }
-p1=$(freeport); p2=$(freeport)
-qemu "$p1" "$work/q1.qmp"; qemu "$p2" "$work/q2.qmp"
-sleep 1
+p1=$(free_port); p2=$(free_port)
+start_lab_qemu spiced-bench1 "$p1" "$work/q1.log" "$work/q1.qmp"; pids+=("$LAB_QEMU_PID")
+start_lab_qemu spiced-bench2 "$p2" "$work/q2.log" "$work/q2.qmp"; pids+=("$LAB_QEMU_PID")
 printf '[virt-viewer]\ntype=spice\nhost=127.0.0.1\nport=%s\n' "$p1" > "$work/c.vv"
 printf '[report]\nspool_dir = "%s/rep"\n' "$work" > "$work/c.toml"
 target/release/spiced --vv "$work/c.vv" --config "$work/c.toml" 2>"$work/spiced.log" & sp=$!; pids+=($sp)
@@ -56,7 +31,7 @@ sleep 10
 read -r s_rss0 s_cpu0 < <(stat $sp); read -r r_rss0 r_cpu0 < <(stat $rp)
 sleep "$secs"
 read -r s_rss s_cpu < <(stat $sp); read -r r_rss r_cpu < <(stat $rp)
-c1=$(channels "$work/q1.qmp"); c2=$(channels "$work/q2.qmp")
+c1=$(lab_qemu_channels "$work/q1.qmp"); c2=$(lab_qemu_channels "$work/q2.qmp")
 hz=$(getconf CLK_TCK)
 printf 'idle %ss after 10s settle, CPU in ticks of 1/%s s\n' "$secs" "$hz"
 printf '%-22s %8s %10s %10s\n' client channels RSS_kB cpu_ticks

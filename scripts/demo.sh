@@ -23,31 +23,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# A free port on loopback.
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-qemu-system-x86_64 -name spiced-demo,process=spiced-demo-qemu -machine pc -accel tcg -m 64 \
-  -nodefaults -no-user-config -display none -serial none -monitor none \
-  -device qxl-vga,id=video0 \
-  -spice "addr=127.0.0.1,port=$port,disable-ticketing=on" \
-  -audiodev spice,id=snd0 -device intel-hda -device hda-duplex,audiodev=snd0 \
-  -device qemu-xhci,id=xhci \
-  -chardev spicevmc,name=usbredir,id=usbredir0 -device usb-redir,chardev=usbredir0,bus=xhci.0 \
-  -chardev spicevmc,name=usbredir,id=usbredir1 -device usb-redir,chardev=usbredir1,bus=xhci.0 \
-  -device usb-ccid,bus=xhci.0 \
-  -chardev spicevmc,name=smartcard,id=smartcard0 -device ccid-card-passthru,chardev=smartcard0 \
-  -device virtio-serial-pci,id=vser0 \
-  -chardev spicevmc,name=vdagent,id=vdagent0 \
-  -device virtserialport,bus=vser0.0,chardev=vdagent0,name=com.redhat.spice.0 \
-  -chardev spiceport,name=org.spice-space.webdav.0,id=webdav0 \
-  -device virtserialport,bus=vser0.0,chardev=webdav0,name=org.spice-space.webdav.0 \
-  -chardev spiceport,name=org.spice-space.demo.0,id=port0 \
-  -device virtserialport,bus=vser0.0,chardev=port0,name=org.spice-space.demo.0 \
-  </dev/null >"$work/qemu.log" 2>&1 &
-qpid=$!
-for _ in $(seq 100); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-  sleep 0.05
-done
+. scripts/lab-qemu.sh
+port=$(free_port)
+start_lab_qemu spiced-demo "$port" "$work/qemu.log"
+qpid=$LAB_QEMU_PID
 
 cat > "$work/console.vv" <<VV
 [virt-viewer]

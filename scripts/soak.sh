@@ -29,49 +29,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+. scripts/lab-qemu.sh
+port=$(free_port)
 qmp=$work/qmp.sock
-qemu-system-x86_64 -name spiced-soak,process=spiced-soak-qemu -machine pc -accel tcg -m 64 \
-  -nodefaults -no-user-config -display none -serial none -monitor none \
-  -device qxl-vga,id=video0 \
-  -spice "addr=127.0.0.1,port=$port,disable-ticketing=on" \
-  -audiodev spice,id=snd0 -device intel-hda -device hda-duplex,audiodev=snd0 \
-  -device qemu-xhci,id=xhci \
-  -chardev spicevmc,name=usbredir,id=usbredir0 -device usb-redir,chardev=usbredir0,bus=xhci.0 \
-  -chardev spicevmc,name=usbredir,id=usbredir1 -device usb-redir,chardev=usbredir1,bus=xhci.0 \
-  -device usb-ccid,bus=xhci.0 \
-  -chardev spicevmc,name=smartcard,id=smartcard0 -device ccid-card-passthru,chardev=smartcard0 \
-  -device virtio-serial-pci,id=vser0 \
-  -chardev spicevmc,name=vdagent,id=vdagent0 \
-  -device virtserialport,bus=vser0.0,chardev=vdagent0,name=com.redhat.spice.0 \
-  -chardev spiceport,name=org.spice-space.webdav.0,id=webdav0 \
-  -device virtserialport,bus=vser0.0,chardev=webdav0,name=org.spice-space.webdav.0 \
-  -chardev spiceport,name=org.spice-space.soak.0,id=port0 \
-  -device virtserialport,bus=vser0.0,chardev=port0,name=org.spice-space.soak.0 \
-  -qmp "unix:$qmp,server=on,wait=off" \
-  </dev/null >"$work/qemu.log" 2>&1 &
-qpid=$!
-for _ in $(seq 200); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-  sleep 0.05
-done
-
-# Connected SPICE channels as QEMU sees them (QMP query-spice); "?" if QMP fails.
-qemu_channels() {
-  python3 - "$qmp" <<'PY' 2>/dev/null || echo "?"
-import json, socket, sys
-s = socket.socket(socket.AF_UNIX); s.settimeout(5); s.connect(sys.argv[1])
-f = s.makefile("rw")
-f.readline()
-for cmd in ("qmp_capabilities", "query-spice"):
-    f.write(json.dumps({"execute": cmd}) + "\n"); f.flush()
-    while True:
-        r = json.loads(f.readline())
-        if "return" in r or "error" in r:
-            break
-print(len(r["return"]["channels"]))
-PY
-}
+start_lab_qemu spiced-soak "$port" "$work/qemu.log" "$qmp"
+qpid=$LAB_QEMU_PID
+qemu_channels() { lab_qemu_channels "$qmp"; }
 
 cat > "$work/console.vv" <<VV
 [virt-viewer]
