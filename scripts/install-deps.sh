@@ -4,7 +4,8 @@
 # Idempotent and noninteractive; run as root (CI runs it from .ci/run). apt is not
 # touched at all when every package is already installed, so a re-run takes well
 # under a second.
-#   server side:      qemu-system-x86 (QEMU + spice-server), openssl (test certs)
+#   server side:      qemu-system-x86 (QEMU + spice-server), openssl (test certs),
+#                     binutils (assembles the display-load guest, tests/guest/)
 #   fault injection:  tinyproxy (HTTP CONNECT proxy), nftables + iproute2 (netns
 #                     black hole), procps
 #   traffic reading:  tshark (SPICE dissector)
@@ -14,7 +15,7 @@
 set -euo pipefail
 
 me=install-deps.sh
-pkgs=(qemu-system-x86 openssl tshark tinyproxy nftables iproute2 ca-certificates procps
+pkgs=(qemu-system-x86 binutils openssl tshark tinyproxy nftables iproute2 ca-certificates procps
   python3-gi gir1.2-spiceclientglib-2.0 spice-client-gtk)
 check=0
 for a in "$@"; do

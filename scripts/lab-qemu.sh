@@ -8,10 +8,19 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
-# start_lab_qemu NAME PORT LOG [QMP_SOCKET]: starts QEMU in the background
-# (its pid in $! and in LAB_QEMU_PID) and returns once PORT accepts connections.
+# build_vga_noise DIR: assembles the display-load guest (tests/guest/vga-noise.S)
+# into DIR/vga-noise.elf and prints its path.
+build_vga_noise() {
+  as --32 -o "$1/vga-noise.o" tests/guest/vga-noise.S
+  ld -m elf_i386 -Ttext 0x100000 -o "$1/vga-noise.elf" "$1/vga-noise.o"
+  echo "$1/vga-noise.elf"
+}
+
+# start_lab_qemu NAME PORT LOG [QMP_SOCKET [KERNEL]]: starts QEMU in the background
+# (its pid in LAB_QEMU_PID) and returns once PORT accepts connections. With
+# KERNEL (e.g. from build_vga_noise) the guest runs it.
 start_lab_qemu() {
-  local name=$1 port=$2 log=$3 qmp=${4:-}
+  local name=$1 port=$2 log=$3 qmp=${4:-} kernel=${5:-}
   local args=(-name "$name,process=$name-qemu" -machine pc -accel tcg -m 64
     -nodefaults -no-user-config -display none -serial none -monitor none
     -device qxl-vga,id=video0
@@ -30,6 +39,7 @@ start_lab_qemu() {
     -chardev spiceport,name="org.spice-space.$name.0",id=port0
     -device virtserialport,bus=vser0.0,chardev=port0,name="org.spice-space.$name.0")
   [ -n "$qmp" ] && args+=(-qmp "unix:$qmp,server=on,wait=off")
+  [ -n "$kernel" ] && args+=(-kernel "$kernel")
   qemu-system-x86_64 "${args[@]}" </dev/null >"$log" 2>&1 &
   LAB_QEMU_PID=$!
   local _

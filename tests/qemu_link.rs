@@ -221,6 +221,65 @@ fn tcp_connections_of(pid: i32) -> Vec<(u16, u16)> {
         .collect()
 }
 
+/// A continuous display load (the vga-noise guest: a few MB/s of drawing) is
+/// drained and ACKed: the server's ACK window never fills (it would stop sending
+/// and the guest's display would stall), nothing drops, QEMU logs nothing.
+#[test]
+fn display_load_is_drained_and_acked() {
+    if !require_qemu() {
+        return;
+    }
+    let Some(kernel) = vga_noise_kernel() else {
+        assert!(std::env::var_os("CI").is_none(), "binutils missing in CI");
+        eprintln!("skipping: binutils (as, ld) not installed");
+        return;
+    };
+    let q = Qemu::start(QemuOpts {
+        extra_args: vec!["-kernel".into(), kernel.display().to_string()],
+        ..Default::default()
+    });
+    let t = Scratch::new();
+    let vv = t.vv(&[("host", "127.0.0.1"), ("port", &q.port().to_string())]);
+    let (mut s, _) = start_and_link(&vv, &t.toml(""), &q, ALL);
+    let secs = 15;
+    stays_linked(&q, ALL, Duration::from_secs(secs));
+    stop_cleanly(&mut s, &q);
+    let log = s.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("channel display totals:"))
+        .unwrap_or_else(|| panic!("no display totals: {log}"));
+    let field = |key: &str| -> u64 {
+        line.split(key)
+            .nth(1)
+            .and_then(|r| r.trim_start().split([' ', ',']).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {key:?} in {line}"))
+    };
+    let bytes_in = field("totals: in ");
+    let msgs_in = line
+        .split(" B / ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    let acks = field("acks ");
+    eprintln!(
+        "display load: {:.1} MB in {msgs_in} messages over ~{secs} s ({:.2} MB/s), {acks} ACKs sent",
+        bytes_in as f64 / 1e6,
+        bytes_in as f64 / 1e6 / secs as f64
+    );
+    assert!(bytes_in > 5_000_000, "only {bytes_in} B of display traffic");
+    // One ACK per window (20 here) of messages: the server was never starved of ACKs.
+    assert!(acks >= msgs_in / 40, "{acks} ACKs for {msgs_in} messages");
+    assert!(!log.contains("session lost"), "{log}");
+    assert!(
+        spice_lines(&q).is_empty(),
+        "QEMU stderr: {}",
+        q.stderr_text()
+    );
+}
+
 // ---------------------------------------------------------------------------
 // 1. plain
 

@@ -12,6 +12,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod certs;
+pub mod guest;
 pub mod netns;
 pub mod proxy;
 pub mod qemu;
@@ -19,6 +20,7 @@ pub mod qmp;
 pub mod spiced;
 
 pub use certs::Certs;
+pub use guest::vga_noise_kernel;
 pub use netns::NetNs;
 pub use proxy::Tinyproxy;
 pub use qemu::{require_qemu, Qemu, QemuOpts, QmpGuard};
