@@ -90,6 +90,7 @@ pub fn main(args: &RunArgs) -> u8 {
         ring,
         reports: mpsc::channel(16),
         reports_in_flight: 0,
+        started: tokio::time::Instant::now(),
     };
     rt.block_on(daemon.run())
 }
@@ -173,6 +174,8 @@ struct Daemon {
     ),
     /// Reports being written right now.
     reports_in_flight: usize,
+    /// The daemon's monotonic origin (report cooldown).
+    started: tokio::time::Instant,
 }
 
 /// A session in flight.
@@ -184,19 +187,6 @@ struct Running {
     server_port: u16,
     /// The session reported `Connected` to the supervisor.
     connected: bool,
-    /// A `Connected` event was still queued when the session ended.
-    connected_seen: bool,
-}
-
-impl Running {
-    /// Drains events queued before the session ended.
-    fn events_left(&mut self, rx: &mut mpsc::Receiver<SessionEvent>) {
-        while let Ok(ev) = rx.try_recv() {
-            if let SessionEvent::Connected { .. } = ev {
-                self.connected_seen = true;
-            }
-        }
-    }
 }
 
 /// What identifies a .vv file on disk, to notice a new one.
@@ -357,7 +347,6 @@ impl Daemon {
             start_unix: unix_now(),
             server_port,
             connected: false,
-            connected_seen: false,
         };
         (run, tokio::spawn(session::run(ctx, ev_tx, stop_rx)), ev_rx)
     }
@@ -413,7 +402,7 @@ impl Daemon {
         if !self.config.report.enabled {
             return;
         }
-        let Some(skipped) = self.reporter.should_write(end_mono()) else {
+        let Some(skipped) = self.reporter.should_write(self.started.elapsed()) else {
             return;
         };
         let mut cause = DisconnectCause::new(
@@ -501,7 +490,8 @@ impl Daemon {
     ) -> Vec<Action> {
         let now = Now::system();
         let mut actions = Vec::new();
-        if (end.connected || run.connected_seen) && !run.connected {
+        // MAIN_INIT came but its event was not read before the end: still say so.
+        if end.connected && !run.connected {
             run.connected = true;
             actions.extend(sup.handle(
                 Input::Connected {
@@ -685,12 +675,9 @@ impl Daemon {
                 end = join_opt(&mut join) => {
                     join = None;
                     let Some(mut run) = running.take() else { continue };
-                    let mut ev = events.take();
+                    events = None;
                     match end {
                         Some(end) => {
-                            if let Some(e) = ev.as_mut() {
-                                run.events_left(e);
-                            }
                             actions.extend(self.session_ended(&mut run, end, &mut sup));
                         }
                         None => {
@@ -797,11 +784,6 @@ fn redacted_config(c: &Config) -> serde_json::Value {
         c.reconnect.refresh_command = v;
     }
     serde_json::to_value(&c).unwrap_or_default()
-}
-
-fn end_mono() -> Duration {
-    static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    ORIGIN.get_or_init(std::time::Instant::now).elapsed()
 }
 
 #[cfg(test)]
