@@ -75,6 +75,15 @@ fn spice_lines(q: &Qemu) -> Vec<String> {
         .collect()
 }
 
+/// spice-server logged nothing (it warns about any client misbehaviour).
+fn assert_qemu_quiet(q: &Qemu) {
+    assert!(
+        spice_lines(q).is_empty(),
+        "QEMU stderr: {}",
+        q.stderr_text()
+    );
+}
+
 /// Watches `good` for `period`, checking every `every`; Err(elapsed) at the first
 /// check where it does not hold. Used to prove that something *stays* true.
 fn holds_for(
@@ -273,11 +282,7 @@ fn display_load_is_drained_and_acked() {
     // One ACK per window (20 here) of messages: the server was never starved of ACKs.
     assert!(acks >= msgs_in / 40, "{acks} ACKs for {msgs_in} messages");
     assert!(!log.contains("session lost"), "{log}");
-    assert!(
-        spice_lines(&q).is_empty(),
-        "QEMU stderr: {}",
-        q.stderr_text()
-    );
+    assert_qemu_quiet(&q);
 }
 
 // ---------------------------------------------------------------------------
@@ -307,21 +312,13 @@ fn plain_links_every_offered_channel() {
     assert_eq!(up_lines(&s).len(), ALL, "{}", s.log());
 
     // Linked for 5 s: every channel stays, spice-server has nothing to complain about.
-    assert!(
-        spice_lines(&q).is_empty(),
-        "QEMU stderr: {}",
-        q.stderr_text()
-    );
+    assert_qemu_quiet(&q);
     stays_linked(&q, ALL, Duration::from_secs(5));
     assert!(s.try_exit().is_none(), "spiced exited while linked");
 
     stop_cleanly(&mut s, &q);
     assert_eq!(totals(&s.log()).len(), ALL, "a totals line per channel");
-    assert!(
-        spice_lines(&q).is_empty(),
-        "QEMU stderr: {}",
-        q.stderr_text()
-    );
+    assert_qemu_quiet(&q);
 }
 
 // ---------------------------------------------------------------------------
@@ -417,11 +414,7 @@ fn tls_with_ca_and_host_subject_links_every_channel() {
     assert_eq!(s.lines_with(" up (TLS)").len(), ALL);
     stays_linked(&q, ALL, Duration::from_secs(2));
     stop_cleanly(&mut s, &q);
-    assert!(
-        spice_lines(&q).is_empty(),
-        "QEMU stderr: {}",
-        q.stderr_text()
-    );
+    assert_qemu_quiet(&q);
 }
 
 #[test]
@@ -578,11 +571,7 @@ fn proxmox_vv_through_http_connect_proxy() {
 
     stays_linked(&q, ALL, Duration::from_secs(2));
     stop_cleanly(&mut s, &q);
-    assert!(
-        spice_lines(&q).is_empty(),
-        "QEMU stderr: {}",
-        q.stderr_text()
-    );
+    assert_qemu_quiet(&q);
     assert!(!s.log().contains(password), "the ticket reached the log");
 }
 
@@ -671,11 +660,7 @@ fn idle_six_minutes_nothing_drops() {
     let log = s.log();
     assert!(!log.contains("session lost"), "{log}");
     assert!(!log.contains("reconnect attempt"), "{log}");
-    assert!(
-        spice_lines(&q).is_empty(),
-        "QEMU stderr: {}",
-        q.stderr_text()
-    );
+    assert_qemu_quiet(&q);
 
     stop_cleanly(&mut s, &q);
     let tot = totals(&s.log());

@@ -306,11 +306,7 @@ fn waits_for_ticket_and_uses_new_vv_file() {
         "spiced does not wait for a ticket"
     );
     assert_eq!(s.try_exit(), None, "spiced exited instead of waiting");
-    {
-        let mut qmp = q.qmp();
-        qmp.set_password("pw-two").unwrap();
-        qmp.expire_password("never").unwrap();
-    }
+    q.new_password("pw-two");
     let written = Instant::now();
     let vv2 = vv_for(
         dir.path(),
@@ -361,11 +357,7 @@ fn sighup_with_new_vv_reconnects_at_once() {
         s.wait_log("-> pending: attempt 1 after 30s", Duration::from_secs(10)),
         "no retry scheduled"
     );
-    {
-        let mut qmp = q.qmp();
-        qmp.set_password("pw-two").unwrap();
-        qmp.expire_password("never").unwrap();
-    }
+    q.new_password("pw-two");
     vv_for(dir.path(), &q, &[("password", "pw-two")]);
     let hup = Instant::now();
     s.signal(libc::SIGHUP);
@@ -402,11 +394,7 @@ fn sighup_while_connected_replaces_the_session() {
     let mut s = Spiced::start(&vv, &config(dir.path(), ""), &[]);
     wait_linked(&q, &s, 1);
     let before = connection_ids(&q);
-    {
-        let mut qmp = q.qmp();
-        qmp.set_password("pw-two").unwrap();
-        qmp.expire_password("never").unwrap();
-    }
+    q.new_password("pw-two");
     vv_for(dir.path(), &q, &[("password", "pw-two")]);
     let hup = Instant::now();
     s.signal(libc::SIGHUP);
@@ -470,11 +458,7 @@ fn refresh_command_output_is_used() {
     );
     // The server comes back with the password the refresh command handed out.
     q.restart_same_ports();
-    {
-        let mut qmp = q.qmp();
-        qmp.set_password("pw-two").unwrap();
-        qmp.expire_password("never").unwrap();
-    }
+    q.new_password("pw-two");
     wait_linked(&q, &s, 2);
     let took = killed.elapsed();
     let log = s.log();

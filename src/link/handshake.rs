@@ -165,7 +165,23 @@ mod tests {
     use crate::wire::link::{PUB_KEY_LEN, REPLY_FIXED_LEN};
     use rsa::pkcs8::EncodePublicKey;
     use rsa::PrivateKey;
-    use tokio::io::duplex;
+    use std::sync::OnceLock;
+    use tokio::io::{duplex, DuplexStream};
+
+    /// One server key for every test (1024-bit RSA generation is slow).
+    fn key() -> &'static PrivateKey {
+        static KEY: OnceLock<PrivateKey> = OnceLock::new();
+        KEY.get_or_init(|| PrivateKey::new(&mut rand::rng(), 1024).unwrap())
+    }
+
+    fn key_der() -> Vec<u8> {
+        key()
+            .to_public_key()
+            .to_public_key_der()
+            .unwrap()
+            .as_bytes()
+            .to_vec()
+    }
 
     fn reply(error: u32, key: &[u8], common: u32) -> Vec<u8> {
         let mut b = error.to_le_bytes().to_vec();
@@ -184,19 +200,13 @@ mod tests {
     }
 
     /// A scripted server: reads the link, answers, checks the ticket.
-    async fn fake_server(
-        mut s: tokio::io::DuplexStream,
-        sk: PrivateKey,
-        common: u32,
-        result: u32,
-    ) -> Option<Vec<u8>> {
+    async fn fake_server(mut s: DuplexStream, common: u32, result: u32) -> Option<Vec<u8>> {
         let mut h = [0u8; 16];
         s.read_exact(&mut h).await.ok()?;
         let n = u32::from_le_bytes(h[12..16].try_into().ok()?) as usize;
         let mut body = vec![0; n];
         s.read_exact(&mut body).await.ok()?;
-        let der = sk.to_public_key().to_public_key_der().ok()?;
-        s.write_all(&reply(0, der.as_bytes(), common)).await.ok()?;
+        s.write_all(&reply(0, &key_der(), common)).await.ok()?;
         if common & 1 != 0 {
             let mut m = [0u8; 4];
             s.read_exact(&mut m).await.ok()?;
@@ -204,16 +214,44 @@ mod tests {
         }
         let mut ct = [0u8; 128];
         s.read_exact(&mut ct).await.ok()?;
-        let pt = sk.oaep_decrypt::<sha1::Sha1>(&ct).ok()?;
+        let pt = key().oaep_decrypt::<sha1::Sha1>(&ct).ok()?;
         s.write_all(&result.to_le_bytes()).await.ok()?;
         Some(pt)
     }
 
+    /// The client end of a scripted server.
+    fn scripted(common: u32, result: u32) -> DuplexStream {
+        let (c, s) = duplex(4096);
+        tokio::spawn(fake_server(s, common, result));
+        c
+    }
+
+    /// The client end of a server that reads the link message, then sends `answer`.
+    fn canned(answer: Vec<u8>) -> DuplexStream {
+        let (c, mut s) = duplex(4096);
+        tokio::spawn(async move {
+            let mut h = [0u8; 40];
+            let _ = s.read(&mut h).await;
+            let _ = s.write_all(&answer).await;
+        });
+        c
+    }
+
+    /// Links main without a password or capture.
+    async fn link_main(mut c: DuplexStream) -> Result<Linked, LinkError> {
+        handshake(
+            &mut c,
+            &link_mess(ChannelId::MAIN, 0),
+            None,
+            &mut |_, _, _| {},
+        )
+        .await
+    }
+
     #[tokio::test]
     async fn links_with_ticket_and_records_it_only_as_ticket() {
-        let sk = PrivateKey::new(&mut rand::rng(), 1024).unwrap();
         let (mut c, s) = duplex(4096);
-        let server = tokio::spawn(fake_server(s, sk, 0b1011, 0));
+        let server = tokio::spawn(fake_server(s, 0b1011, 0));
         let mut records = Vec::new();
         let mut tap = |d: Direction, r: LinkRecord, b: &[u8]| records.push((d, r, b.len()));
         let pw = Secret::new("pw");
@@ -231,17 +269,7 @@ mod tests {
 
     #[tokio::test]
     async fn permission_denied_is_typed() {
-        let sk = PrivateKey::new(&mut rand::rng(), 1024).unwrap();
-        let (mut c, s) = duplex(4096);
-        tokio::spawn(fake_server(s, sk, 0b1011, 7));
-        let e = handshake(
-            &mut c,
-            &link_mess(ChannelId::MAIN, 0),
-            None,
-            &mut |_, _, _| {},
-        )
-        .await
-        .unwrap_err();
+        let e = link_main(scripted(0b1011, 7)).await.unwrap_err();
         assert!(matches!(
             e,
             LinkError::Refused(LinkErrorCode::PermissionDenied)
@@ -251,71 +279,21 @@ mod tests {
 
     #[tokio::test]
     async fn need_secured_in_reply_and_full_header_fallback() {
-        let (mut c, mut s) = duplex(4096);
-        tokio::spawn(async move {
-            let mut h = [0u8; 40];
-            let _ = s.read(&mut h).await;
-            let _ = s.write_all(&reply(5, &[], 0)).await;
-        });
-        let e = handshake(
-            &mut c,
-            &link_mess(ChannelId::MAIN, 0),
-            None,
-            &mut |_, _, _| {},
-        )
-        .await
-        .unwrap_err();
+        let e = link_main(canned(reply(5, &[], 0))).await.unwrap_err();
         assert!(matches!(e, LinkError::Refused(LinkErrorCode::NeedSecured)));
-
-        let sk = PrivateKey::new(&mut rand::rng(), 1024).unwrap();
-        let (mut c, s) = duplex(4096);
-        tokio::spawn(fake_server(s, sk, 0b0011, 0));
-        let l = handshake(
-            &mut c,
-            &link_mess(ChannelId::MAIN, 0),
-            None,
-            &mut |_, _, _| {},
-        )
-        .await
-        .unwrap();
+        let l = link_main(scripted(0b0011, 0)).await.unwrap();
         assert_eq!(l.header, HeaderKind::Full);
     }
 
     #[tokio::test]
     async fn sasl_only_server_and_garbage_are_errors() {
-        let sk = PrivateKey::new(&mut rand::rng(), 1024).unwrap();
-        let der = sk.to_public_key().to_public_key_der().unwrap();
-        let (mut c, mut s) = duplex(4096);
-        let r = reply(0, der.as_bytes(), 0b0101);
-        tokio::spawn(async move {
-            let mut h = [0u8; 40];
-            let _ = s.read(&mut h).await;
-            let _ = s.write_all(&r).await;
-        });
-        let e = handshake(
-            &mut c,
-            &link_mess(ChannelId::MAIN, 0),
-            None,
-            &mut |_, _, _| {},
-        )
-        .await
-        .unwrap_err();
+        let e = link_main(canned(reply(0, &key_der(), 0b0101)))
+            .await
+            .unwrap_err();
         assert!(matches!(e, LinkError::NoSupportedAuth));
-
-        let (mut c, mut s) = duplex(4096);
-        tokio::spawn(async move {
-            let mut h = [0u8; 40];
-            let _ = s.read(&mut h).await;
-            let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
-        });
-        let e = handshake(
-            &mut c,
-            &link_mess(ChannelId::MAIN, 0),
-            None,
-            &mut |_, _, _| {},
-        )
-        .await
-        .unwrap_err();
+        let e = link_main(canned(b"HTTP/1.1 400 Bad Request\r\n\r\n".to_vec()))
+            .await
+            .unwrap_err();
         assert!(matches!(e, LinkError::Wire(WireError::BadMagic(_))));
     }
 }

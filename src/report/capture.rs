@@ -396,6 +396,11 @@ mod tests {
         v
     }
 
+    /// Records one whole message (the common case in these tests).
+    fn message(c: &mut Capture, ch: ChannelId, dir: Direction, at: Duration, bytes: &[u8]) {
+        c.record(ch, dir, at, RecordKind::Message, bytes);
+    }
+
     fn cfg(secs: f64, bytes: usize, keep: bool) -> ReportConfig {
         ReportConfig {
             capture_secs: secs,
@@ -422,39 +427,33 @@ mod tests {
     fn private_payloads_zeroed_by_default() {
         let mut c = Capture::new(&cfg(60.0, 1 << 20, false));
         let t = Duration::from_secs(1);
-        c.record(
+        message(
+            &mut c,
             INPUTS,
             Direction::ToServer,
             t,
-            RecordKind::Message,
             &msg(101, b"\x1e\0\0\0"),
         );
-        c.record(
-            INPUTS,
-            Direction::ToClient,
-            t,
-            RecordKind::Message,
-            &msg(102, b"\x02\0"),
-        );
-        c.record(
+        message(&mut c, INPUTS, Direction::ToClient, t, &msg(102, b"\x02\0"));
+        message(
+            &mut c,
             ChannelId::MAIN,
             Direction::ToServer,
             t,
-            RecordKind::Message,
             &msg(107, b"secret clip"),
         );
-        c.record(
+        message(
+            &mut c,
             ChannelId::MAIN,
             Direction::ToClient,
             t,
-            RecordKind::Message,
             &msg(109, b"guest clip"),
         );
-        c.record(
+        message(
+            &mut c,
             ChannelId::MAIN,
             Direction::ToClient,
             t,
-            RecordKind::Message,
             &msg(114, b"uuid-bytes-here!"),
         );
         let d = ring_data(&c);
@@ -473,18 +472,18 @@ mod tests {
     fn private_payloads_kept_when_configured() {
         let mut c = Capture::new(&cfg(60.0, 1 << 20, true));
         let t = Duration::from_secs(1);
-        c.record(
+        message(
+            &mut c,
             INPUTS,
             Direction::ToServer,
             t,
-            RecordKind::Message,
             &msg(101, b"\x1e\0\0\0"),
         );
-        c.record(
+        message(
+            &mut c,
             ChannelId::MAIN,
             Direction::ToServer,
             t,
-            RecordKind::Message,
             &msg(107, b"clip"),
         );
         let d = ring_data(&c);
@@ -511,11 +510,11 @@ mod tests {
     fn ring_evicts_by_time() {
         let mut c = Capture::new(&cfg(60.0, 1 << 20, false));
         for s in 0..100u64 {
-            c.record(
+            message(
+                &mut c,
                 DISPLAY,
                 Direction::ToClient,
                 Duration::from_secs(s),
-                RecordKind::Message,
                 &msg(4, &s.to_le_bytes()),
             );
         }
@@ -537,11 +536,11 @@ mod tests {
             b"REDQ-link-mess",
         );
         for i in 0..50u32 {
-            c.record(
+            message(
+                &mut c,
                 DISPLAY,
                 Direction::ToClient,
                 Duration::from_millis(i.into()),
-                RecordKind::Message,
                 &msg(4, &[1; 94]),
             );
         }
@@ -550,11 +549,11 @@ mod tests {
         let s = c.streams.values().next().unwrap();
         assert_eq!(s.link.len(), 1, "link records live outside the ring");
         // A message larger than the whole budget is dropped, not kept alone.
-        c.record(
+        message(
+            &mut c,
             DISPLAY,
             Direction::ToClient,
             Duration::from_millis(60),
-            RecordKind::Message,
             &msg(4, &[1; 2000]),
         );
         assert_eq!(c.ring_len(), 10);
@@ -595,11 +594,11 @@ mod tests {
             RecordKind::Link,
             b"REDQ",
         );
-        c.record(
+        message(
+            &mut c,
             DISPLAY,
             Direction::ToClient,
             Duration::ZERO,
-            RecordKind::Message,
             &msg(4, b"x"),
         );
         let taken = c.take();
@@ -621,11 +620,11 @@ mod tests {
     #[test]
     fn disabled_capture_records_nothing() {
         let mut c = Capture::new(&cfg(0.0, 1 << 20, false));
-        c.record(
+        message(
+            &mut c,
             DISPLAY,
             Direction::ToClient,
             Duration::ZERO,
-            RecordKind::Message,
             &msg(4, b"x"),
         );
         assert_eq!(c.ring_len(), 0);

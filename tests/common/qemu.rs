@@ -212,6 +212,15 @@ impl Qemu {
         QmpGuard(guard)
     }
 
+    /// Gives the server a new SPICE password that never expires. `set_password`
+    /// alone keeps an earlier expiry (after `expire_password now` the new one
+    /// would still be refused), so both commands are always needed.
+    pub fn new_password(&self, password: &str) {
+        let mut qmp = self.qmp();
+        qmp.set_password(password).expect("set_password");
+        qmp.expire_password("never").expect("expire_password never");
+    }
+
     /// The QMP socket path (only one client at a time: `Qemu` already holds one).
     pub fn qmp_path(&self) -> PathBuf {
         self.dir.path().join("qmp.sock")
