@@ -172,12 +172,23 @@ pub struct TlsConfig {
     pub insecure: bool,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ChannelsConfig {
     /// Channel names never linked (on top of the .vv's disable-channels), e.g.
     /// ["usbredir", "webdav", "playback"]: linking those has guest-visible effects.
     pub skip: Vec<String>,
+    /// Channels whose loss ends the session (main always does).
+    pub required: Vec<String>,
+}
+
+impl Default for ChannelsConfig {
+    fn default() -> Self {
+        ChannelsConfig {
+            skip: Vec::new(),
+            required: vec!["main".into()],
+        }
+    }
 }
 
 /// A config file that could not be used. Displays as one line naming the file.

@@ -4,10 +4,9 @@
 
 use rsa::pkcs8::EncodePublicKey;
 use spiced::config::Config;
-use spiced::session::{
-    self, BoxStream, Cause, ConnectFailure, ConnectFuture, Connector, SessionCtx, SessionEvent,
-    Stop,
-};
+use spiced::failure::Cause;
+use spiced::link::{ConnectFuture, Connector, Stream, Target};
+use spiced::session::{self, SessionCtx, SessionEnd, SessionEvent, Stop};
 use spiced::vv::ConnectionSettings;
 use spiced::wire::{ChannelId, ChannelType};
 use std::sync::{Arc, Mutex};
@@ -25,13 +24,15 @@ enum Fault {
     InputsNeedSecured,
     /// The server goes quiet on main (frozen) but keeps the socket open.
     FrozenMain,
+    /// The server closes the cursor channel right after its link, every time.
+    CursorDropped,
 }
 
 struct Fake {
     key_der: Vec<u8>,
     fault: Fault,
-    /// (channel, tls) of every connect, in order.
-    connects: Mutex<Vec<(ChannelId, bool)>>,
+    /// (channel, tls) of every link, in order.
+    connects: Arc<Mutex<Vec<(ChannelId, bool)>>>,
     /// Every client message type received per channel.
     received: Arc<Mutex<Vec<(ChannelId, u16)>>>,
     /// Set to true: every server side closes its connection (QEMU gone).
@@ -57,6 +58,7 @@ async fn serve(
     fault: Fault,
     tls: bool,
     received: Arc<Mutex<Vec<(ChannelId, u16)>>>,
+    connects: Arc<Mutex<Vec<(ChannelId, bool)>>>,
     mut close_all: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut h = [0u8; 16];
@@ -69,6 +71,7 @@ async fn serve(
         return;
     }
     let ch = ChannelId::new(ChannelType::from_u8(body[4]), body[5]);
+    connects.lock().unwrap().push((ch, tls));
     let refuse = fault == Fault::InputsNeedSecured && ch.ty == ChannelType::Inputs && !tls;
     let mut r = (if refuse { 5u32 } else { 0 }).to_le_bytes().to_vec();
     r.extend(&key);
@@ -110,6 +113,9 @@ async fn serve(
         _ => out.extend(ping(2)),
     }
     let _ = s.write_all(&out).await;
+    if fault == Fault::CursorDropped && ch.ty == ChannelType::Cursor {
+        return;
+    }
     // Then answer like a server: CHANNELS_LIST after ATTACH_CHANNELS; record all.
     let mut buf = vec![0u8; 4096];
     let mut acc = Vec::new();
@@ -145,20 +151,20 @@ async fn serve(
 }
 
 impl Connector for Fake {
-    fn connect(&self, channel: ChannelId, tls: bool) -> ConnectFuture<'_> {
-        self.connects.lock().unwrap().push((channel, tls));
+    fn connect(&self, target: Target) -> ConnectFuture<'_> {
         let (c, s) = tokio::io::duplex(1 << 16);
         tokio::spawn(serve(
             s,
             self.key_der.clone(),
             self.fault,
-            tls,
+            target.tls,
             self.received.clone(),
+            self.connects.clone(),
             self.close_all.subscribe(),
         ));
         Box::pin(async move {
-            let b: BoxStream = Box::new(c);
-            Ok::<_, ConnectFailure>(b)
+            let b: Stream = Box::new(c);
+            Ok(b)
         })
     }
 }
@@ -180,7 +186,7 @@ fn ctx(fault: Fault, cfg: Config) -> (SessionCtx, Arc<Fake>) {
     let fake = Arc::new(Fake {
         key_der: key(),
         fault,
-        connects: Mutex::new(Vec::new()),
+        connects: Arc::new(Mutex::new(Vec::new())),
         received: Arc::new(Mutex::new(Vec::new())),
         close_all: tokio::sync::watch::channel(false).0,
     });
@@ -196,14 +202,34 @@ fn ctx(fault: Fault, cfg: Config) -> (SessionCtx, Arc<Fake>) {
         connector: fake.clone(),
         capture: None,
         start: tokio::time::Instant::now(),
+        start_unix: 1_700_000_000.0,
     };
     (c, fake)
 }
 
-async fn wait_all_up(rx: &mut tokio::sync::mpsc::Receiver<SessionEvent>) -> usize {
+type Events = tokio::sync::mpsc::UnboundedReceiver<SessionEvent>;
+
+/// Starts a session whose events the test reads.
+fn start(
+    c: SessionCtx,
+) -> (
+    tokio::task::JoinHandle<SessionEnd>,
+    Events,
+    tokio::sync::watch::Sender<Stop>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(Stop::Run);
+    let emit = move |ev| {
+        let _ = tx.send(ev);
+    };
+    (tokio::spawn(session::run(c, emit, stop_rx)), rx, stop_tx)
+}
+
+/// Waits until the session settles; returns how many channels are up.
+async fn wait_all_up(rx: &mut Events) -> usize {
     loop {
         match rx.recv().await {
-            Some(SessionEvent::AllChannelsUp { count }) => return count,
+            Some(SessionEvent::Settled { up, .. }) => return up.len(),
             Some(_) => {}
             None => return 0,
         }
@@ -213,9 +239,7 @@ async fn wait_all_up(rx: &mut tokio::sync::mpsc::Receiver<SessionEvent>) -> usiz
 #[tokio::test]
 async fn links_every_listed_channel_and_stops_politely() {
     let (c, fake) = ctx(Fault::None, Config::default());
-    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(Stop::Run);
-    let run = tokio::spawn(session::run(c, tx, stop_rx));
+    let (run, mut rx, stop_tx) = start(c);
     assert_eq!(wait_all_up(&mut rx).await, 4);
     stop_tx.send(Stop::Polite).unwrap();
     let end = run.await.unwrap();
@@ -239,14 +263,21 @@ async fn links_every_listed_channel_and_stops_politely() {
     assert!(!recv.iter().any(|r| r.1 == 4), "never MIGRATE_FLUSH_MARK");
 }
 
+/// A config in which losing `required` ends the session.
+fn requiring(required: &str) -> Config {
+    let mut cfg = Config::default();
+    cfg.channels.required = vec!["main".into(), required.into()];
+    cfg
+}
+
 #[tokio::test]
 async fn oversized_message_fails_the_channel_it_came_on() {
-    let (c, _) = ctx(Fault::OversizedDisplayMessage, Config::default());
-    let (tx, _rx) = tokio::sync::mpsc::channel(64);
-    let (_stop_tx, stop_rx) = tokio::sync::watch::channel(Stop::Run);
-    let end = tokio::time::timeout(Duration::from_secs(10), session::run(c, tx, stop_rx))
+    let (c, _) = ctx(Fault::OversizedDisplayMessage, requiring("display"));
+    let (run, _rx, _stop) = start(c);
+    let end = tokio::time::timeout(Duration::from_secs(10), run)
         .await
-        .expect("session must end by itself");
+        .expect("a required channel's failure ends the session")
+        .unwrap();
     let f = end.failure.expect("a failure");
     assert_eq!(f.channel, ChannelId::new(ChannelType::Display, 0));
     assert_eq!(f.cause, Cause::ProtocolError);
@@ -255,21 +286,103 @@ async fn oversized_message_fails_the_channel_it_came_on() {
 
 #[tokio::test]
 async fn malformed_ping_is_a_protocol_error_on_inputs() {
-    let (c, _) = ctx(Fault::TruncatedPingOnInputs, Config::default());
-    let (tx, _rx) = tokio::sync::mpsc::channel(64);
-    let (_stop_tx, stop_rx) = tokio::sync::watch::channel(Stop::Run);
-    let end = session::run(c, tx, stop_rx).await;
+    let (c, _) = ctx(Fault::TruncatedPingOnInputs, requiring("inputs"));
+    let (run, _rx, _stop) = start(c);
+    let end = run.await.unwrap();
     let f = end.failure.unwrap();
     assert_eq!(f.channel, ChannelId::new(ChannelType::Inputs, 0));
     assert_eq!(f.cause, Cause::ProtocolError);
 }
 
+/// Losing an optional channel does not end the session: it is reported, relinked
+/// with the back-off (1 s, 4 s, 16 s), and left down once the budget is spent.
+#[tokio::test(start_paused = true)]
+async fn an_optional_channel_lost_is_relinked_then_left_down() {
+    let (c, fake) = ctx(Fault::CursorDropped, Config::default());
+    let start_at = tokio::time::Instant::now();
+    let (run, mut rx, stop) = start(c);
+    let cursor = ChannelId::new(ChannelType::Cursor, 0);
+    let mut lost = Vec::new();
+    let reason = loop {
+        match rx.recv().await.expect("the session must not end") {
+            SessionEvent::ChannelLost {
+                channel, relink_in, ..
+            } => {
+                assert_eq!(channel, cursor);
+                lost.push(relink_in);
+            }
+            SessionEvent::ChannelDown { channel, reason } => {
+                assert_eq!(channel, cursor);
+                break reason;
+            }
+            _ => {}
+        }
+    };
+    let s = Duration::from_secs;
+    assert_eq!(lost, [Some(s(1)), Some(s(4)), Some(s(16)), None]);
+    assert!(reason.contains("relink attempts"), "{reason}");
+    // Main, display and inputs stayed up all along; the session is still running.
+    assert_eq!(
+        rx.recv().await,
+        Some(SessionEvent::Settled {
+            up: vec![
+                ChannelId::MAIN,
+                ChannelId::new(ChannelType::Display, 0),
+                ChannelId::new(ChannelType::Inputs, 0)
+            ],
+            down: vec![cursor]
+        })
+    );
+    assert!(start_at.elapsed() >= s(21), "{:?}", start_at.elapsed());
+    assert!(!run.is_finished());
+    let links = |ch| {
+        fake.connects
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c.0 == ch)
+            .count()
+    };
+    assert_eq!(links(cursor), 4, "the first link and three relinks");
+    assert_eq!(links(ChannelId::MAIN), 1, "main was never relinked");
+    stop.send(Stop::Abort).unwrap();
+    assert_eq!(run.await.unwrap().failure, None);
+}
+
+/// With a single-use ticket a lost channel cannot be relinked: it stays down
+/// at once, and the session carries on.
+#[tokio::test(start_paused = true)]
+async fn a_single_use_ticket_leaves_a_lost_channel_down() {
+    let (mut c, fake) = ctx(Fault::CursorDropped, Config::default());
+    let mut settings = (*c.settings).clone();
+    settings.delete_this_file = true;
+    c.settings = Arc::new(settings);
+    let (run, mut rx, stop) = start(c);
+    let cursor = ChannelId::new(ChannelType::Cursor, 0);
+    let reason = loop {
+        if let SessionEvent::ChannelDown { reason, .. } = rx.recv().await.unwrap() {
+            break reason;
+        }
+    };
+    assert!(reason.contains("single-use"), "{reason}");
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(!run.is_finished(), "the session carries on");
+    let links = fake
+        .connects
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|c| c.0 == cursor)
+        .count();
+    assert_eq!(links, 1, "never relinked");
+    stop.send(Stop::Abort).unwrap();
+    run.await.unwrap();
+}
+
 #[tokio::test]
 async fn need_secured_moves_the_channel_to_tls() {
     let (c, fake) = ctx(Fault::InputsNeedSecured, Config::default());
-    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(Stop::Run);
-    let run = tokio::spawn(session::run(c, tx, stop_rx));
+    let (run, mut rx, stop_tx) = start(c);
     assert_eq!(wait_all_up(&mut rx).await, 4);
     stop_tx.send(Stop::Abort).unwrap();
     run.await.unwrap();
@@ -285,9 +398,7 @@ async fn main_probe_keeps_a_live_server_under_a_short_backstop() {
     let mut cfg = Config::default();
     cfg.keepalive.main_timeout_secs = 4.0;
     let (c, fake) = ctx(Fault::None, cfg);
-    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(Stop::Run);
-    let run = tokio::spawn(session::run(c, tx, stop_rx));
+    let (run, mut rx, stop_tx) = start(c);
     wait_all_up(&mut rx).await;
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert!(!run.is_finished(), "a live server must not look frozen");
@@ -310,14 +421,13 @@ async fn frozen_main_is_detected_by_the_backstop() {
     let mut cfg = Config::default();
     cfg.keepalive.main_timeout_secs = 10.0;
     let (c, _) = ctx(Fault::FrozenMain, cfg);
-    let start = tokio::time::Instant::now();
-    let (tx, _rx) = tokio::sync::mpsc::channel(64);
-    let (_stop_tx, stop_rx) = tokio::sync::watch::channel(Stop::Run);
-    let end = session::run(c, tx, stop_rx).await;
+    let start_at = tokio::time::Instant::now();
+    let (run, _rx, _stop) = start(c);
+    let end = run.await.unwrap();
     let f = end.failure.unwrap();
     assert_eq!(f.channel, ChannelId::MAIN);
     assert_eq!(f.cause, Cause::KeepaliveTimeout);
-    let took = start.elapsed();
+    let took = start_at.elapsed();
     assert!(
         took >= Duration::from_secs(10) && took < Duration::from_secs(11),
         "{took:?}"
@@ -330,9 +440,7 @@ async fn idle_channels_send_keepalives_every_idle_period() {
     cfg.keepalive.idle_secs = 15.0;
     cfg.keepalive.main_timeout_secs = 0.0;
     let (c, fake) = ctx(Fault::None, cfg);
-    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(Stop::Run);
-    let run = tokio::spawn(session::run(c, tx, stop_rx));
+    let (run, mut rx, stop_tx) = start(c);
     wait_all_up(&mut rx).await;
     tokio::time::sleep(Duration::from_secs(61)).await;
     stop_tx.send(Stop::Abort).unwrap();
@@ -347,10 +455,8 @@ async fn idle_channels_send_keepalives_every_idle_period() {
 #[tokio::test]
 async fn teardown_does_not_hang_when_nobody_reads_events() {
     let (c, _) = ctx(Fault::None, Config::default());
-    // A 1-slot event queue the test never drains.
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(Stop::Run);
-    let run = tokio::spawn(session::run(c, tx, stop_rx));
+    // An event queue the test drops at once.
+    let (run, rx, stop_tx) = start(c);
     tokio::task::yield_now().await;
     drop(rx);
     stop_tx.send(Stop::Polite).unwrap();
@@ -364,9 +470,7 @@ async fn teardown_does_not_hang_when_nobody_reads_events() {
 async fn server_closing_every_channel_is_a_server_closed_session() {
     for _ in 0..5 {
         let (c, fake) = ctx(Fault::None, Config::default());
-        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
-        let (_stop_tx, stop_rx) = tokio::sync::watch::channel(Stop::Run);
-        let run = tokio::spawn(session::run(c, tx, stop_rx));
+        let (run, mut rx, _stop_tx) = start(c);
         assert_eq!(wait_all_up(&mut rx).await, 4);
         fake.close_all.send(true).unwrap();
         let end = run.await.unwrap();

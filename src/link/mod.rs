@@ -2,6 +2,7 @@
 //! (TCP with socket options, HTTP CONNECT proxy, TLS with remote-viewer's
 //! certificate rules), then the SPICE link handshake on top of [`Stream`].
 
+pub mod connector;
 pub mod error;
 pub mod handshake;
 pub mod proxy;
@@ -10,6 +11,7 @@ pub mod subject;
 pub mod tls;
 pub mod transport;
 
+pub use connector::{ConnectFuture, Connector, TransportConnector};
 pub use error::TransportError;
 pub use tls::TlsSetup;
 pub use transport::{connect, Io, Stream, Target};

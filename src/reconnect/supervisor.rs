@@ -58,7 +58,7 @@ pub enum FailClass {
     /// Link result 7 PERMISSION_DENIED: the ticket is dead for good.
     PermissionDenied,
     /// Link result 2/3/4 (error, invalid magic, invalid data): a bug, stop.
-    Protocol { code: u32 },
+    Protocol { code: Option<u32> },
     /// Certificate verification failed: bad CA, name or host-subject mismatch.
     TlsVerification,
     /// The settings cannot work (e.g. NEED_SECURED without a tls-port).
@@ -71,7 +71,10 @@ impl std::fmt::Display for FailClass {
             FailClass::Network => f.write_str("network"),
             FailClass::BadConnectionId => f.write_str("link result BAD_CONNECTION_ID (8)"),
             FailClass::PermissionDenied => f.write_str("link result PERMISSION_DENIED (7)"),
-            FailClass::Protocol { code } => write!(f, "link result {code} (protocol error)"),
+            FailClass::Protocol { code: Some(code) } => {
+                write!(f, "link result {code} (protocol error)")
+            }
+            FailClass::Protocol { code: None } => f.write_str("protocol error"),
             FailClass::TlsVerification => f.write_str("TLS verification"),
             FailClass::Config => f.write_str("configuration"),
         }
@@ -93,6 +96,10 @@ pub enum Input {
         /// EOF with no error (the server closed the socket cleanly).
         clean_close: bool,
     },
+    /// Session `generation` ended because a middlebox cuts idle flows (every
+    /// channel closed after the same silence, seen twice). Not a takeover: the
+    /// daemon lowers the keepalive interval and the session relinks at once.
+    IdleCut { generation: u64, idle: Duration },
     /// The connect attempt started by `ConnectNow` failed before `Connected`.
     ConnectFailed {
         class: FailClass,
@@ -105,6 +112,9 @@ pub enum Input {
     RefreshFailed { message: String },
     /// SIGTERM/SIGINT.
     Shutdown,
+    /// An operator asks for a fresh link now (SIGUSR1): a fresh budget, the same
+    /// ticket rules.
+    ReconnectNow,
 }
 
 /// What the supervisor asks of the daemon, in order.
@@ -408,12 +418,16 @@ impl Supervisor {
                 cause,
                 clean_close,
             } => self.on_disconnected(generation, channel, &cause, clean_close, now, &mut out),
+            Input::IdleCut { generation, idle } => {
+                self.on_idle_cut(generation, idle, now, &mut out)
+            }
             Input::ConnectFailed {
                 class,
                 channel,
                 message,
             } => self.on_connect_failed(class, channel, &message, now, &mut out),
             Input::Reload { ticket } => self.on_reload(ticket, now, &mut out),
+            Input::ReconnectNow => self.on_reconnect_now(now, &mut out),
             Input::RefreshFailed { message } => self.on_refresh_failed(&message, now, &mut out),
         }
         out
@@ -514,6 +528,49 @@ impl Supervisor {
             now,
             out,
         );
+    }
+
+    fn on_reconnect_now(&mut self, now: Now, out: &mut Vec<Action>) {
+        if matches!(self.state, State::Idle | State::Connecting { .. }) {
+            return;
+        }
+        if let Some(reason) = self.ticket_forbids_retry(now) {
+            out.push(Action::Warn(format!(
+                "reconnect requested, but the ticket forbids it ({}): a fresh .vv is needed",
+                reason.name()
+            )));
+            return;
+        }
+        self.cluster = None;
+        self.takeover_closes.clear();
+        self.suspect_close = None;
+        self.connect_now(0, "reconnect requested".into(), out);
+    }
+
+    fn on_idle_cut(&mut self, generation: u64, idle: Duration, now: Now, out: &mut Vec<Action>) {
+        match self.state {
+            State::Connected {
+                generation: current,
+                ..
+            } if current == generation => {}
+            _ => return,
+        }
+        let why = format!(
+            "every channel closed after {} of silence, twice: a middlebox cuts idle flows",
+            fmt_dur(idle)
+        );
+        // Those closes were no takeover.
+        self.takeover_closes.clear();
+        self.suspect_close = None;
+        if let Some(reason) = self.ticket_forbids_retry(now) {
+            self.ticket_give_up(reason, why, now, out);
+            return;
+        }
+        if !self.policy.enabled() {
+            self.give_up(GiveUpReason::ReconnectDisabled, why, out);
+            return;
+        }
+        self.connect_now(0, format!("{why}; relinking at once"), out);
     }
 
     /// The second clean close of a healthy session within the window: another
@@ -825,7 +882,4 @@ fn skew_warning(valid_until: i64) -> String {
     )
 }
 
-fn fmt_dur(d: Duration) -> String {
-    let ms = Duration::from_millis(d.as_millis().min(u64::MAX as u128) as u64);
-    humantime::format_duration(ms).to_string()
-}
+use crate::time::fmt_dur;

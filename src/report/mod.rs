@@ -9,6 +9,7 @@
 //! atomically writes the zip and applies spool retention; [`summarize`] is
 //! `spiced report FILE.zip`. The format is documented in docs/disconnect-report.md.
 
+mod assemble;
 mod capture;
 mod cause;
 mod log_ring;
@@ -19,6 +20,7 @@ mod summary;
 mod utc;
 mod writer;
 
+pub use assemble::{redacted_config, secrets, Facts, ReportJob, ServerJson, SessionJson};
 pub use capture::{
     Capture, Direction, RecordKind, SharedCapture, MINI_HEADER_LEN, MSGC_MAIN_AGENT_DATA,
     MSG_MAIN_AGENT_DATA,

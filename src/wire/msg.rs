@@ -181,7 +181,7 @@ pub enum ServerMsg {
     Other(u16),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MainInit {
     pub session_id: u32,
     pub display_channels_hint: u32,

@@ -1,0 +1,697 @@
+//! `DaemonCore`: every decision of the daemon, without I/O. It owns the reconnect
+//! supervisor, the READY/STATUS/watchdog policy, the report cooldown, the ticket
+//! wait, the idle-cut rule and the exit code. The shell (`daemon::run`) feeds it
+//! [`Input`]s and the time, carries out the [`Effect`]s it queues — each blocking
+//! one off the event loop, its result coming back as an input — and sleeps until
+//! [`DaemonCore::poll_timeout`]. The shape is quinn-proto's: `handle`, `poll_*`.
+//!
+//! Nothing here awaits, reads a clock or touches a file, so every decision is a
+//! paused-time unit test (`daemon/tests.rs`).
+
+use super::idle_cut::IdleCuts;
+use crate::config::Config;
+use crate::failure::{Cause, Failure};
+use crate::link::error::shown_host;
+use crate::link::TlsSetup;
+use crate::reconnect::{Action, Input as SupInput, Now, State, Supervisor, TicketInfo};
+use crate::report::{Facts, ReportJob, Reporter};
+use crate::session::{SessionEnd, SessionEvent, Stop};
+use crate::systemd::Notice;
+use crate::vv::ConnectionSettings;
+use crate::wire::ChannelId;
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+/// A signal the daemon acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGTERM / SIGINT: stop cleanly, exit 0.
+    Terminate,
+    /// SIGHUP: re-read the .vv.
+    Hangup,
+    /// SIGUSR1: drop the session and link again now.
+    Reconnect,
+}
+
+/// Why the .vv is (re)read, or where fresh settings came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Sighup,
+    NewFile,
+    Refresh,
+}
+
+impl Origin {
+    fn describe(self) -> &'static str {
+        match self {
+            Origin::Sighup => "SIGHUP",
+            Origin::NewFile => "new .vv file",
+            Origin::Refresh => "refresh command",
+        }
+    }
+}
+
+/// Settings read and checked off the loop (the TLS roots are loaded there too).
+#[derive(Clone)]
+pub struct Loaded {
+    pub settings: ConnectionSettings,
+    pub warnings: Vec<String>,
+    pub tls: Option<Arc<TlsSetup>>,
+}
+
+/// What the shell tells the core.
+pub enum Input {
+    Signal(Signal),
+    Session {
+        generation: u64,
+        event: SessionEvent,
+    },
+    SessionEnded {
+        generation: u64,
+        end: Box<SessionEnd>,
+    },
+    /// The watcher saw a different .vv file while waiting for a ticket.
+    VvChanged,
+    /// The result of [`Effect::ReadVv`] or [`Effect::RunRefresh`].
+    Loaded {
+        origin: Origin,
+        result: Result<Box<Loaded>, String>,
+    },
+    /// A [`Effect::WriteReport`] finished.
+    ReportDone(Result<PathBuf, String>),
+}
+
+/// What the core asks the shell to do, in order.
+pub enum Effect {
+    StartSession {
+        generation: u64,
+        settings: Arc<ConnectionSettings>,
+        config: Arc<Config>,
+        tls: Option<Arc<TlsSetup>>,
+    },
+    /// Stop it (its end still comes back as `SessionEnded`).
+    StopSession {
+        generation: u64,
+        how: Stop,
+    },
+    /// Read and check the .vv off the loop; answer with `Input::Loaded`.
+    ReadVv {
+        origin: Origin,
+    },
+    /// Run `refresh_command` off the loop; answer with `Input::Loaded`.
+    RunRefresh,
+    /// Write a disconnect report off the loop; answer with `Input::ReportDone`.
+    WriteReport(Box<ReportJob>),
+    Notify(Notice),
+    /// The loop is over: exit with this code (within a bounded time).
+    Exit(u8),
+}
+
+/// Fixed for the daemon's life.
+pub struct Options {
+    pub vv_path: PathBuf,
+    /// Half of WatchdogSec, when systemd asked for a watchdog.
+    pub watchdog: Option<Duration>,
+    /// Where reports go.
+    pub spool: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum ChanState {
+    Up,
+    Lost(String),
+    Down(String),
+}
+
+/// The session in flight.
+struct Running {
+    generation: u64,
+    connected: bool,
+    start_unix: f64,
+    channels: BTreeMap<ChannelId, ChanState>,
+}
+
+/// See the module docs.
+pub struct DaemonCore {
+    config: Arc<Config>,
+    /// `config` with what this run learnt (a shorter keepalive after idle cuts).
+    session_config: Arc<Config>,
+    settings: Arc<ConnectionSettings>,
+    tls: Option<Arc<TlsSetup>>,
+    opts: Options,
+    sup: Supervisor,
+    reporter: Reporter,
+    origin: Instant,
+    generation: u64,
+    running: Option<Running>,
+    ready_sent: bool,
+    ready_by: Option<Instant>,
+    next_watchdog: Option<Instant>,
+    reading: bool,
+    reread: Option<Origin>,
+    refreshing: bool,
+    idle_cuts: IdleCuts,
+    last_failure: Option<String>,
+    stopping: bool,
+    exited: bool,
+    status: String,
+    effects: VecDeque<Effect>,
+}
+
+impl DaemonCore {
+    pub fn new(config: Arc<Config>, loaded: Loaded, opts: Options, now: Now) -> DaemonCore {
+        let sup = Supervisor::from_config(
+            &config.reconnect,
+            TicketInfo::from_settings(&loaded.settings),
+        );
+        let reporter = Reporter::new(opts.spool.clone(), &config.report);
+        let idle = crate::time::secs_opt(config.keepalive.idle_secs);
+        DaemonCore {
+            session_config: config.clone(),
+            config,
+            settings: Arc::new(loaded.settings),
+            tls: loaded.tls,
+            next_watchdog: opts.watchdog.map(|w| crate::time::after(now.mono, w)),
+            opts,
+            sup,
+            reporter,
+            origin: now.mono,
+            generation: 0,
+            running: None,
+            ready_sent: false,
+            ready_by: None,
+            reading: false,
+            reread: None,
+            refreshing: false,
+            idle_cuts: IdleCuts::new(idle),
+            last_failure: None,
+            stopping: false,
+            exited: false,
+            status: String::new(),
+            effects: VecDeque::new(),
+        }
+    }
+
+    /// The first connect.
+    pub fn start(&mut self, now: Now) {
+        let actions = self.sup.start(now);
+        self.apply(actions, now);
+    }
+
+    pub fn poll_effect(&mut self) -> Option<Effect> {
+        self.effects.pop_front()
+    }
+
+    /// When [`DaemonCore::handle_timeout`] must next run; None: only an input can
+    /// change anything.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.exited {
+            return None;
+        }
+        [
+            self.sup.next_deadline(),
+            self.ready_by.filter(|_| !self.ready_sent),
+            self.next_watchdog,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Watch the .vv path for a new file (only while waiting for a ticket).
+    pub fn watching_vv(&self) -> bool {
+        !self.exited && matches!(self.sup.state(), State::WaitingForTicket { .. })
+    }
+
+    pub fn state(&self) -> &State {
+        self.sup.state()
+    }
+
+    /// The STATUS line last sent.
+    pub fn status(&self) -> &str {
+        &self.status
+    }
+
+    /// The keepalive interval sessions use now.
+    pub fn idle_secs(&self) -> f64 {
+        self.session_config.keepalive.idle_secs
+    }
+
+    pub fn is_exited(&self) -> bool {
+        self.exited
+    }
+
+    pub fn handle_timeout(&mut self, now: Now) {
+        if self.exited {
+            return;
+        }
+        if let Some(at) = self.next_watchdog {
+            if now.mono >= at {
+                self.effects.push_back(Effect::Notify(Notice::Watchdog));
+                let every = self.opts.watchdog.unwrap_or(Duration::from_secs(1));
+                // Never a burst after a stall: the next one is a full period away.
+                self.next_watchdog = Some(crate::time::after(now.mono, every));
+            }
+        }
+        if !self.ready_sent && self.ready_by.is_some_and(|t| now.mono >= t) {
+            warn!(
+                "not every channel linked within {:.0} s of the session start; telling systemd we are ready anyway",
+                self.config.keepalive.connect_timeout_secs
+            );
+            self.ready();
+        }
+        if self.sup.next_deadline().is_some_and(|d| now.mono >= d) {
+            let actions = self.sup.poll(now);
+            self.apply(actions, now);
+        }
+    }
+
+    pub fn handle(&mut self, input: Input, now: Now) {
+        if self.exited {
+            if let Input::ReportDone(r) = input {
+                self.report_done(r);
+            }
+            return;
+        }
+        match input {
+            Input::Signal(Signal::Terminate) => {
+                if !self.stopping {
+                    self.stopping = true;
+                    info!("stop requested: stopping");
+                }
+                let actions = self.sup.handle(SupInput::Shutdown, now);
+                self.apply(actions, now);
+            }
+            Input::Signal(Signal::Hangup) => {
+                info!("SIGHUP: re-reading {}", self.opts.vv_path.display());
+                self.read_vv(Origin::Sighup);
+            }
+            Input::Signal(Signal::Reconnect) => {
+                info!("SIGUSR1: reconnect requested");
+                let actions = self.sup.handle(SupInput::ReconnectNow, now);
+                self.apply(actions, now);
+            }
+            Input::VvChanged => self.read_vv(Origin::NewFile),
+            Input::Loaded { origin, result } => self.on_loaded(origin, result, now),
+            Input::Session { generation, event } => self.on_session_event(generation, event, now),
+            Input::SessionEnded { generation, end } => self.on_session_end(generation, *end, now),
+            Input::ReportDone(r) => self.report_done(r),
+        }
+    }
+
+    fn read_vv(&mut self, origin: Origin) {
+        // One read at a time; a storm of requests folds into one more read.
+        if self.reading {
+            self.reread = Some(origin);
+            return;
+        }
+        self.reading = true;
+        self.effects.push_back(Effect::ReadVv { origin });
+    }
+
+    fn on_loaded(&mut self, origin: Origin, result: Result<Box<Loaded>, String>, now: Now) {
+        match origin {
+            Origin::Refresh => self.refreshing = false,
+            Origin::Sighup | Origin::NewFile => {
+                self.reading = false;
+                if let Some(again) = self.reread.take() {
+                    self.read_vv(again);
+                }
+            }
+        }
+        let loaded = match result {
+            Ok(l) => l,
+            Err(e) => {
+                let e = crate::text::printable(&e);
+                if origin == Origin::Refresh {
+                    warn!("{e}");
+                    let actions = self.sup.handle(SupInput::RefreshFailed { message: e }, now);
+                    self.apply(actions, now);
+                } else {
+                    warn!(
+                        "{}: cannot use the new .vv ({e}); keeping the current one",
+                        origin.describe()
+                    );
+                }
+                return;
+            }
+        };
+        for w in &loaded.warnings {
+            warn!("{w}");
+        }
+        // The same settings again (a SIGHUP storm, a file touched): nothing new.
+        if origin != Origin::Refresh && loaded.settings == *self.settings {
+            info!(
+                "{}: the .vv is unchanged; keeping the session",
+                origin.describe()
+            );
+            return;
+        }
+        info!(
+            "{}: new connection settings for {}",
+            origin.describe(),
+            shown_host(&loaded.settings.host, loaded.settings.password.as_ref())
+        );
+        let ticket = TicketInfo::from_settings(&loaded.settings);
+        self.settings = Arc::new(loaded.settings);
+        self.tls = loaded.tls;
+        let actions = self.sup.handle(SupInput::Reload { ticket }, now);
+        self.apply(actions, now);
+    }
+
+    fn on_session_event(&mut self, generation: u64, event: SessionEvent, now: Now) {
+        let Some(run) = self.running.as_mut().filter(|r| r.generation == generation) else {
+            return; // a session already replaced
+        };
+        match event {
+            SessionEvent::Connected { .. } => {
+                run.connected = true;
+                if !self.ready_sent && self.ready_by.is_none() {
+                    self.ready_by = Some(crate::time::after(
+                        now.mono,
+                        crate::time::secs(self.config.keepalive.connect_timeout_secs),
+                    ));
+                }
+                let actions = self.sup.handle(SupInput::Connected { generation }, now);
+                self.apply(actions, now);
+            }
+            SessionEvent::ChannelUp { channel, .. } => {
+                run.channels.insert(channel, ChanState::Up);
+            }
+            SessionEvent::ChannelLost {
+                channel,
+                failure,
+                counters,
+                relink_in,
+            } => {
+                let state = match relink_in {
+                    Some(d) => format!(
+                        "{}, relinking in {}",
+                        failure.cause.as_str(),
+                        crate::time::fmt_dur(d)
+                    ),
+                    None => failure.cause.as_str().to_string(),
+                };
+                run.channels.insert(channel, ChanState::Lost(state));
+                let counters = BTreeMap::from([(channel, *counters)]);
+                self.report(generation, &failure, None, &counters, None, now);
+                self.send_status();
+            }
+            SessionEvent::ChannelDown { channel, reason } => {
+                run.channels.insert(channel, ChanState::Down(reason));
+                self.send_status();
+            }
+            SessionEvent::Settled { up, down } => {
+                for c in &up {
+                    run.channels.insert(*c, ChanState::Up);
+                }
+                let _ = down;
+                self.send_status();
+                self.ready();
+            }
+        }
+    }
+
+    fn on_session_end(&mut self, generation: u64, end: SessionEnd, now: Now) {
+        let current = self
+            .running
+            .as_ref()
+            .is_some_and(|r| r.generation == generation);
+        if !current {
+            return; // replaced or stopped by us; its end means nothing now
+        }
+        let Some(run) = self.running.take() else {
+            return;
+        };
+        let mut actions = Vec::new();
+        // MAIN_INIT came but its event was not read before the end: still say so.
+        if end.connected && !run.connected {
+            actions.extend(self.sup.handle(SupInput::Connected { generation }, now));
+        }
+        let Some(f) = end.failure.clone() else {
+            self.apply(actions, now);
+            return;
+        };
+        self.last_failure = Some(format!("{}: {}", f.cause.as_str(), f.message));
+        let mut cause = None;
+        if end.connected {
+            warn!(channel = %f.channel, cause = f.cause.as_str(), "session lost after {:.1} s: {} failed first: {}", end.uptime.as_secs_f64(), f.channel, f.message);
+            let cut = self.idle_cuts.observe(&end, now.mono);
+            if let Some(learned) = cut {
+                cause = Some(Cause::IdleCut);
+                let mut cfg = (*self.session_config).clone();
+                cfg.keepalive.idle_secs = learned.as_secs_f64();
+                self.session_config = Arc::new(cfg);
+                actions.extend(self.sup.handle(
+                    SupInput::IdleCut {
+                        generation,
+                        idle: self.idle_cuts.last_idle().unwrap_or(learned),
+                    },
+                    now,
+                ));
+            } else {
+                actions.extend(self.sup.handle(
+                    SupInput::Disconnected {
+                        generation,
+                        // A whole session closed cleanly by the server counts as
+                        // main's close (what the takeover rule looks at).
+                        channel: if end.server_closed_session {
+                            ChannelId::MAIN
+                        } else {
+                            f.channel
+                        },
+                        cause: format!("{}: {}", f.cause.as_str(), f.message),
+                        clean_close: f.cause == Cause::ServerClosed,
+                    },
+                    now,
+                ));
+            }
+        } else {
+            warn!(channel = %f.channel, cause = f.cause.as_str(), "connect failed: {}", f.message);
+            actions.extend(self.sup.handle(
+                SupInput::ConnectFailed {
+                    class: f.class,
+                    channel: f.channel,
+                    message: f.message.clone(),
+                },
+                now,
+            ));
+        }
+        // The report says what the supervisor decided, so it comes after it.
+        self.running = Some(run);
+        self.report(generation, &f, cause, &end.counters, Some(&end), now);
+        self.running = None;
+        self.apply(actions, now);
+    }
+
+    /// Queues a disconnect report (cooldown permitting).
+    fn report(
+        &mut self,
+        generation: u64,
+        f: &Failure,
+        cause: Option<Cause>,
+        counters: &BTreeMap<ChannelId, crate::channel::counters::ChannelCounters>,
+        end: Option<&SessionEnd>,
+        now: Now,
+    ) {
+        if !self.config.report.enabled {
+            return;
+        }
+        let Some(skipped) = self
+            .reporter
+            .should_write(now.mono.saturating_duration_since(self.origin))
+        else {
+            return;
+        };
+        let run = self.running.as_ref();
+        let channels_down = run
+            .map(|r| {
+                r.channels
+                    .iter()
+                    .filter_map(|(c, s)| match s {
+                        ChanState::Up => None,
+                        ChanState::Lost(w) | ChanState::Down(w) => Some((c.to_string(), w.clone())),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let start_unix = run.map_or(now.unix, |r| r.start_unix);
+        let default_info = crate::session::SessionInfo::default();
+        let job = ReportJob::new(Facts {
+            failure: f,
+            cause,
+            counters,
+            info: end.map_or(&default_info, |e| &e.info),
+            channels_down,
+            uptime: end.map_or(
+                Duration::try_from_secs_f64(now.unix - start_unix).unwrap_or_default(),
+                |e| e.uptime,
+            ),
+            settings: &self.settings,
+            config: &self.config,
+            reconnects: self.sup.reconnect_count(),
+            reconnect_state: self.sup.describe(),
+            skipped,
+            generation,
+            start_unix,
+            spool: self.reporter.dir(),
+        });
+        self.effects.push_back(Effect::WriteReport(Box::new(job)));
+    }
+
+    fn report_done(&mut self, r: Result<PathBuf, String>) {
+        self.reporter
+            .record_result(&r.map_err(std::io::Error::other));
+    }
+
+    /// Carries out what the supervisor decided.
+    fn apply(&mut self, actions: Vec<Action>, now: Now) {
+        for a in actions {
+            if self.exited {
+                return;
+            }
+            match a {
+                Action::ConnectNow { attempt } => self.connect(attempt, now),
+                Action::Transition(t) => {
+                    info!("reconnect: {t}");
+                    match self.sup.state() {
+                        // `connect` says where to.
+                        State::Connecting { .. } => {}
+                        // READY once settled: linked (see Settled), or retrying /
+                        // waiting, so systemd's start does not hang on a dead server.
+                        State::Pending { .. } | State::WaitingForTicket { .. } => {
+                            self.send_status();
+                            self.ready();
+                        }
+                        _ => self.send_status(),
+                    }
+                }
+                Action::Info(m) => info!("{m}"),
+                Action::Warn(m) => warn!("{m}"),
+                Action::RunRefreshCommand => {
+                    if !self.refreshing {
+                        self.refreshing = true;
+                        info!("running reconnect.refresh_command for a fresh ticket");
+                        self.effects.push_back(Effect::RunRefresh);
+                    }
+                }
+                Action::GiveUp(reason) => {
+                    let code = reason.exit_code();
+                    let last = self
+                        .last_failure
+                        .as_deref()
+                        .map(|l| format!("; last failure: {l}"))
+                        .unwrap_or_default();
+                    error!("giving up: {reason} (exit status {code}){last}");
+                    self.status_line(format!("gave up: {reason}"));
+                    self.exit(code);
+                }
+                Action::Stop => {
+                    info!("stopped");
+                    self.exit(crate::exit::OK);
+                }
+            }
+        }
+    }
+
+    fn connect(&mut self, attempt: u32, now: Now) {
+        self.stop_running();
+        self.generation += 1;
+        let host = shown_host(&self.settings.host, self.settings.password.as_ref());
+        if attempt > 0 {
+            info!("reconnect attempt {attempt} (session {})", self.generation);
+            self.status_line(format!("reconnecting to {host} (attempt {attempt})"));
+        } else {
+            info!("connecting to {host} (session {})", self.generation);
+            self.status_line(format!("connecting to {host}"));
+        }
+        self.running = Some(Running {
+            generation: self.generation,
+            connected: false,
+            start_unix: now.unix,
+            channels: BTreeMap::new(),
+        });
+        self.effects.push_back(Effect::StartSession {
+            generation: self.generation,
+            settings: self.settings.clone(),
+            config: self.session_config.clone(),
+            tls: self.tls.clone(),
+        });
+    }
+
+    fn stop_running(&mut self) {
+        if let Some(old) = self.running.take() {
+            self.effects.push_back(Effect::StopSession {
+                generation: old.generation,
+                how: Stop::Polite,
+            });
+        }
+    }
+
+    fn exit(&mut self, code: u8) {
+        self.stop_running();
+        self.effects.push_back(Effect::Notify(Notice::Stopping));
+        self.effects.push_back(Effect::Exit(code));
+        self.exited = true;
+    }
+
+    fn ready(&mut self) {
+        if !self.ready_sent {
+            self.ready_sent = true;
+            self.effects.push_back(Effect::Notify(Notice::Ready));
+        }
+    }
+
+    /// STATUS from the supervisor's state and, when connected, the channels.
+    fn send_status(&mut self) {
+        let mut s = self.sup.describe();
+        if let (State::Connected { .. }, Some(run)) = (self.sup.state(), &self.running) {
+            let up = run
+                .channels
+                .values()
+                .filter(|c| **c == ChanState::Up)
+                .count();
+            let down: Vec<String> = run
+                .channels
+                .iter()
+                .filter_map(|(c, st)| match st {
+                    ChanState::Up => None,
+                    ChanState::Lost(w) | ChanState::Down(w) => Some(format!("{c} ({w})")),
+                })
+                .collect();
+            let host = shown_host(&self.settings.host, self.settings.password.as_ref());
+            s = if run.channels.is_empty() {
+                format!("connected to {host}: linking channels")
+            } else if down.is_empty() {
+                format!("connected: {up} channels linked to {host}")
+            } else {
+                format!(
+                    "connected: {up} of {} channels linked to {host}; degraded: {} down",
+                    run.channels.len(),
+                    down.join(", ")
+                )
+            };
+            let n = self.sup.reconnect_count();
+            if n > 0 {
+                s.push_str(&format!("; reconnects: {n}"));
+            }
+        } else if matches!(self.sup.state(), State::WaitingForTicket { .. }) {
+            s = format!(
+                "{s}: waiting for a fresh ticket (a new {} or SIGHUP)",
+                self.opts.vv_path.display()
+            );
+        }
+        self.status_line(s);
+    }
+
+    fn status_line(&mut self, s: String) {
+        if s != self.status {
+            self.status = s.clone();
+            self.effects.push_back(Effect::Notify(Notice::Status(s)));
+        }
+    }
+}

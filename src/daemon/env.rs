@@ -1,0 +1,190 @@
+//! What the daemon shell touches outside itself — the network, the file system,
+//! systemd, child processes, signals — gathered in one [`Env`] so tests run the
+//! whole loop against fakes in paused time.
+
+use super::core::{Loaded, Signal};
+use crate::config::Config;
+use crate::link::{Connector, TlsSetup, TransportConnector};
+use crate::report::{LogRing, ReportJob, SharedCapture};
+use crate::systemd::{Notifier, SdNotify};
+use crate::vv::{self, ConnectionSettings};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+/// What identifies a .vv file on disk, to notice a new one.
+pub type Stamp = (u64, u64, i64, u64);
+
+/// Reads and checks the .vv (blocking; run off the loop). `delete`: honour
+/// `delete-this-file=1`.
+pub type LoadVv = Arc<dyn Fn(&Path, &Config, bool) -> Result<Loaded, String> + Send + Sync>;
+/// Opens channel streams for one session's settings.
+pub type MakeConnector = Arc<
+    dyn Fn(Arc<ConnectionSettings>, Arc<Config>, Option<Arc<TlsSetup>>) -> Arc<dyn Connector>
+        + Send
+        + Sync,
+>;
+/// Writes one report (blocking; run off the loop).
+pub type WriteReport =
+    Arc<dyn Fn(ReportJob, Option<SharedCapture>) -> Result<PathBuf, String> + Send + Sync>;
+pub type RefreshFuture = Pin<Box<dyn Future<Output = Result<Loaded, String>> + Send>>;
+/// Runs the refresh command; its stdout is a fresh .vv.
+pub type Refresh = Arc<dyn Fn(Arc<Config>) -> RefreshFuture + Send + Sync>;
+
+pub struct Env {
+    pub notifier: Arc<dyn Notifier>,
+    pub connector: MakeConnector,
+    pub load_vv: LoadVv,
+    pub write_report: WriteReport,
+    pub refresh: Refresh,
+    pub stamp: fn(&Path) -> Option<Stamp>,
+}
+
+impl Env {
+    /// The real world. `ring` feeds `log.txt` in reports.
+    pub fn real(ring: LogRing) -> Env {
+        Env {
+            notifier: Arc::new(SdNotify),
+            connector: Arc::new(|settings, config, tls| {
+                Arc::new(TransportConnector {
+                    settings,
+                    config,
+                    tls,
+                })
+            }),
+            load_vv: Arc::new(load_vv),
+            write_report: Arc::new(move |job, capture| {
+                let dir = job.spool.clone();
+                let cfg = job.report_config.clone();
+                let capture = capture.and_then(|c| c.lock().ok().map(|mut g| g.take()));
+                let input = job.into_input(capture, ring.snapshot());
+                crate::report::write_report(&dir, &cfg, &input, SystemTime::now())
+                    .map_err(|e| e.to_string())
+            }),
+            refresh: Arc::new(|config| Box::pin(refresh(config))),
+            stamp: file_stamp,
+        }
+    }
+}
+
+/// The real .vv load: parse (deleting a single-use file once read), then the TLS
+/// material, whose root-store scan is blocking too.
+pub fn load_vv(path: &Path, config: &Config, delete: bool) -> Result<Loaded, String> {
+    let parsed = vv::load(path, delete).map_err(|e| e.to_string())?;
+    let tls =
+        tls_setup(&parsed.settings, config).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(Loaded {
+        settings: parsed.settings,
+        warnings: parsed.warnings,
+        tls,
+    })
+}
+
+/// TLS material, built once per .vv — only when the .vv has a tls-port.
+fn tls_setup(
+    s: &ConnectionSettings,
+    config: &Config,
+) -> Result<Option<Arc<TlsSetup>>, crate::link::TransportError> {
+    if s.tls_port.is_none() {
+        return Ok(None);
+    }
+    TlsSetup::new(s, &config.tls).map(|t| Some(Arc::new(t)))
+}
+
+async fn refresh(config: Arc<Config>) -> Result<Loaded, String> {
+    let argv = config.reconnect.refresh_command.clone();
+    let timeout = crate::time::secs(config.reconnect.refresh_timeout_secs);
+    let parsed = run_refresh(argv, timeout).await?;
+    let cfg = config.clone();
+    let tls =
+        tokio::task::spawn_blocking(move || tls_setup(&parsed.settings, &cfg).map(|t| (parsed, t)))
+            .await
+            .map_err(|e| format!("refresh command output: {e}"))?;
+    let (parsed, tls) = tls.map_err(|e| format!("refresh command output: {e}"))?;
+    Ok(Loaded {
+        settings: parsed.settings,
+        warnings: parsed.warnings,
+        tls,
+    })
+}
+
+/// Runs the refresh command; its stdout is a fresh .vv.
+async fn run_refresh(argv: Vec<String>, timeout: Duration) -> Result<vv::Parsed, String> {
+    let Some((prog, args)) = argv.split_first() else {
+        return Err("reconnect.refresh_command is empty".into());
+    };
+    let child = tokio::process::Command::new(prog)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("refresh command {prog}: cannot start: {e}"))?;
+    let out = match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        Ok(Ok(o)) => o,
+        Ok(Err(e)) => return Err(format!("refresh command {prog}: {e}")),
+        Err(_) => {
+            return Err(format!(
+                "refresh command {prog} did not finish within {:.0} s (killed)",
+                timeout.as_secs_f64()
+            ))
+        }
+    };
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let first = err
+            .lines()
+            .next()
+            .unwrap_or("")
+            .chars()
+            .take(200)
+            .collect::<String>();
+        return Err(format!(
+            "refresh command {prog} failed ({}): {first}",
+            out.status
+        ));
+    }
+    if out.stdout.len() > vv::MAX_FILE_BYTES {
+        return Err(format!(
+            "refresh command {prog}: output larger than a .vv file may be"
+        ));
+    }
+    vv::parse(&out.stdout, "refresh_command output").map_err(|e| e.to_string())
+}
+
+fn file_stamp(p: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(p).ok()?;
+    Some((
+        m.dev(),
+        m.ino(),
+        m.mtime_nsec() + m.mtime() * 1_000_000_000,
+        m.len(),
+    ))
+}
+
+/// SIGTERM, SIGINT, SIGHUP and SIGUSR1 into the loop's signal queue.
+pub fn forward_signals(tx: mpsc::UnboundedSender<Signal>) -> std::io::Result<()> {
+    for (kind, sig) in [
+        (SignalKind::terminate(), Signal::Terminate),
+        (SignalKind::interrupt(), Signal::Terminate),
+        (SignalKind::hangup(), Signal::Hangup),
+        (SignalKind::user_defined1(), Signal::Reconnect),
+    ] {
+        let mut s = signal(kind)?;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while s.recv().await.is_some() {
+                if tx.send(sig).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    Ok(())
+}

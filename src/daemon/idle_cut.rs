@@ -1,0 +1,233 @@
+//! Telling a middlebox's idle cut from a takeover, from the counters alone.
+//!
+//! A proxy, NAT or firewall that cuts idle flows closes each channel when *that
+//! channel* has been silent for its timeout T: every channel was idle for the same
+//! T when it closed, and the closes are spread exactly as the channels' last
+//! traffic was. A takeover (or a server stopping) closes every socket at the
+//! same moment, whatever each channel was doing: the closes agree, the idle times
+//! do not. Seen twice with the same T, it is an idle cut: the keepalive for the
+//! rest of the run goes below T (never under a second), and the session relinks
+//! at once instead of being taken for a takeover.
+
+use crate::session::SessionEnd;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Idle times shorter than this are no middlebox timeout (and the keepalive
+/// floor is a second).
+const MIN_IDLE: f64 = 1.0;
+/// Two cuts further apart than this are not paired.
+const PAIR_WINDOW: Duration = Duration::from_secs(300);
+/// The learned keepalive never goes below this.
+const FLOOR: Duration = Duration::from_secs(1);
+
+/// How close idle times must be to count as "the same T".
+fn tolerance(t: f64) -> f64 {
+    (0.05 * t).max(0.25)
+}
+
+/// T when `end` looks like an idle cut: at least two channels closed by the
+/// peer, all after the same silence, their closes tracking their last traffic.
+pub fn pattern(end: &SessionEnd) -> Option<f64> {
+    let mut closes = Vec::new();
+    let mut idles = Vec::new();
+    for c in end.counters.values() {
+        if !matches!(c.close_reason.as_deref(), Some("server_closed" | "reset")) {
+            continue;
+        }
+        let closed = c.closed_at_secs?;
+        let last = [
+            c.last_recv_ts_secs,
+            c.last_send_ts_secs,
+            c.connected_at_secs,
+        ]
+        .into_iter()
+        .flatten()
+        .fold(f64::NEG_INFINITY, f64::max);
+        if !last.is_finite() {
+            continue;
+        }
+        closes.push(closed);
+        idles.push(closed - last);
+    }
+    if idles.len() < 2 {
+        return None;
+    }
+    let spread = |v: &[f64]| {
+        v.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+            - v.iter().copied().fold(f64::INFINITY, f64::min)
+    };
+    idles.sort_by(f64::total_cmp);
+    let t = idles[idles.len() / 2];
+    let (idle_spread, close_spread) = (spread(&idles), spread(&closes));
+    (t >= MIN_IDLE && idle_spread <= tolerance(t) && idle_spread < close_spread).then_some(t)
+}
+
+/// The idle-cut rule across sessions (see the module docs).
+#[derive(Debug)]
+pub struct IdleCuts {
+    /// The keepalive interval in force (None: off).
+    idle: Option<Duration>,
+    candidate: Option<(Instant, f64)>,
+    last: Option<Duration>,
+}
+
+impl IdleCuts {
+    pub fn new(idle: Option<Duration>) -> Self {
+        IdleCuts {
+            idle,
+            candidate: None,
+            last: None,
+        }
+    }
+
+    /// The silence that the last learnt cut came after.
+    pub fn last_idle(&self) -> Option<Duration> {
+        self.last
+    }
+
+    /// Feeds a lost session; returns the new keepalive interval when this loss
+    /// completes the pattern (and the interval actually gets shorter).
+    pub fn observe(&mut self, end: &SessionEnd, now: Instant) -> Option<Duration> {
+        let t = pattern(end)?;
+        let paired = self.candidate.take().filter(|(at, t0)| {
+            now.saturating_duration_since(*at) <= PAIR_WINDOW && (t - t0).abs() <= tolerance(t)
+        });
+        if paired.is_none() {
+            self.candidate = Some((now, t));
+            return None;
+        }
+        let learned = Duration::from_secs_f64((t / 2.0 * 10.0).floor() / 10.0).max(FLOOR);
+        if self.idle.is_some_and(|i| learned >= i) {
+            return None; // no shorter keepalive to give: treat it as any loss
+        }
+        self.idle = Some(learned);
+        self.last = Some(Duration::from_secs_f64(t));
+        tracing::warn!(
+            "idle cut by a middlebox after ~{t:.1} s of silence on every channel (seen twice): \
+             keepalive interval for this run lowered to {:.1} s",
+            learned.as_secs_f64()
+        );
+        Some(learned)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channel::counters::ChannelCounters;
+    use crate::session::SessionInfo;
+    use crate::wire::{ChannelId, ChannelType};
+    use std::collections::BTreeMap;
+
+    /// (last traffic, close, reason) per channel.
+    fn end(chs: &[(f64, f64, &str)]) -> SessionEnd {
+        let types = [
+            ChannelType::Main,
+            ChannelType::Display,
+            ChannelType::Inputs,
+            ChannelType::Cursor,
+            ChannelType::Playback,
+        ];
+        let counters: BTreeMap<ChannelId, ChannelCounters> = chs
+            .iter()
+            .zip(types)
+            .map(|(&(last, closed, why), ty)| {
+                (
+                    ChannelId::new(ty, 0),
+                    ChannelCounters {
+                        connected_at_secs: Some(0.1),
+                        last_recv_ts_secs: Some(last),
+                        closed_at_secs: Some(closed),
+                        close_reason: Some(why.into()),
+                        ..ChannelCounters::default()
+                    },
+                )
+            })
+            .collect();
+        SessionEnd {
+            failure: None,
+            counters,
+            uptime: Duration::from_secs(6),
+            connected: true,
+            all_linked: true,
+            server_closed_session: true,
+            info: SessionInfo::default(),
+        }
+    }
+
+    /// tinyproxy `Timeout 5`: each tunnel closes 5.0 s after its own last byte.
+    fn proxy_cut() -> SessionEnd {
+        end(&[
+            (0.30, 5.30, "server_closed"),
+            (0.42, 5.42, "server_closed"),
+            (0.45, 5.46, "server_closed"),
+            (0.47, 5.47, "server_closed"),
+        ])
+    }
+
+    /// A takeover 5.5 s after the link: every socket closes at once.
+    fn takeover() -> SessionEnd {
+        end(&[
+            (0.30, 5.80, "server_closed"),
+            (0.42, 5.80, "server_closed"),
+            (0.45, 5.81, "server_closed"),
+            (0.47, 5.81, "server_closed"),
+        ])
+    }
+
+    #[test]
+    fn the_patterns_differ() {
+        assert_eq!(
+            pattern(&proxy_cut()).map(|t| (t * 10.0).round()),
+            Some(50.0)
+        );
+        assert_eq!(pattern(&takeover()), None);
+        // One channel closed by the peer proves nothing.
+        assert_eq!(
+            pattern(&end(&[
+                (0.3, 5.3, "server_closed"),
+                (0.3, 5.4, "session_ended")
+            ])),
+            None
+        );
+        // Short silences are no middlebox timeout.
+        assert_eq!(
+            pattern(&end(&[(0.3, 0.8, "reset"), (0.4, 0.9, "reset")])),
+            None
+        );
+        // A channel with traffic just before the close breaks it.
+        assert_eq!(
+            pattern(&end(&[
+                (0.3, 5.3, "server_closed"),
+                (5.2, 5.35, "server_closed")
+            ])),
+            None
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn seen_twice_lowers_the_keepalive_once() {
+        let mut c = IdleCuts::new(Some(Duration::from_secs(15)));
+        let t0 = Instant::now();
+        assert_eq!(c.observe(&proxy_cut(), t0), None, "once is not a pattern");
+        let learned = c.observe(&proxy_cut(), t0 + Duration::from_secs(7));
+        assert_eq!(learned, Some(Duration::from_millis(2500)));
+        // The same again cannot lower it further: 2.5 s is already below T/2.
+        assert_eq!(c.observe(&proxy_cut(), t0 + Duration::from_secs(20)), None);
+        assert_eq!(c.observe(&proxy_cut(), t0 + Duration::from_secs(30)), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn takeovers_and_far_apart_cuts_are_not_paired() {
+        let mut c = IdleCuts::new(Some(Duration::from_secs(15)));
+        let t0 = Instant::now();
+        assert_eq!(c.observe(&takeover(), t0), None);
+        assert_eq!(c.observe(&takeover(), t0 + Duration::from_secs(7)), None);
+        assert_eq!(c.observe(&proxy_cut(), t0), None);
+        assert_eq!(
+            c.observe(&proxy_cut(), t0 + PAIR_WINDOW + Duration::from_secs(1)),
+            None
+        );
+    }
+}

@@ -1,0 +1,424 @@
+//! The daemon's thin tokio shell around [`core::DaemonCore`]: it turns signals,
+//! session events, timers and the results of blocking work into core inputs, and
+//! carries out the core's effects — never awaiting one in the loop. Anything that
+//! can block (reading the .vv and the TLS roots, writing a report, the refresh
+//! child, stat of the .vv) runs off the loop and reports back through one
+//! unbounded queue; a stopped session is aborted after a grace period, never
+//! detached; the exit is bounded whatever is still in flight.
+
+pub mod core;
+mod env;
+mod idle_cut;
+#[cfg(test)]
+mod tests;
+
+pub use self::core::{DaemonCore, Effect, Input, Loaded, Options, Origin, Signal};
+pub use env::{Env, Stamp};
+pub use idle_cut::pattern as idle_cut_pattern;
+
+use crate::cli::RunArgs;
+use crate::config::Config;
+use crate::exit;
+use crate::reconnect::Now;
+use crate::report::{self, LogRing, SharedCapture};
+use crate::session::{self, SessionCtx, SessionEnd, SessionEvent, Stop};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+/// A .vv read (or a stat of it) that takes longer than this fails: a FIFO with
+/// no writer, or stalled storage, must not hold anything up.
+pub const VV_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// A stopped session gets this long to say goodbye before it is aborted.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+/// After the loop ends: how long sessions and reports in flight may still take.
+/// With the runtime's own bounded shutdown the process is gone within 2 s.
+pub const EXIT_GRACE: Duration = Duration::from_millis(1200);
+/// How often the .vv path is checked while waiting for a ticket.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+/// Runs spiced until it stops; returns the process exit code (see `exit`).
+pub fn main(args: &RunArgs) -> u8 {
+    let config = match &args.config {
+        Some(p) => match Config::load(p) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("spiced: {e}");
+                return exit::CONFIG;
+            }
+        },
+        None => Config::default(),
+    };
+    let ring = LogRing::new(config.report.log_lines);
+    crate::logging::init(&config.log.filter, Some(ring.clone()));
+    let Some(vv_path) = args.vv.clone() else {
+        error!("no --vv FILE given");
+        return exit::CONFIG;
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!("cannot start the runtime: {e}");
+            return exit::FAILURE;
+        }
+    };
+    let spool = report::resolve_spool_dir(args.spool.as_deref(), &config.report);
+    let code = rt.block_on(async move {
+        let (sig_tx, sig_rx) = mpsc::unbounded_channel();
+        if let Err(e) = env::forward_signals(sig_tx) {
+            error!("cannot install signal handlers: {e}");
+            return exit::FAILURE;
+        }
+        let opts = Options {
+            vv_path,
+            watchdog: crate::systemd::watchdog_interval(),
+            spool,
+        };
+        run(Arc::new(config), opts, Env::real(ring), sig_rx).await
+    });
+    // Blocking work still running (a stuck read, a slow disk) is abandoned.
+    rt.shutdown_timeout(Duration::from_millis(300));
+    code
+}
+
+/// What comes back to the loop. Never dropped: every producer is bounded in
+/// number (one per session, read, report or stat in flight).
+enum Msg {
+    Session(u64, SessionEvent),
+    Ended(u64, Box<SessionEnd>),
+    Loaded(Origin, Result<Box<Loaded>, String>),
+    Report(Result<PathBuf, String>),
+    Stamp(Option<Stamp>),
+}
+
+struct SessionTask {
+    stop: watch::Sender<Stop>,
+    abort: AbortHandle,
+    capture: Option<SharedCapture>,
+    /// Aborted at this time if it has not ended.
+    abort_at: Option<Instant>,
+}
+
+struct Shell {
+    config: Arc<Config>,
+    opts_vv: PathBuf,
+    env: Env,
+    tx: mpsc::UnboundedSender<Msg>,
+    sessions: HashMap<u64, SessionTask>,
+    reports_in_flight: usize,
+    /// Blocking reads of the .vv that have not returned (stuck on a FIFO?).
+    stuck_reads: Arc<AtomicUsize>,
+    stat_in_flight: bool,
+    stamp: Option<Stamp>,
+}
+
+/// The loop. `signals` carries SIGTERM/SIGINT/SIGHUP/SIGUSR1 (tests inject them).
+pub async fn run(
+    config: Arc<Config>,
+    opts: Options,
+    env: Env,
+    mut signals: mpsc::UnboundedReceiver<Signal>,
+) -> u8 {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut shell = Shell {
+        config: config.clone(),
+        opts_vv: opts.vv_path.clone(),
+        env,
+        tx,
+        sessions: HashMap::new(),
+        reports_in_flight: 0,
+        stuck_reads: Arc::new(AtomicUsize::new(0)),
+        stat_in_flight: false,
+        stamp: None,
+    };
+    // The first read, off the loop and bounded like every other.
+    shell.stamp = (shell.env.stamp)(&shell.opts_vv);
+    let first = tokio::select! {
+        r = shell.read_job().run(true) => r,
+        Some(Signal::Terminate) = signals.recv() => {
+            info!("stop requested before the .vv was read");
+            return exit::OK;
+        }
+    };
+    let loaded = match first {
+        Ok(l) => l,
+        Err(e) => {
+            error!("{e}");
+            return exit::CONFIG;
+        }
+    };
+    for w in &loaded.warnings {
+        warn!("{w}");
+    }
+    let mut core = DaemonCore::new(config, *loaded, opts, Now::system());
+    core.start(Now::system());
+    let mut watch_tick = tokio::time::interval(WATCH_EVERY);
+    watch_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        while let Some(e) = core.poll_effect() {
+            if let Effect::Exit(code) = e {
+                shell.finish(&mut rx).await;
+                return code;
+            }
+            shell.execute(e);
+        }
+        let abort_at = shell.sessions.values().filter_map(|s| s.abort_at).min();
+        let watching = core.watching_vv();
+        tokio::select! {
+            biased;
+            Some(sig) = signals.recv() => core.handle(Input::Signal(sig), Now::system()),
+            Some(m) = rx.recv() => match m {
+                Msg::Session(generation, event) => core.handle(Input::Session { generation, event }, Now::system()),
+                Msg::Ended(generation, end) => {
+                    core.handle(Input::SessionEnded { generation, end }, Now::system());
+                    // Its report (if any) is queued now and needs the capture.
+                    while let Some(e) = core.poll_effect() {
+                        if let Effect::Exit(code) = e {
+                            shell.sessions.remove(&generation);
+                            shell.finish(&mut rx).await;
+                            return code;
+                        }
+                        shell.execute(e);
+                    }
+                    shell.sessions.remove(&generation);
+                }
+                Msg::Loaded(origin, result) => core.handle(Input::Loaded { origin, result }, Now::system()),
+                Msg::Report(r) => {
+                    shell.reports_in_flight = shell.reports_in_flight.saturating_sub(1);
+                    core.handle(Input::ReportDone(r), Now::system());
+                }
+                Msg::Stamp(s) => {
+                    shell.stat_in_flight = false;
+                    if s.is_some() && s != shell.stamp {
+                        shell.stamp = s;
+                        core.handle(Input::VvChanged, Now::system());
+                    }
+                }
+            },
+            _ = crate::time::sleep_until_opt(core.poll_timeout()) => core.handle_timeout(Now::system()),
+            _ = crate::time::sleep_until_opt(abort_at) => shell.abort_overdue(),
+            _ = watch_tick.tick(), if watching => shell.stat_vv(),
+        }
+    }
+}
+
+impl Shell {
+    fn read_job(&self) -> ReadJob {
+        ReadJob {
+            path: self.opts_vv.clone(),
+            config: self.config.clone(),
+            load: self.env.load_vv.clone(),
+            stuck: self.stuck_reads.clone(),
+        }
+    }
+
+    fn execute(&mut self, e: Effect) {
+        match e {
+            Effect::StartSession {
+                generation,
+                settings,
+                config,
+                tls,
+            } => self.start_session(generation, settings, config, tls),
+            Effect::StopSession { generation, how } => {
+                if let Some(s) = self.sessions.get_mut(&generation) {
+                    let _ = s.stop.send(how);
+                    s.abort_at.get_or_insert(Instant::now() + STOP_GRACE);
+                }
+            }
+            Effect::ReadVv { origin } => {
+                let read = self.read_job();
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    let r = read.run(true).await;
+                    let _ = tx.send(Msg::Loaded(origin, r));
+                });
+            }
+            Effect::RunRefresh => {
+                let fut = (self.env.refresh)(self.config.clone());
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    let r = fut.await.map(Box::new);
+                    let _ = tx.send(Msg::Loaded(Origin::Refresh, r));
+                });
+            }
+            Effect::WriteReport(job) => {
+                let capture = self
+                    .sessions
+                    .get(&job.generation)
+                    .and_then(|s| s.capture.clone());
+                let write = self.env.write_report.clone();
+                let tx = self.tx.clone();
+                self.reports_in_flight += 1;
+                let blocking = tokio::task::spawn_blocking(move || write(*job, capture));
+                tokio::spawn(async move {
+                    let r = match blocking.await {
+                        Ok(r) => r,
+                        Err(e) => Err(format!("the report writer failed: {e}")),
+                    };
+                    let _ = tx.send(Msg::Report(r));
+                });
+            }
+            Effect::Notify(n) => self.env.notifier.notify(n),
+            Effect::Exit(_) => {}
+        }
+    }
+
+    fn start_session(
+        &mut self,
+        generation: u64,
+        settings: Arc<crate::vv::ConnectionSettings>,
+        config: Arc<Config>,
+        tls: Option<Arc<crate::link::TlsSetup>>,
+    ) {
+        let (stop_tx, stop_rx) = watch::channel(Stop::Run);
+        let capture = config
+            .report
+            .enabled
+            .then(|| report::Capture::shared(&config.report));
+        let ctx = SessionCtx {
+            connector: (self.env.connector)(settings.clone(), config.clone(), tls),
+            settings,
+            config,
+            capture: capture.clone().map(|c| c as Arc<dyn session::CaptureSink>),
+            start: Instant::now(),
+            start_unix: crate::time::unix_now(),
+        };
+        let tx = self.tx.clone();
+        let emit_tx = tx.clone();
+        let emit = move |ev| {
+            let _ = emit_tx.send(Msg::Session(generation, ev));
+        };
+        let inner = tokio::spawn(session::run(ctx, emit, stop_rx));
+        let abort = inner.abort_handle();
+        tokio::spawn(async move {
+            let end = match inner.await {
+                Ok(end) => end,
+                Err(e) if e.is_panic() => {
+                    error!("the session task panicked (a bug in spiced)");
+                    SessionEnd::panicked()
+                }
+                Err(_) => SessionEnd::stopped(),
+            };
+            let _ = tx.send(Msg::Ended(generation, Box::new(end)));
+        });
+        self.sessions.insert(
+            generation,
+            SessionTask {
+                stop: stop_tx,
+                abort,
+                capture,
+                abort_at: None,
+            },
+        );
+    }
+
+    fn abort_overdue(&mut self) {
+        let now = Instant::now();
+        for (g, s) in &mut self.sessions {
+            if s.abort_at.is_some_and(|t| now >= t) {
+                warn!("session {g} did not stop within {STOP_GRACE:?}; aborting it");
+                s.abort.abort();
+                s.abort_at = None;
+            }
+        }
+    }
+
+    /// One stat of the .vv at a time, off the loop.
+    fn stat_vv(&mut self) {
+        if self.stat_in_flight {
+            return;
+        }
+        self.stat_in_flight = true;
+        let path = self.opts_vv.clone();
+        let stamp = self.env.stamp;
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let job = tokio::task::spawn_blocking(move || stamp(&path));
+            let s = match tokio::time::timeout(VV_READ_TIMEOUT, job).await {
+                Ok(Ok(s)) => s,
+                _ => None,
+            };
+            let _ = tx.send(Msg::Stamp(s));
+        });
+    }
+
+    /// The loop is over: sessions say goodbye and reports in flight finish, both
+    /// bounded by [`EXIT_GRACE`].
+    async fn finish(&mut self, rx: &mut mpsc::UnboundedReceiver<Msg>) {
+        for s in self.sessions.values() {
+            let _ = s.stop.send(Stop::Polite);
+        }
+        let wait = async {
+            while !self.sessions.is_empty() || self.reports_in_flight > 0 {
+                match rx.recv().await {
+                    Some(Msg::Ended(g, _)) => {
+                        self.sessions.remove(&g);
+                    }
+                    Some(Msg::Report(r)) => {
+                        self.reports_in_flight = self.reports_in_flight.saturating_sub(1);
+                        if let Ok(p) = r {
+                            info!("disconnect report written: {}", p.display());
+                        }
+                    }
+                    Some(_) => {}
+                    None => break,
+                }
+            }
+        };
+        if tokio::time::timeout(EXIT_GRACE, wait).await.is_err() {
+            warn!(
+                "exiting with {} session(s) and {} report(s) still in flight",
+                self.sessions.len(),
+                self.reports_in_flight
+            );
+        }
+        for s in self.sessions.values() {
+            s.abort.abort();
+        }
+    }
+}
+
+/// A .vv re-read, off the loop and bounded (see [`VV_READ_TIMEOUT`]).
+struct ReadJob {
+    path: PathBuf,
+    config: Arc<Config>,
+    load: env::LoadVv,
+    stuck: Arc<AtomicUsize>,
+}
+
+impl ReadJob {
+    async fn run(self, delete: bool) -> Result<Box<Loaded>, String> {
+        if self.stuck.load(Ordering::Relaxed) > 0 {
+            return Err(format!(
+                "an earlier read of {} never returned (a FIFO without a writer, or stalled storage)",
+                self.path.display()
+            ));
+        }
+        self.stuck.fetch_add(1, Ordering::Relaxed);
+        let (path, config, load, stuck) = (self.path.clone(), self.config, self.load, self.stuck);
+        let job = tokio::task::spawn_blocking(move || {
+            let r = load(&path, &config, delete);
+            stuck.fetch_sub(1, Ordering::Relaxed);
+            r
+        });
+        match tokio::time::timeout(VV_READ_TIMEOUT, job).await {
+            Ok(Ok(r)) => r.map(Box::new),
+            Ok(Err(e)) => Err(format!("reading the .vv failed: {e}")),
+            Err(_) => Err(format!(
+                "reading {} did not finish within {} s (a FIFO without a writer, or stalled storage)",
+                self.path.display(),
+                VV_READ_TIMEOUT.as_secs()
+            )),
+        }
+    }
+}

@@ -1,0 +1,594 @@
+//! The daemon's decisions, driven through `DaemonCore` with hand-made inputs and
+//! injected time: no sockets, no files, no sleeps.
+
+use super::core::*;
+use crate::channel::counters::ChannelCounters;
+use crate::config::Config;
+use crate::failure::{Cause, Failure};
+use crate::reconnect::{Now, State};
+use crate::session::{SessionEnd, SessionEvent, SessionInfo, Stop};
+use crate::systemd::Notice;
+use crate::vv::ConnectionSettings;
+use crate::wire::{ChannelId, ChannelType};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+const UNIX0: f64 = 1_800_000_000.0;
+
+struct H {
+    core: DaemonCore,
+    t0: Instant,
+    t: Duration,
+    /// Every effect seen, in order, as text (sessions by generation).
+    log: Vec<String>,
+    generation: u64,
+}
+
+fn settings() -> ConnectionSettings {
+    ConnectionSettings {
+        host: "vm.example".into(),
+        port: Some(5900),
+        ..Default::default()
+    }
+}
+
+fn loaded(s: ConnectionSettings) -> Loaded {
+    Loaded {
+        settings: s,
+        warnings: vec![],
+        tls: None,
+    }
+}
+
+impl H {
+    fn with(config: Config, s: ConnectionSettings) -> H {
+        let t0 = Instant::now();
+        let opts = Options {
+            vv_path: "/run/console.vv".into(),
+            watchdog: Some(Duration::from_secs(10)),
+            spool: "/var/spool/spiced".into(),
+        };
+        let now = Now::new(t0, UNIX0);
+        let core = DaemonCore::new(Arc::new(config), loaded(s), opts, now);
+        let mut h = H {
+            core,
+            t0,
+            t: Duration::ZERO,
+            log: vec![],
+            generation: 0,
+        };
+        h.core.start(now);
+        h.drain();
+        h
+    }
+
+    fn new() -> H {
+        H::with(Config::default(), settings())
+    }
+
+    fn now(&self) -> Now {
+        Now::new(self.t0 + self.t, UNIX0 + self.t.as_secs_f64())
+    }
+
+    /// Runs every timer due up to `t` (seconds since start), in order.
+    fn at(&mut self, t: f64) {
+        let until = Duration::from_secs_f64(t);
+        while let Some(d) = self.core.poll_timeout() {
+            let d = d.saturating_duration_since(self.t0);
+            if d > until {
+                break;
+            }
+            self.t = self.t.max(d);
+            self.core.handle_timeout(self.now());
+            self.drain();
+        }
+        self.t = until;
+    }
+
+    fn input(&mut self, i: Input) {
+        self.core.handle(i, self.now());
+        self.drain();
+    }
+
+    fn drain(&mut self) {
+        while let Some(e) = self.core.poll_effect() {
+            let line = match e {
+                Effect::StartSession { generation, .. } => {
+                    self.generation = generation;
+                    format!("start {generation}")
+                }
+                Effect::StopSession { generation, how } => format!("stop {generation} {how:?}"),
+                Effect::ReadVv { origin } => format!("read {origin:?}"),
+                Effect::RunRefresh => "refresh".into(),
+                Effect::WriteReport(j) => format!("report {} {}", j.cause.channel, j.cause.cause),
+                Effect::Notify(Notice::Status(s)) => format!("status {s}"),
+                Effect::Notify(n) => format!("{n:?}"),
+                Effect::Exit(c) => format!("exit {c}"),
+            };
+            self.log.push(line);
+        }
+    }
+
+    fn take(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.log)
+    }
+
+    fn event(&mut self, event: SessionEvent) {
+        let generation = self.generation;
+        self.input(Input::Session { generation, event });
+    }
+
+    fn connected(&mut self) {
+        self.event(SessionEvent::Connected { session_id: 1 });
+    }
+
+    fn settled(&mut self, up: usize, down: &[ChannelId]) {
+        let up = (0..up)
+            .map(|i| ChannelId::new(ChannelType::Usbredir, i as u8))
+            .collect();
+        self.event(SessionEvent::Settled {
+            up,
+            down: down.to_vec(),
+        });
+    }
+
+    fn end(&mut self, end: SessionEnd) {
+        let generation = self.generation;
+        self.input(Input::SessionEnded {
+            generation,
+            end: Box::new(end),
+        });
+    }
+
+    fn count(&self, prefix: &str) -> usize {
+        self.log.iter().filter(|l| l.starts_with(prefix)).count()
+    }
+}
+
+fn lost(f: Failure, uptime: f64) -> SessionEnd {
+    SessionEnd {
+        server_closed_session: f.channel == ChannelId::MAIN && f.cause == Cause::ServerClosed,
+        failure: Some(f),
+        counters: BTreeMap::new(),
+        uptime: Duration::from_secs_f64(uptime),
+        connected: true,
+        all_linked: true,
+        info: SessionInfo::default(),
+    }
+}
+
+fn failed(f: Failure) -> SessionEnd {
+    SessionEnd {
+        connected: false,
+        ..lost(f, 0.1)
+    }
+}
+
+fn eof(ch: ChannelId) -> Failure {
+    Failure::io(ch, &std::io::ErrorKind::UnexpectedEof.into(), false)
+}
+
+fn refused() -> Failure {
+    Failure::transport(
+        ChannelId::MAIN,
+        &crate::link::TransportError::Connect {
+            addr: "127.0.0.1:5900".parse().unwrap(),
+            kind: std::io::ErrorKind::ConnectionRefused,
+            tried: 1,
+        },
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn ready_comes_once_the_session_is_settled() {
+    let mut h = H::new();
+    assert_eq!(h.take(), ["status connecting to vm.example", "start 1"]);
+    h.connected();
+    assert_eq!(h.count("Ready"), 0, "not before the channels are linked");
+    h.settled(10, &[]);
+    assert_eq!(
+        h.take(),
+        [
+            "status connected to vm.example: linking channels",
+            "status connected: 10 channels linked to vm.example",
+            "Ready"
+        ]
+    );
+    h.settled(10, &[]);
+    assert_eq!(h.count("Ready"), 0, "once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn ready_by_connect_timeout_when_a_channel_never_links() {
+    let mut h = H::new();
+    h.at(2.0);
+    h.connected();
+    h.take();
+    h.at(16.9);
+    assert_eq!(h.count("Ready"), 0);
+    h.at(17.1);
+    assert_eq!(h.count("Ready"), 1, "{:?}", h.log);
+}
+
+#[tokio::test(start_paused = true)]
+async fn ready_while_retrying_a_server_that_is_down() {
+    let mut h = H::new();
+    h.end(failed(refused()));
+    let log = h.take();
+    assert!(log.contains(&"Ready".to_string()), "{log:?}");
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("status pending: attempt 1 after 1s")),
+        "{log:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn watchdog_follows_the_loop_and_never_bursts() {
+    let mut h = H::new();
+    h.take();
+    h.at(35.0);
+    assert_eq!(h.count("Watchdog"), 3, "at 10, 20, 30 s");
+    h.take();
+    // A stalled loop (nothing polled for a minute) feeds nothing, then one.
+    h.t = Duration::from_secs(100);
+    h.core.handle_timeout(h.now());
+    h.drain();
+    assert_eq!(h.take(), ["Watchdog"]);
+    assert_eq!(h.core.poll_timeout(), Some(h.t0 + Duration::from_secs(110)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn degraded_channels_show_in_status_and_get_a_report() {
+    let mut h = H::new();
+    h.connected();
+    h.settled(9, &[]);
+    h.take();
+    let port = ChannelId::new(ChannelType::Port, 0);
+    h.event(SessionEvent::ChannelLost {
+        channel: port,
+        failure: Box::new(eof(port)),
+        counters: Box::new(ChannelCounters::default()),
+        relink_in: None,
+    });
+    h.event(SessionEvent::ChannelDown {
+        channel: port,
+        reason: "the single-use ticket was already used".into(),
+    });
+    let log = h.take();
+    assert_eq!(log[0], "report port server_closed");
+    assert!(
+        log.last()
+            .unwrap()
+            .contains("degraded: port (the single-use ticket was already used) down"),
+        "{log:?}"
+    );
+    assert_eq!(h.core.state().name(), "connected");
+}
+
+#[tokio::test(start_paused = true)]
+async fn exit_codes_of_every_give_up() {
+    let single = ConnectionSettings {
+        delete_this_file: true,
+        ..settings()
+    };
+    type Script = Box<dyn Fn(&mut H)>;
+    let cases: Vec<(ConnectionSettings, Script, u8)> = vec![
+        // Single-use ticket: the session ends, no retry.
+        (
+            single,
+            Box::new(|h| {
+                h.connected();
+                h.end(lost(eof(ChannelId::MAIN), 30.0));
+            }),
+            77,
+        ),
+        // Three failed attempts.
+        (
+            settings(),
+            Box::new(|h| {
+                h.end(failed(refused()));
+                for t in [1.0, 5.0, 21.0] {
+                    h.at(t);
+                    h.end(failed(refused()));
+                }
+            }),
+            69,
+        ),
+        // The server refuses the ticket.
+        (
+            settings(),
+            Box::new(|h| {
+                let f = Failure::link(
+                    ChannelId::MAIN,
+                    crate::link::handshake::LinkError::Refused(
+                        crate::wire::link::LinkErrorCode::PermissionDenied,
+                    ),
+                );
+                h.end(failed(f));
+            }),
+            77,
+        ),
+        // spiceproxy refuses the ticket in the CONNECT target.
+        (
+            settings(),
+            Box::new(|h| {
+                h.end(failed(Failure::transport(ChannelId::MAIN, &proxy(401))));
+            }),
+            77,
+        ),
+        // The proxy wants credentials: a configuration problem.
+        (
+            settings(),
+            Box::new(|h| {
+                h.end(failed(Failure::transport(ChannelId::MAIN, &proxy(407))));
+            }),
+            78,
+        ),
+        // The certificate does not verify.
+        (
+            settings(),
+            Box::new(|h| {
+                let e = crate::link::TransportError::CertVerify("unknown issuer".into());
+                h.end(failed(Failure::transport(ChannelId::MAIN, &e)));
+            }),
+            78,
+        ),
+        // A bad link reply: a bug on one side.
+        (
+            settings(),
+            Box::new(|h| {
+                let e = crate::link::handshake::LinkError::Wire(crate::wire::WireError::BadMagic(
+                    *b"HTTP",
+                ));
+                h.end(failed(Failure::link(ChannelId::MAIN, e)));
+            }),
+            1,
+        ),
+        // SIGTERM, whatever the state.
+        (
+            settings(),
+            Box::new(|h| h.input(Input::Signal(Signal::Terminate))),
+            0,
+        ),
+    ];
+    for (i, (s, script, code)) in cases.into_iter().enumerate() {
+        let mut h = H::with(Config::default(), s);
+        script(&mut h);
+        let log = h.take();
+        assert_eq!(
+            log.last().map(String::as_str),
+            Some(format!("exit {code}").as_str()),
+            "case {i}: {log:?}"
+        );
+        assert!(log.contains(&"Stopping".to_string()), "case {i}: {log:?}");
+        assert!(h.core.is_exited());
+        // Nothing after the exit.
+        h.input(Input::Signal(Signal::Hangup));
+        assert!(h.take().is_empty());
+    }
+}
+
+fn proxy(status: u16) -> crate::link::TransportError {
+    crate::link::TransportError::ProxyStatus {
+        proxy: "proxy:3128".into(),
+        target: "pvespiceproxy:...:61000".into(),
+        status,
+        status_line: format!("HTTP/1.1 {status} x"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn sigterm_stops_the_session_politely_in_every_state() {
+    // Connected.
+    let mut h = H::new();
+    h.connected();
+    h.take();
+    h.input(Input::Signal(Signal::Terminate));
+    assert_eq!(
+        h.take(),
+        ["status stopped", "stop 1 Polite", "Stopping", "exit 0"]
+    );
+    // Waiting out a back-off: no session to stop.
+    let mut h = H::new();
+    h.end(failed(refused()));
+    h.take();
+    h.input(Input::Signal(Signal::Terminate));
+    assert_eq!(h.take().last().map(String::as_str), Some("exit 0"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sighup_storm_reads_once_and_reconnects_once() {
+    let mut h = H::new();
+    h.connected();
+    h.settled(10, &[]);
+    h.take();
+    for _ in 0..100 {
+        h.input(Input::Signal(Signal::Hangup));
+    }
+    assert_eq!(h.count("read"), 1, "one read in flight at a time");
+    let fresh = ConnectionSettings {
+        password: Some(crate::secret::Secret::new("new")),
+        ..settings()
+    };
+    h.input(Input::Loaded {
+        origin: Origin::Sighup,
+        result: Ok(Box::new(loaded(fresh.clone()))),
+    });
+    // The storm folded into one more read; it finds the same file.
+    h.input(Input::Loaded {
+        origin: Origin::Sighup,
+        result: Ok(Box::new(loaded(fresh))),
+    });
+    let log = h.take();
+    assert_eq!(
+        log.iter().filter(|l| l.starts_with("read")).count(),
+        2,
+        "{log:?}"
+    );
+    assert_eq!(
+        log.iter().filter(|l| l.starts_with("start")).count(),
+        1,
+        "{log:?}"
+    );
+    assert!(log.contains(&"stop 1 Polite".to_string()), "{log:?}");
+    h.connected();
+    assert_eq!(h.core.state().name(), "connected");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unreadable_vv_keeps_the_session() {
+    let mut h = H::new();
+    h.connected();
+    h.take();
+    h.input(Input::Signal(Signal::Hangup));
+    h.input(Input::Loaded {
+        origin: Origin::Sighup,
+        result: Err("reading /run/console.vv did not finish within 5 s".into()),
+    });
+    assert_eq!(h.take(), ["read Sighup"]);
+    assert_eq!(h.core.state().name(), "connected");
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_refresh_child_at_a_time() {
+    let mut cfg = Config::default();
+    cfg.reconnect.refresh_command = vec!["/bin/true".into()];
+    cfg.reconnect.wait_for_ticket_secs = 60.0;
+    let single = ConnectionSettings {
+        delete_this_file: true,
+        ..settings()
+    };
+    let mut h = H::with(cfg, single.clone());
+    h.connected();
+    h.end(lost(eof(ChannelId::MAIN), 30.0));
+    assert_eq!(h.count("refresh"), 1, "{:?}", h.log);
+    assert!(h.core.watching_vv());
+    // The refresh fails; a new .vv that is the same single-use ticket...
+    h.input(Input::Loaded {
+        origin: Origin::Refresh,
+        result: Err("refresh command failed".into()),
+    });
+    // ...and a fresh file that works.
+    let fresh = ConnectionSettings {
+        password: Some(crate::secret::Secret::new("fresh")),
+        ..single
+    };
+    h.input(Input::VvChanged);
+    h.input(Input::Loaded {
+        origin: Origin::NewFile,
+        result: Ok(Box::new(loaded(fresh))),
+    });
+    assert_eq!(h.count("refresh"), 1);
+    assert_eq!(h.count("start"), 2, "{:?}", h.log);
+    assert_eq!(h.core.state().name(), "connecting");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicked_session_is_a_loss_with_a_report_and_a_retry() {
+    let mut h = H::new();
+    h.connected();
+    h.take();
+    let mut end = SessionEnd::panicked();
+    end.connected = true;
+    h.end(end);
+    let log = h.take();
+    assert!(
+        log.contains(&"report main internal_error".to_string()),
+        "{log:?}"
+    );
+    assert!(matches!(h.core.state(), State::Pending { attempt: 1, .. }));
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_sessions_are_ignored() {
+    let mut h = H::new();
+    h.connected();
+    h.input(Input::Session {
+        generation: 99,
+        event: SessionEvent::Connected { session_id: 2 },
+    });
+    h.input(Input::SessionEnded {
+        generation: 99,
+        end: Box::new(lost(eof(ChannelId::MAIN), 1.0)),
+    });
+    assert_eq!(h.core.state().name(), "connected");
+}
+
+/// Counters of a session every channel of which a proxy closed after 5 s idle.
+fn idle_cut_end(base: f64) -> SessionEnd {
+    let counters = [ChannelType::Main, ChannelType::Display, ChannelType::Inputs]
+        .iter()
+        .enumerate()
+        .map(|(i, ty)| {
+            let last = base + 0.3 + 0.05 * i as f64;
+            (
+                ChannelId::new(*ty, 0),
+                ChannelCounters {
+                    connected_at_secs: Some(base),
+                    last_recv_ts_secs: Some(last),
+                    closed_at_secs: Some(last + 5.0),
+                    close_reason: Some("server_closed".into()),
+                    ..ChannelCounters::default()
+                },
+            )
+        })
+        .collect();
+    SessionEnd {
+        counters,
+        ..lost(eof(ChannelId::MAIN), 5.3)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_cut_seen_twice_is_learnt_not_taken_for_a_takeover() {
+    let mut cfg = Config::default();
+    cfg.report.cooldown_secs = 0.0;
+    let mut h = H::with(cfg, settings());
+    h.at(0.1);
+    h.connected();
+    h.at(5.6);
+    h.end(idle_cut_end(0.0));
+    assert!(matches!(h.core.state(), State::Pending { attempt: 1, .. }));
+    h.at(6.6);
+    h.connected();
+    h.at(12.2);
+    h.take();
+    h.end(idle_cut_end(0.0));
+    let log = h.take();
+    // Relinked at once, with the shorter keepalive, not after a takeover delay.
+    assert!(log.contains(&"start 3".to_string()), "{log:?}");
+    assert!(log.iter().any(|l| l == "report main idle_cut"), "{log:?}");
+    assert!(matches!(h.core.state(), State::Connecting { attempt: 0 }));
+    assert_eq!(h.core.idle_secs(), 2.5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn sigusr1_relinks_now_unless_the_ticket_forbids_it() {
+    let mut h = H::new();
+    h.connected();
+    h.take();
+    h.input(Input::Signal(Signal::Reconnect));
+    let log = h.take();
+    assert!(
+        log.contains(&"stop 1 Polite".to_string()) && log.contains(&"start 2".to_string()),
+        "{log:?}"
+    );
+
+    let single = ConnectionSettings {
+        delete_this_file: true,
+        ..settings()
+    };
+    let mut h = H::with(Config::default(), single);
+    h.connected();
+    h.take();
+    h.input(Input::Signal(Signal::Reconnect));
+    assert_eq!(
+        h.count("start"),
+        0,
+        "a used single-use ticket cannot relink"
+    );
+    let _ = Stop::Run;
+}

@@ -1,0 +1,252 @@
+//! The I/O of one channel: connect and link it (moving it to TLS when the server
+//! asks), then move bytes between the socket and the sans-IO [`Channel`] state
+//! machine until the channel fails or the session stops it.
+//!
+//! What the channel says travels two ways, so a slow reader can never stall it:
+//! lifecycle messages (linked, MAIN_INIT, CHANNELS_LIST, ...) on an unbounded
+//! queue — few, and never dropped — and informational events on a bounded one
+//! whose overflow is dropped and counted.
+
+use super::{ChannelLinkInfo, SessionCtx, Stop};
+use crate::channel::counters::ChannelCounters;
+use crate::channel::{Channel, ChannelEvent, Direction, Tap};
+use crate::failure::Failure;
+use crate::link::handshake::{self, LinkError, LinkRecord};
+use crate::link::{Stream, Target};
+use crate::wire::link::LinkErrorCode;
+use crate::wire::ChannelId;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
+use tracing::info;
+
+/// A write that cannot finish in this long means the peer stopped reading.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a polite goodbye (DISCONNECTING, TLS close_notify) may take.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
+const READ_BUF: usize = 64 * 1024;
+
+/// What a running channel tells the session.
+#[derive(Debug)]
+pub(super) enum ChannelMsg {
+    Up {
+        channel: ChannelId,
+        info: ChannelLinkInfo,
+    },
+    Event(ChannelId, ChannelEvent),
+}
+
+/// The two ways out of a channel task (see the module docs).
+#[derive(Clone)]
+pub(super) struct Outlets {
+    pub lifecycle: mpsc::UnboundedSender<ChannelMsg>,
+    pub info: mpsc::Sender<ChannelMsg>,
+    pub dropped: Arc<AtomicU64>,
+}
+
+impl Outlets {
+    fn send(&self, m: ChannelMsg) {
+        let lossless = match &m {
+            ChannelMsg::Up { .. } => true,
+            ChannelMsg::Event(_, ev) => is_lifecycle(ev),
+        };
+        if lossless {
+            // Fails only when the session is gone, and then nobody needs it.
+            let _ = self.lifecycle.send(m);
+        } else if self.info.try_send(m).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Events that change what the session does; the rest is for logs only.
+fn is_lifecycle(ev: &ChannelEvent) -> bool {
+    matches!(
+        ev,
+        ChannelEvent::MainInit(_)
+            | ChannelEvent::ChannelsList(_)
+            | ChannelEvent::ServerDisconnecting { .. }
+            | ChannelEvent::MigrateSwitchHost { .. }
+    )
+}
+
+/// How a channel task ended.
+#[derive(Debug)]
+pub(super) struct ChannelEnd {
+    pub channel: ChannelId,
+    pub counters: ChannelCounters,
+    /// None: stopped by the session.
+    pub failure: Option<Failure>,
+}
+
+struct TapAdapter(Arc<dyn super::CaptureSink>);
+
+impl Tap for TapAdapter {
+    fn message(&mut self, ch: ChannelId, dir: Direction, at: Duration, bytes: &[u8]) {
+        self.0.message(ch, dir, at, bytes);
+    }
+}
+
+/// Connects and links one channel, moving it to TLS if the server asks.
+async fn link_channel(
+    ctx: &SessionCtx,
+    ch: ChannelId,
+    connection_id: u32,
+) -> Result<(Stream, handshake::Linked, bool), Failure> {
+    let s = &ctx.settings;
+    let mut tls = super::wants_tls(s, ch);
+    let mut moved = false;
+    loop {
+        let port = if tls { s.tls_port } else { s.port };
+        let Some(port) = port else {
+            return Err(Failure::no_port(ch, tls, moved));
+        };
+        let target = Target {
+            host: s.host.clone(),
+            port,
+            tls,
+        };
+        let mut stream = ctx
+            .connector
+            .connect(target)
+            .await
+            .map_err(|e| Failure::transport(ch, &e))?;
+        let mess = handshake::link_mess(ch, connection_id);
+        let cap = ctx.capture.clone();
+        let start = ctx.start;
+        let mut tap = move |dir: Direction, rec: LinkRecord, b: &[u8]| {
+            if let Some(c) = &cap {
+                c.link(ch, dir, start.elapsed(), rec, b);
+            }
+        };
+        match handshake::handshake(&mut stream, &mess, s.password.as_ref(), &mut tap).await {
+            Ok(linked) => return Ok((stream, linked, tls)),
+            Err(LinkError::Refused(LinkErrorCode::NeedSecured)) if !tls => {
+                info!(channel = %ch, "server requires TLS on {ch}: moving it to tls-port");
+                tls = true;
+                moved = true;
+            }
+            Err(e) => return Err(Failure::link(ch, e)),
+        }
+    }
+}
+
+/// A whole channel: link, then run until it fails or is stopped.
+pub(super) async fn run(
+    ctx: SessionCtx,
+    ch: ChannelId,
+    connection_id: u32,
+    mut stop: watch::Receiver<Stop>,
+    out: Outlets,
+) -> ChannelEnd {
+    let connect_timeout = crate::time::secs(ctx.config.keepalive.connect_timeout_secs);
+    let mut end = ChannelEnd {
+        channel: ch,
+        counters: ChannelCounters::default(),
+        failure: None,
+    };
+    let linking = tokio::time::timeout(connect_timeout, link_channel(&ctx, ch, connection_id));
+    let (mut stream, linked, tls) = tokio::select! {
+        r = linking => match r {
+            Ok(Ok(x)) => x,
+            Ok(Err(f)) => { end.failure = Some(f); return end; }
+            Err(_) => {
+                end.failure = Some(Failure::link_timeout(ch, connect_timeout.as_secs_f64()));
+                return end;
+            }
+        },
+        _ = super::stopped(&mut stop) => return end,
+    };
+    out.send(ChannelMsg::Up {
+        channel: ch,
+        info: ChannelLinkInfo {
+            tls,
+            server_common_caps: linked.server_common_caps.bits(),
+            server_channel_caps: linked.server_channel_caps.bits(),
+            client_common_caps: linked.client_common_caps.bits(),
+            client_channel_caps: linked.client_channel_caps.bits(),
+        },
+    });
+
+    let mut state = Channel::new(ch, linked.header, &ctx.config.keepalive, ctx.now());
+    if let Some(c) = &ctx.capture {
+        state.set_tap(Box::new(TapAdapter(c.clone())));
+    }
+    let mut buf = vec![0u8; READ_BUF];
+    let mut aborted = false;
+    let failure = loop {
+        // Flush answers first (they are tiny; the server always reads).
+        let mut werr = None;
+        while let Some(bytes) = state.poll_transmit(ctx.now()) {
+            let w = async {
+                stream.write_all(&bytes).await?;
+                stream.flush().await
+            };
+            match tokio::time::timeout(WRITE_TIMEOUT, w).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    werr = Some(Failure::io(ch, &e, false));
+                    break;
+                }
+                Err(_) => {
+                    werr = Some(Failure::write_stalled(ch, WRITE_TIMEOUT.as_secs()));
+                    break;
+                }
+            }
+        }
+        if let Some(f) = werr {
+            break Some(f);
+        }
+        while let Some(ev) = state.poll_event() {
+            out.send(ChannelMsg::Event(ch, ev));
+        }
+        let deadline = state.poll_timeout().map(|d| ctx.start + d);
+        tokio::select! {
+            r = stream.read(&mut buf) => match r {
+                Ok(0) => break Some(Failure::io(ch, &std::io::ErrorKind::UnexpectedEof.into(), false)),
+                Ok(n) => {
+                    if let Err(e) = state.on_bytes(&buf[..n], ctx.now()) {
+                        break Some(Failure::channel(ch, e));
+                    }
+                }
+                Err(e) => break Some(Failure::io(ch, &e, false)),
+            },
+            _ = crate::time::sleep_until_opt(deadline) => {
+                if let Err(e) = state.handle_timeout(ctx.now()) {
+                    break Some(Failure::channel(ch, e));
+                }
+            }
+            s = super::stopped(&mut stop) => {
+                if s == Stop::Polite {
+                    state.close(ctx.now(), crate::time::unix_millis());
+                    let bye = async {
+                        while let Some(b) = state.poll_transmit(ctx.now()) {
+                            stream.write_all(&b).await?;
+                        }
+                        stream.flush().await?;
+                        stream.shutdown().await
+                    };
+                    let _ = tokio::time::timeout(GOODBYE_TIMEOUT, bye).await;
+                } else {
+                    aborted = true;
+                }
+                break None;
+            }
+        }
+    };
+    let reason = match &failure {
+        Some(f) => f.cause.as_str(),
+        // The session ended for another reason and closed this one.
+        None if aborted => "session_ended",
+        None => "local_shutdown",
+    };
+    state.mark_closed(ctx.now(), reason);
+    if let Some(c) = &ctx.capture {
+        c.closed(ch);
+    }
+    end.counters = state.counters().clone();
+    end.failure = failure;
+    end
+}

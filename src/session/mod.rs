@@ -1,0 +1,331 @@
+//! One SPICE session: link main, link every channel the server lists, run one task
+//! per channel, and end when main (or a required channel) is lost or the daemon
+//! stops it. The decisions live in the sans-IO [`orchestrator`]; the channel I/O in
+//! [`driver`]; this module is the thin task that joins them.
+//!
+//! Nothing here awaits a consumer that may be gone: lifecycle events go to the
+//! daemon on an unbounded queue (few, and never dropped), informational ones on a
+//! bounded queue that drops and counts; stopping is a `watch` every task selects
+//! on, and a stopped session's tasks are aborted, never detached.
+
+mod driver;
+pub mod orchestrator;
+
+use crate::channel::counters::ChannelCounters;
+use crate::config::Config;
+use crate::failure::Failure;
+use crate::link::handshake::LinkRecord;
+use crate::link::Connector;
+use crate::reconnect::{ReconnectPolicy, TicketInfo};
+use crate::vv::ConnectionSettings;
+use crate::wire::{ChannelId, ChannelType};
+use driver::{ChannelEnd, ChannelMsg, Outlets};
+use orchestrator::{Command, Orchestrator, Rules};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+pub use crate::channel::Direction;
+
+/// Receives every byte of traffic for the capture (link records and messages).
+pub trait CaptureSink: Send + Sync {
+    fn link(&self, ch: ChannelId, dir: Direction, at: Duration, rec: LinkRecord, bytes: &[u8]);
+    fn message(&self, ch: ChannelId, dir: Direction, at: Duration, bytes: &[u8]);
+    /// The channel's connection ended.
+    fn closed(&self, ch: ChannelId);
+}
+
+/// What the session tells the daemon while it runs. Never dropped.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SessionEvent {
+    /// Main linked and the server sent MAIN_INIT: the session is established.
+    Connected {
+        session_id: u32,
+    },
+    ChannelUp {
+        channel: ChannelId,
+        tls: bool,
+    },
+    /// An optional channel was lost; the session carries on without it.
+    /// `relink_in`: when it is tried again (None: it stays down, see `ChannelDown`).
+    ChannelLost {
+        channel: ChannelId,
+        failure: Box<Failure>,
+        counters: Box<ChannelCounters>,
+        relink_in: Option<Duration>,
+    },
+    /// The channel stays down for the rest of the session.
+    ChannelDown {
+        channel: ChannelId,
+        reason: String,
+    },
+    /// No channel is linking or waiting to relink: these are up, these down.
+    Settled {
+        up: Vec<ChannelId>,
+        down: Vec<ChannelId>,
+    },
+}
+
+/// How to stop a running session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    Run,
+    /// Send DISCONNECTING and close TLS properly (SIGTERM, a replaced session).
+    Polite,
+    /// Drop everything now.
+    Abort,
+}
+
+/// Per-channel link facts for `session.json`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ChannelLinkInfo {
+    pub tls: bool,
+    pub server_common_caps: Vec<u32>,
+    pub server_channel_caps: Vec<u32>,
+    pub client_common_caps: Vec<u32>,
+    pub client_channel_caps: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SessionInfo {
+    pub name: Option<String>,
+    pub uuid: Option<String>,
+    pub session_id: Option<u32>,
+    /// What CHANNELS_LIST offered.
+    pub offered: Vec<String>,
+    /// Offered but not linked (skipped by config or .vv, or not available).
+    pub not_linked: BTreeMap<String, String>,
+    pub channels: BTreeMap<String, ChannelLinkInfo>,
+    /// Informational channel events dropped because a queue was full (expected 0).
+    pub dropped_events: u64,
+}
+
+/// How a session ended.
+#[derive(Debug, Clone)]
+pub struct SessionEnd {
+    /// None: stopped locally.
+    pub failure: Option<Failure>,
+    pub counters: BTreeMap<ChannelId, ChannelCounters>,
+    pub uptime: Duration,
+    /// MAIN_INIT arrived (the session was established).
+    pub connected: bool,
+    /// Every listed channel linked at some point.
+    pub all_linked: bool,
+    /// Main was closed cleanly by the server: the server (or a middlebox) ended
+    /// the whole session, not just one channel.
+    pub server_closed_session: bool,
+    pub info: SessionInfo,
+}
+
+impl SessionEnd {
+    /// The end of a session aborted after it was told to stop.
+    pub fn stopped() -> SessionEnd {
+        SessionEnd {
+            failure: None,
+            ..SessionEnd::panicked()
+        }
+    }
+
+    /// The end of a session whose task died (a bug): never a silent loss.
+    pub fn panicked() -> SessionEnd {
+        SessionEnd {
+            failure: Some(Failure::panicked(ChannelId::MAIN)),
+            counters: BTreeMap::new(),
+            uptime: Duration::ZERO,
+            connected: false,
+            all_linked: false,
+            server_closed_session: false,
+            info: SessionInfo::default(),
+        }
+    }
+}
+
+/// Everything a session needs; cheap to clone into tasks.
+#[derive(Clone)]
+pub struct SessionCtx {
+    pub settings: Arc<ConnectionSettings>,
+    pub config: Arc<Config>,
+    pub connector: Arc<dyn Connector>,
+    pub capture: Option<Arc<dyn CaptureSink>>,
+    /// The session clock's origin: all `Duration` times are since this instant.
+    pub start: Instant,
+    /// The wall clock at `start` (ticket expiry).
+    pub start_unix: f64,
+}
+
+impl SessionCtx {
+    fn now(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    fn rules(&self) -> Rules {
+        let types = |names: &[String]| -> Vec<ChannelType> {
+            names
+                .iter()
+                .filter_map(|n| ChannelType::from_name(n))
+                .collect()
+        };
+        Rules {
+            disabled: types(&self.settings.disable_channels),
+            skipped: types(&self.config.channels.skip),
+            required: types(&self.config.channels.required),
+        }
+    }
+}
+
+/// TLS when the .vv says so for this channel, or when there is no plain port.
+pub fn wants_tls(s: &ConnectionSettings, ch: ChannelId) -> bool {
+    if s.port.is_none() {
+        return true;
+    }
+    if s.tls_port.is_none() {
+        return false;
+    }
+    s.secure_channels
+        .iter()
+        .any(|n| n.eq_ignore_ascii_case("all") || ChannelType::from_name(n) == Some(ch.ty))
+}
+
+/// Resolves when the stop signal leaves `Run` (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<Stop>) -> Stop {
+    loop {
+        let s = *stop.borrow_and_update();
+        if s != Stop::Run {
+            return s;
+        }
+        if stop.changed().await.is_err() {
+            return Stop::Abort;
+        }
+    }
+}
+
+/// How long stopped channel tasks get to say goodbye before they are aborted.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Runs one session until main (or a required channel) is lost or `stop` says so.
+/// Events go to `events` as they happen; the end is the return value.
+pub async fn run(
+    ctx: SessionCtx,
+    emit: impl Fn(SessionEvent) + Send + 'static,
+    mut stop: watch::Receiver<Stop>,
+) -> SessionEnd {
+    let (stop_tx, stop_rx) = watch::channel(Stop::Run);
+    let (life_tx, mut life_rx) = mpsc::unbounded_channel();
+    let (info_tx, mut info_rx) = mpsc::channel(64);
+    let outlets = Outlets {
+        lifecycle: life_tx,
+        info: info_tx,
+        dropped: Arc::new(AtomicU64::new(0)),
+    };
+    let mut tasks: JoinSet<ChannelEnd> = JoinSet::new();
+    let mut task_channel: HashMap<tokio::task::Id, ChannelId> = HashMap::new();
+    let policy = ReconnectPolicy::from_config(&ctx.config.reconnect);
+    let mut orch = Orchestrator::new(
+        ctx.rules(),
+        policy,
+        TicketInfo::from_settings(&ctx.settings),
+        ctx.start_unix,
+    );
+    orch.start();
+    let mut how = Stop::Abort;
+
+    'run: loop {
+        while let Some(cmd) = orch.poll_command() {
+            match cmd {
+                Command::Spawn {
+                    channel,
+                    connection_id,
+                } => {
+                    let h = tasks.spawn(driver::run(
+                        ctx.clone(),
+                        channel,
+                        connection_id,
+                        stop_rx.clone(),
+                        outlets.clone(),
+                    ));
+                    task_channel.insert(h.id(), channel);
+                }
+                Command::Emit(ev) => emit(ev),
+                Command::Finish => break 'run,
+            }
+        }
+        let deadline = orch.poll_timeout().map(|d| ctx.start + d);
+        tokio::select! {
+            biased;
+            s = stopped(&mut stop) => {
+                how = s;
+                orch.stop();
+            }
+            Some(m) = life_rx.recv() => on_msg(&mut orch, m),
+            Some(m) = info_rx.recv() => on_msg(&mut orch, m),
+            Some(joined) = tasks.join_next_with_id(), if !tasks.is_empty() => {
+                let end = match joined {
+                    Ok((id, end)) => {
+                        task_channel.remove(&id);
+                        end
+                    }
+                    Err(e) => {
+                        let channel = task_channel.remove(&e.id()).unwrap_or(ChannelId::MAIN);
+                        if e.is_panic() {
+                            tracing::error!(channel = %channel, "the {channel} channel task panicked (a bug in spiced)");
+                        }
+                        ChannelEnd { channel, counters: ChannelCounters::default(), failure: Some(Failure::panicked(channel)) }
+                    }
+                };
+                orch.on_end(end.channel, end.counters, end.failure, ctx.now());
+            }
+            _ = crate::time::sleep_until_opt(deadline) => orch.handle_timeout(ctx.now()),
+        }
+    }
+    // Whatever the others are doing, they stop now: politely on a local stop.
+    let _ = stop_tx.send(how);
+    let drain = async {
+        while let Some(joined) = tasks.join_next().await {
+            if let Ok(end) = joined {
+                orch.on_end(end.channel, end.counters, end.failure, ctx.now());
+            }
+        }
+    };
+    if tokio::time::timeout(DRAIN_TIMEOUT, drain).await.is_err() {
+        warn!("some channel tasks did not stop within {DRAIN_TIMEOUT:?}; aborting them");
+        tasks.abort_all();
+    }
+    let mut out = orch.outcome();
+    for (ch, c) in &out.counters {
+        info!(
+            "channel {ch} totals: in {} B / {} msgs, out {} B / {} msgs, pings {}, pongs {}, acks {}, keepalives {} (replies {})",
+            c.bytes_in,
+            c.messages_in,
+            c.bytes_out,
+            c.messages_out,
+            c.ping_recv_count,
+            c.pong_send_count,
+            c.ack_send_count,
+            c.client_keepalive_send_count,
+            c.keepalive_replies
+        );
+    }
+    out.info.dropped_events = outlets.dropped.load(Ordering::Relaxed);
+    SessionEnd {
+        failure: out.failure,
+        counters: out.counters,
+        uptime: ctx.now(),
+        connected: out.connected,
+        all_linked: out.all_linked,
+        server_closed_session: out.server_closed_session,
+        info: out.info,
+    }
+}
+
+fn on_msg(orch: &mut Orchestrator, m: ChannelMsg) {
+    match m {
+        ChannelMsg::Up { channel, info } => orch.on_up(channel, info),
+        ChannelMsg::Event(ch, ev) => orch.on_event(ch, ev),
+    }
+}
