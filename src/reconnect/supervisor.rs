@@ -57,8 +57,9 @@ pub enum FailClass {
     BadConnectionId,
     /// Link result 7 PERMISSION_DENIED: the ticket is dead for good.
     PermissionDenied,
-    /// Link result 2/3/4 (error, invalid magic, invalid data): a bug, stop.
-    Protocol { code: u32 },
+    /// Link result 2/3/4 (error, invalid magic, invalid data), or `None`: a
+    /// malformed message outside the link (no link result). A bug: stop.
+    Protocol { code: Option<u32> },
     /// Certificate verification failed: bad CA, name or host-subject mismatch.
     TlsVerification,
     /// The settings cannot work (e.g. NEED_SECURED without a tls-port).
@@ -71,7 +72,10 @@ impl std::fmt::Display for FailClass {
             FailClass::Network => f.write_str("network"),
             FailClass::BadConnectionId => f.write_str("link result BAD_CONNECTION_ID (8)"),
             FailClass::PermissionDenied => f.write_str("link result PERMISSION_DENIED (7)"),
-            FailClass::Protocol { code } => write!(f, "link result {code} (protocol error)"),
+            FailClass::Protocol { code: Some(code) } => {
+                write!(f, "link result {code} (protocol error)")
+            }
+            FailClass::Protocol { code: None } => f.write_str("protocol error"),
             FailClass::TlsVerification => f.write_str("TLS verification"),
             FailClass::Config => f.write_str("configuration"),
         }

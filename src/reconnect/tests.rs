@@ -602,11 +602,25 @@ fn permission_denied_on_retry_gives_up_and_flags_skew_if_ticket_looks_valid() {
 fn protocol_and_tls_errors_give_up_at_once() {
     let mut h = H::default();
     h.start(0.0);
-    let a = h.fail(0.1, FailClass::Protocol { code: 3 });
+    let a = h.fail(0.1, FailClass::Protocol { code: Some(3) });
     let r = gave_up(&a).expect("gave up");
-    assert_eq!(r, GiveUpReason::ProtocolError { code: 3 });
+    assert_eq!(r, GiveUpReason::ProtocolError { code: Some(3) });
     assert_eq!(r.exit_code(), exit::FAILURE);
     assert_eq!(r.to_string(), "protocol_error (link result 3)");
+
+    // A malformed message after the link (oversized, bad magic) has no link
+    // result: the line must not claim "link result 0" (0 is OK).
+    let mut h = H::default();
+    h.start(0.0);
+    let a = h.fail(0.1, FailClass::Protocol { code: None });
+    let r = gave_up(&a).expect("gave up");
+    assert_eq!(r, GiveUpReason::ProtocolError { code: None });
+    assert_eq!(r.exit_code(), exit::FAILURE);
+    assert_eq!(r.to_string(), "protocol_error");
+    assert_eq!(
+        FailClass::Protocol { code: None }.to_string(),
+        "protocol error"
+    );
 
     let mut h = H::default();
     h.up(0.0);
@@ -928,7 +942,8 @@ fn exit_codes_follow_the_contract() {
         (GiveUpReason::OneShotConsumed, 77),
         (GiveUpReason::TicketExpired { valid_until: 0 }, 77),
         (GiveUpReason::TicketRejected, 77),
-        (GiveUpReason::ProtocolError { code: 2 }, 1),
+        (GiveUpReason::ProtocolError { code: Some(2) }, 1),
+        (GiveUpReason::ProtocolError { code: None }, 1),
         (GiveUpReason::TlsVerification, 78),
         (GiveUpReason::BadConfig, 78),
     ];
