@@ -58,6 +58,18 @@ impl std::fmt::Display for LinkError {
     }
 }
 
+impl LinkError {
+    /// True when only changed settings can help (exit 78, never retried): a
+    /// password longer than spice-server accepts, or a server that offers no
+    /// auth mechanism spiced speaks. Retrying the same .vv cannot succeed.
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            LinkError::Ticket(TicketError::PasswordTooLong(_)) | LinkError::NoSupportedAuth
+        )
+    }
+}
+
 impl std::error::Error for LinkError {}
 
 impl From<std::io::Error> for LinkError {
@@ -291,9 +303,23 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(e, LinkError::NoSupportedAuth));
+        assert!(e.is_config());
         let e = link_main(canned(b"HTTP/1.1 400 Bad Request\r\n\r\n".to_vec()))
             .await
             .unwrap_err();
         assert!(matches!(e, LinkError::Wire(WireError::BadMagic(_))));
+        assert!(!e.is_config());
+    }
+
+    #[test]
+    fn too_long_password_is_a_configuration_problem() {
+        assert!(LinkError::Ticket(TicketError::PasswordTooLong(60)).is_config());
+        assert!(LinkError::NoSupportedAuth.is_config());
+        // The server's key or the network are not the operator's settings.
+        assert!(!LinkError::Ticket(TicketError::BadServerKey).is_config());
+        assert!(!LinkError::Ticket(TicketError::Encrypt).is_config());
+        assert!(!LinkError::Refused(LinkErrorCode::PermissionDenied).is_config());
+        let eof = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+        assert!(!LinkError::Io(eof).is_config());
     }
 }
