@@ -216,12 +216,14 @@ fn fail_class(f: &Failure) -> FailClass {
             LinkErrorCode::NeedSecured
             | LinkErrorCode::NeedUnsecured
             | LinkErrorCode::ChannelNotAvailable => FailClass::Config,
-            other => FailClass::Protocol { code: other.code() },
+            other => FailClass::Protocol {
+                code: Some(other.code()),
+            },
         };
     }
     match f.cause {
         Cause::TlsError if !f.transient => FailClass::TlsVerification,
-        Cause::ProtocolError => FailClass::Protocol { code: 0 },
+        Cause::ProtocolError => FailClass::Protocol { code: None },
         _ if !f.transient => FailClass::Config,
         _ => FailClass::Network,
     }
@@ -824,7 +826,7 @@ mod tests {
         );
         assert_eq!(
             fail_class(&f(Some(L::InvalidData), Cause::LinkError, false)),
-            FailClass::Protocol { code: 3 }
+            FailClass::Protocol { code: Some(3) }
         );
         assert_eq!(
             fail_class(&f(Some(L::NeedSecured), Cause::LinkError, false)),
