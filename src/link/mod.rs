@@ -10,6 +10,6 @@ pub mod subject;
 pub mod tls;
 pub mod transport;
 
-pub use error::TransportError;
+pub use error::{TransportClass, TransportError};
 pub use tls::TlsSetup;
 pub use transport::{connect, Io, Stream, Target};
