@@ -56,9 +56,8 @@ fn bad(reason: impl Into<String>) -> TransportError {
 impl ProxyUrl {
     pub fn parse(url: &str) -> Result<ProxyUrl, TransportError> {
         let url = url.trim();
-        let rest = match url.find("://") {
-            Some(i) => {
-                let scheme = &url[..i];
+        let rest = match split_scheme(url) {
+            (Some(scheme), rest) => {
                 if !scheme.eq_ignore_ascii_case("http") {
                     // The scheme never holds credentials, so it may be quoted.
                     let shown: String = scheme.chars().take(16).collect();
@@ -66,9 +65,9 @@ impl ProxyUrl {
                         "scheme `{shown}` is not supported (only http://)"
                     )));
                 }
-                &url[i + 3..]
+                rest
             }
-            None => url,
+            (None, rest) => rest,
         };
         // The credentials end at the LAST `@`: people write passwords with `/`,
         // `@`, `:` unencoded, and `/` in a password must not read as a path.
@@ -131,6 +130,30 @@ impl ProxyUrl {
             password,
         })
     }
+}
+
+/// `scheme://rest` → `(Some(scheme), rest)`; no scheme → `(None, url)`. Only
+/// RFC 3986 scheme characters count, so a `://` inside credentials
+/// (`u:pa://x@proxy`) is not taken for a scheme (and never quoted as one).
+pub fn split_scheme(url: &str) -> (Option<&str>, &str) {
+    match url.find("://") {
+        Some(i)
+            if i > 0
+                && url[..i]
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.')) =>
+        {
+            (Some(&url[..i]), &url[i + 3..])
+        }
+        _ => (None, url),
+    }
+}
+
+/// The `user[:password]` part of a proxy URL, as [`ProxyUrl::parse`] reads it:
+/// everything before the last `@` after the scheme. `None` without credentials.
+pub fn userinfo(url: &str) -> Option<&str> {
+    let (_, rest) = split_scheme(url.trim());
+    rest.rfind('@').map(|at| &rest[..at])
 }
 
 /// `host:port` with an IPv6 literal bracketed (as CONNECT and Host need it).
@@ -528,6 +551,18 @@ mod tests {
             assert!(!e.to_string().contains("pvespiceproxy"), "{e}");
             assert!(!e.is_transient());
         }
+    }
+
+    #[test]
+    fn credentials_with_scheme_separator_are_not_a_scheme() {
+        let u = ProxyUrl::parse("u:pa://x@proxy").unwrap();
+        assert_eq!(u.user.as_deref(), Some("u"));
+        assert_eq!(u.password.as_ref().map(Secret::expose), Some("pa://x"));
+        assert_eq!(u.host, "proxy");
+        assert_eq!(userinfo("http://a:b@c@h:1"), Some("a:b@c"));
+        assert_eq!(userinfo("h:1"), None);
+        assert_eq!(split_scheme("HTTP://h"), (Some("HTTP"), "h"));
+        assert_eq!(split_scheme("://h"), (None, "://h"));
     }
 
     #[test]
