@@ -13,6 +13,7 @@ pub mod keepalive;
 pub mod link;
 pub mod logging;
 pub mod reconnect;
+pub mod refresh;
 pub mod report;
 pub mod secret;
 pub mod session;

@@ -26,7 +26,7 @@ pub use capture::{
 pub use cause::{DisconnectCause, SCHEMA_VERSION};
 pub use log_ring::LogRing;
 pub use pcap::MAX_SEGMENT;
-pub use redact::REDACTED;
+pub use redact::{scrub_string, REDACTED};
 pub use reporter::Reporter;
 pub use summary::{format_summary, read_cause_json, summarize, ReportError};
 pub use utc::Utc;
