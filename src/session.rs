@@ -109,7 +109,14 @@ pub trait Connector: Send + Sync {
 /// Receives every byte of traffic for the capture (link records and messages).
 pub trait CaptureSink: Send + Sync {
     fn link(&self, ch: ChannelId, dir: Direction, at: Duration, rec: LinkRecord, bytes: &[u8]);
-    fn message(&self, ch: ChannelId, dir: Direction, at: Duration, bytes: &[u8]);
+    fn message(
+        &self,
+        ch: ChannelId,
+        dir: Direction,
+        at: Duration,
+        header: crate::wire::frame::HeaderKind,
+        bytes: &[u8],
+    );
     /// The channel's connection ended.
     fn closed(&self, ch: ChannelId);
 }
@@ -117,8 +124,15 @@ pub trait CaptureSink: Send + Sync {
 struct TapAdapter(Arc<dyn CaptureSink>);
 
 impl Tap for TapAdapter {
-    fn message(&mut self, ch: ChannelId, dir: Direction, at: Duration, bytes: &[u8]) {
-        self.0.message(ch, dir, at, bytes);
+    fn message(
+        &mut self,
+        ch: ChannelId,
+        dir: Direction,
+        at: Duration,
+        header: crate::wire::frame::HeaderKind,
+        bytes: &[u8],
+    ) {
+        self.0.message(ch, dir, at, header, bytes);
     }
 }
 

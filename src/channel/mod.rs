@@ -22,8 +22,17 @@ pub enum Direction {
 }
 
 /// Receives a copy of every whole message (header included) for the traffic capture.
+/// `header` is the framing the channel uses, so the capture can find the type
+/// and body of each message (mini or full header).
 pub trait Tap: Send {
-    fn message(&mut self, ch: ChannelId, dir: Direction, at: Duration, bytes: &[u8]);
+    fn message(
+        &mut self,
+        ch: ChannelId,
+        dir: Direction,
+        at: Duration,
+        header: HeaderKind,
+        bytes: &[u8],
+    );
 }
 
 /// What a channel tells the session.
@@ -90,6 +99,8 @@ pub struct Channel {
     events: VecDeque<ChannelEvent>,
     counters: ChannelCounters,
     tap: Option<Box<dyn Tap>>,
+    /// The framing negotiated at link time (for the capture tap).
+    header: HeaderKind,
 }
 
 fn secs_f64(d: Duration) -> f64 {
@@ -120,6 +131,7 @@ impl Channel {
                 ..ChannelCounters::default()
             },
             tap: None,
+            header,
         };
         if id.ty == ChannelType::Display {
             // Without it the server blocks its display worker, then drops us.
@@ -175,7 +187,7 @@ impl Channel {
     fn on_frame(&mut self, frame: &Frame, now: Duration) -> Result<(), ChannelError> {
         self.counters.messages_in += 1;
         if let Some(tap) = self.tap.as_mut() {
-            tap.message(self.id, Direction::ToClient, now, &frame.bytes);
+            tap.message(self.id, Direction::ToClient, now, self.header, &frame.bytes);
         }
         if let Some(k) = self.last_keepalive {
             if now.saturating_sub(k) <= KEEPALIVE_REPLY_WINDOW
@@ -300,7 +312,7 @@ impl Channel {
         self.counters.last_send_ts_secs = Some(secs_f64(now));
         self.idle.on_traffic(now);
         if let Some(tap) = self.tap.as_mut() {
-            tap.message(self.id, Direction::ToServer, now, &bytes);
+            tap.message(self.id, Direction::ToServer, now, self.header, &bytes);
         }
         Some(bytes)
     }
