@@ -28,7 +28,9 @@ pub use log_ring::LogRing;
 pub use pcap::MAX_SEGMENT;
 pub use redact::{scrub_string, REDACTED};
 pub use reporter::Reporter;
-pub use summary::{format_summary, read_cause_json, summarize, ReportError};
+pub use summary::{
+    cause_json_for_output, format_summary, read_cause_json, summarize, ReportError, MAX_CAUSE_BYTES,
+};
 pub use utc::Utc;
 pub use writer::{
     enforce_retention, file_channel_name, report_file_name, resolve_spool_dir,
@@ -42,12 +44,8 @@ use std::path::Path;
 /// `spiced report FILE.zip [--json]`; returns the exit code.
 pub fn cli_main(file: &Path, json: bool) -> u8 {
     let result = if json {
-        read_cause_json(file).map(|mut raw| {
-            if !raw.ends_with(b"\n") {
-                raw.push(b'\n');
-            }
-            raw
-        })
+        // Checked JSON, controls escaped; invalid or oversized entries fail.
+        cause_json_for_output(file)
     } else {
         summarize(file).map(String::into_bytes)
     };
