@@ -223,7 +223,11 @@ impl fmt::Display for TransportError {
                     407 => f.write_str(
                         ": proxy authentication required (check the .vv proxy= credentials)",
                     ),
-                    401 | 403 => f.write_str(": the ticket was refused"),
+                    // Only Proxmox's spiceproxy carries a ticket in the target;
+                    // other proxies answer 403 to a forbidden port, say.
+                    401 | 403 if target.starts_with("pvespiceproxy:") => {
+                        f.write_str(": the ticket was refused")
+                    }
                     _ => Ok(()),
                 }
             }
@@ -357,6 +361,15 @@ mod tests {
             assert_eq!(e.class(), TransportClass::TicketRefused, "{s}");
             assert!(!e.is_transient());
             assert!(e.to_string().ends_with("the ticket was refused"), "{e}");
+            // Not a Proxmox target: no ticket talk, same class.
+            let e = TransportError::ProxyStatus {
+                proxy: "p:3128".into(),
+                target: "127.0.0.1:5900".into(),
+                status: s,
+                status_line: format!("HTTP/1.1 {s} Access violation"),
+            };
+            assert_eq!(e.class(), TransportClass::TicketRefused, "{s}");
+            assert!(!e.to_string().contains("ticket"), "{e}");
         }
         for s in [500, 502, 503, 504, 599] {
             let e = proxy_status(s, "Bad Gateway");
