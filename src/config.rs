@@ -4,6 +4,7 @@
 //! Every option has a default (documented in `config/spiced.toml`); unknown keys
 //! are an error so a typo never silently falls back to a default.
 
+use crate::wire::ChannelType;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -78,6 +79,75 @@ pub enum OnTakeover {
     Yield,
 }
 
+/// `reconnect.max_attempts`: a number of attempts per disconnect cluster, or
+/// `"unlimited"` (never give up on a session that has been up; see
+/// `ReconnectPolicy::budget` for the gate that still bounds a session that never
+/// came up). Written in TOML as an integer or the string `"unlimited"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaxAttempts {
+    Limited(u32),
+    Unlimited,
+}
+
+impl MaxAttempts {
+    /// The default budget; also the gate budget of "unlimited" while no session
+    /// has been established.
+    pub const DEFAULT: MaxAttempts = MaxAttempts::Limited(3);
+    /// Largest accepted number.
+    pub const MAX: u32 = 1000;
+}
+
+impl std::fmt::Display for MaxAttempts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MaxAttempts::Limited(n) => write!(f, "{n}"),
+            MaxAttempts::Unlimited => f.write_str("\"unlimited\""),
+        }
+    }
+}
+
+impl Serialize for MaxAttempts {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            MaxAttempts::Limited(n) => s.serialize_u32(*n),
+            MaxAttempts::Unlimited => s.serialize_str("unlimited"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for MaxAttempts {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        const EXPECTED: &str = "an integer 1..=1000 or \"unlimited\"";
+        impl serde::de::Visitor<'_> for V {
+            type Value = MaxAttempts;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(EXPECTED)
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<MaxAttempts, E> {
+                // Out-of-u32 values are refused here; 0 and 1001.. reach
+                // `validate`, whose message names the range.
+                u32::try_from(v)
+                    .map(MaxAttempts::Limited)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &EXPECTED))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<MaxAttempts, E> {
+                u32::try_from(v)
+                    .map(MaxAttempts::Limited)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(v), &EXPECTED))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<MaxAttempts, E> {
+                if v == "unlimited" {
+                    Ok(MaxAttempts::Unlimited)
+                } else {
+                    Err(E::invalid_value(serde::de::Unexpected::Str(v), &EXPECTED))
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReconnectConfig {
@@ -89,8 +159,8 @@ pub struct ReconnectConfig {
     pub factor: f64,
     /// Upper bound of one delay.
     pub max_delay_secs: f64,
-    /// Attempts per disconnect cluster.
-    pub max_attempts: u32,
+    /// Attempts per disconnect cluster: 1..=1000 or "unlimited".
+    pub max_attempts: MaxAttempts,
     /// Randomly lengthen delays (backon jitter).
     pub jitter: bool,
     /// Disconnects within this long of a cluster's start (or of giving up) share its budget.
@@ -114,7 +184,7 @@ impl Default for ReconnectConfig {
             initial_delay_secs: 1.0,
             factor: 4.0,
             max_delay_secs: 300.0,
-            max_attempts: 3,
+            max_attempts: MaxAttempts::DEFAULT,
             jitter: false,
             cluster_window_secs: 300.0,
             wait_for_ticket_secs: 0.0,
@@ -178,7 +248,8 @@ pub struct ChannelsConfig {
     /// Channel names never linked (on top of the .vv's disable-channels), e.g.
     /// ["usbredir", "webdav", "playback"]: linking those has guest-visible effects.
     pub skip: Vec<String>,
-    /// Channels whose loss ends the session (main always does).
+    /// Channel names whose loss ends the whole session. Main is always implied;
+    /// any other lost channel leaves the session up, degraded, and is relinked.
     pub required: Vec<String>,
 }
 
@@ -188,6 +259,18 @@ impl Default for ChannelsConfig {
             skip: Vec::new(),
             required: vec!["main".into()],
         }
+    }
+}
+
+impl ChannelsConfig {
+    /// Losing a channel of type `ty` ends the session: main always, others only
+    /// when listed in `required`.
+    pub fn is_required(&self, ty: ChannelType) -> bool {
+        ty == ChannelType::Main
+            || self
+                .required
+                .iter()
+                .any(|n| ChannelType::from_name(n) == Some(ty))
     }
 }
 
@@ -219,34 +302,203 @@ impl Config {
         Config::from_toml(&text, &path.display().to_string())
     }
 
-    /// Ranges serde cannot express.
+    /// Ranges serde cannot express (documented next to each option in
+    /// config/spiced.toml). The message names the key and the value; `from_toml`
+    /// and `load` prefix the file.
     pub fn validate(&self) -> Result<(), String> {
         let k = &self.keepalive;
         let r = &self.reconnect;
-        for (name, v) in [
-            ("keepalive.idle_secs", k.idle_secs),
-            ("keepalive.main_timeout_secs", k.main_timeout_secs),
-            ("reconnect.initial_delay_secs", r.initial_delay_secs),
-            ("reconnect.max_delay_secs", r.max_delay_secs),
-            ("reconnect.cluster_window_secs", r.cluster_window_secs),
-            ("reconnect.wait_for_ticket_secs", r.wait_for_ticket_secs),
-            ("reconnect.refresh_timeout_secs", r.refresh_timeout_secs),
-            ("reconnect.takeover_delay_secs", r.takeover_delay_secs),
-            ("report.cooldown_secs", self.report.cooldown_secs),
-            ("report.capture_secs", self.report.capture_secs),
+        let p = &self.report;
+        secs("keepalive.idle_secs", k.idle_secs, OFF, 1.0, 3600.0)?;
+        secs(
+            "keepalive.main_timeout_secs",
+            k.main_timeout_secs,
+            OFF,
+            2.0,
+            86_400.0,
+        )?;
+        secs(
+            "keepalive.connect_timeout_secs",
+            k.connect_timeout_secs,
+            ON,
+            1.0,
+            3600.0,
+        )?;
+        int(
+            "keepalive.tcp_idle_secs",
+            k.tcp_idle_secs,
+            OFF,
+            1,
+            32_767,
+            " s",
+        )?;
+        int(
+            "keepalive.tcp_interval_secs",
+            k.tcp_interval_secs,
+            ON,
+            1,
+            32_767,
+            " s",
+        )?;
+        int("keepalive.tcp_probes", k.tcp_probes, ON, 1, 127, "")?;
+        int(
+            "keepalive.tcp_user_timeout_secs",
+            k.tcp_user_timeout_secs,
+            ON,
+            0,
+            86_400,
+            " s",
+        )?;
+
+        secs(
+            "reconnect.initial_delay_secs",
+            r.initial_delay_secs,
+            ON,
+            0.1,
+            86_400.0,
+        )?;
+        num("reconnect.factor", r.factor, 1.0, 100.0, "")?;
+        secs(
+            "reconnect.max_delay_secs",
+            r.max_delay_secs,
+            ON,
+            0.1,
+            86_400.0,
+        )?;
+        if r.max_delay_secs < r.initial_delay_secs {
+            return Err(format!(
+                "reconnect.max_delay_secs = {}: must be >= reconnect.initial_delay_secs ({})",
+                r.max_delay_secs, r.initial_delay_secs
+            ));
+        }
+        if let MaxAttempts::Limited(n) = r.max_attempts {
+            int(
+                "reconnect.max_attempts",
+                n,
+                ON,
+                1,
+                MaxAttempts::MAX.into(),
+                "",
+            )
+            .map_err(|e| format!("{e} (or \"unlimited\")"))?;
+        }
+        secs(
+            "reconnect.cluster_window_secs",
+            r.cluster_window_secs,
+            ON,
+            1.0,
+            604_800.0,
+        )?;
+        secs(
+            "reconnect.wait_for_ticket_secs",
+            r.wait_for_ticket_secs,
+            ON,
+            0.0,
+            604_800.0,
+        )?;
+        secs(
+            "reconnect.refresh_timeout_secs",
+            r.refresh_timeout_secs,
+            ON,
+            1.0,
+            3600.0,
+        )?;
+        secs(
+            "reconnect.takeover_delay_secs",
+            r.takeover_delay_secs,
+            ON,
+            0.0,
+            86_400.0,
+        )?;
+
+        secs("report.cooldown_secs", p.cooldown_secs, ON, 0.0, 86_400.0)?;
+        int("report.max_files", p.max_files, ON, 1, 10_000, "")?;
+        int(
+            "report.max_bytes",
+            p.max_bytes,
+            ON,
+            65_536,
+            17_179_869_184,
+            " bytes",
+        )?;
+        secs("report.capture_secs", p.capture_secs, ON, 1.0, 3600.0)?;
+        int(
+            "report.capture_max_bytes",
+            p.capture_max_bytes,
+            ON,
+            0,
+            268_435_456,
+            " bytes",
+        )?;
+        int("report.log_lines", p.log_lines, ON, 0, 100_000, "")?;
+
+        let c = &self.channels;
+        for (key, names) in [
+            ("channels.skip", &c.skip),
+            ("channels.required", &c.required),
         ] {
-            if !v.is_finite() || !(0.0..=86_400.0 * 365.0).contains(&v) {
-                return Err(format!("{name} = {v}: must be between 0 and one year"));
+            if let Some(bad) = names.iter().find(|n| ChannelType::from_name(n).is_none()) {
+                return Err(format!(
+                    "{key}: unknown channel name {bad:?} (known: {CHANNEL_NAMES})"
+                ));
             }
         }
-        if !(k.connect_timeout_secs.is_finite() && k.connect_timeout_secs > 0.0) {
-            return Err("keepalive.connect_timeout_secs must be > 0".into());
-        }
-        if !(r.factor.is_finite() && r.factor >= 1.0) {
-            return Err(format!("reconnect.factor = {}: must be >= 1", r.factor));
+        if let Some(n) = c
+            .skip
+            .iter()
+            .find(|n| ChannelType::from_name(n).is_some_and(|ty| c.is_required(ty)))
+        {
+            return Err(format!(
+                "channels.skip: {n:?} cannot be skipped: it is main or listed in channels.required"
+            ));
         }
         Ok(())
     }
+}
+
+/// For error messages: the names `ChannelType::from_name` knows.
+const CHANNEL_NAMES: &str =
+    "main display inputs cursor playback record smartcard usbredir port webdav tunnel";
+
+/// 0 means "off" for this option (allowed outside the range).
+const OFF: bool = true;
+/// 0 is not special.
+const ON: bool = false;
+
+/// A duration in seconds: finite and in `lo..=hi`, or 0 when `zero_off`.
+fn secs(key: &str, v: f64, zero_off: bool, lo: f64, hi: f64) -> Result<(), String> {
+    if zero_off && v == 0.0 {
+        return Ok(());
+    }
+    if v.is_finite() && (lo..=hi).contains(&v) {
+        return Ok(());
+    }
+    let off = if zero_off { "0 (off) or " } else { "" };
+    Err(format!("{key} = {v}: must be {off}between {lo} and {hi} s"))
+}
+
+/// A unitless float: finite and in `lo..=hi`.
+fn num(key: &str, v: f64, lo: f64, hi: f64, unit: &str) -> Result<(), String> {
+    if v.is_finite() && (lo..=hi).contains(&v) {
+        return Ok(());
+    }
+    Err(format!("{key} = {v}: must be between {lo} and {hi}{unit}"))
+}
+
+/// An integer in `lo..=hi`, or 0 when `zero_off`.
+fn int<T>(key: &str, v: T, zero_off: bool, lo: u64, hi: u64, unit: &str) -> Result<(), String>
+where
+    T: TryInto<u64> + Copy + std::fmt::Display,
+{
+    // Only usize can exceed u64, and then it is out of range anyway.
+    let x: u64 = v.try_into().unwrap_or(u64::MAX);
+    if (zero_off && x == 0) || (lo..=hi).contains(&x) {
+        return Ok(());
+    }
+    let off = if zero_off { "0 (off) or " } else { "" };
+    Err(format!(
+        "{key} = {v}: must be {off}between {lo} and {hi}{unit}"
+    ))
 }
 
 fn one_line(s: &str) -> String {
@@ -326,7 +578,7 @@ mod tests {
         let e = Config::from_toml("[reconnect]\nfactor = 0.5\n", "x.toml").unwrap_err();
         assert_eq!(
             e.to_string(),
-            "x.toml: reconnect.factor = 0.5: must be >= 1"
+            "x.toml: reconnect.factor = 0.5: must be between 1 and 100"
         );
         let e = Config::from_toml("[keepalive]\nidle_secs = -1.0\n", "x.toml").unwrap_err();
         assert!(e.to_string().contains("keepalive.idle_secs"), "{e}");
@@ -336,6 +588,231 @@ mod tests {
             e.to_string().contains("keepalive.connect_timeout_secs"),
             "{e}"
         );
+    }
+
+    fn range_err(toml: &str) -> String {
+        match Config::from_toml(toml, "x.toml") {
+            Ok(_) => panic!("accepted: {toml}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn every_number_has_a_range() {
+        assert_eq!(
+            range_err("[keepalive]\nidle_secs = 0.0001\n"),
+            "x.toml: keepalive.idle_secs = 0.0001: must be 0 (off) or between 1 and 3600 s"
+        );
+        // (section, key, accepted values, refused values)
+        let table: &[(&str, &str, &[&str], &[&str])] = &[
+            (
+                "keepalive",
+                "idle_secs",
+                &["0.0", "1.0", "3600.0"],
+                &["0.5", "3601.0", "nan", "inf", "-1.0"],
+            ),
+            (
+                "keepalive",
+                "main_timeout_secs",
+                &["0.0", "2.0", "86400.0"],
+                &["1.5", "86401.0", "nan"],
+            ),
+            (
+                "keepalive",
+                "connect_timeout_secs",
+                &["1.0", "3600.0"],
+                &["0.0", "0.5", "3601.0", "inf"],
+            ),
+            (
+                "keepalive",
+                "tcp_idle_secs",
+                &["0", "1", "32767"],
+                &["32768"],
+            ),
+            (
+                "keepalive",
+                "tcp_interval_secs",
+                &["1", "32767"],
+                &["0", "32768"],
+            ),
+            ("keepalive", "tcp_probes", &["1", "127"], &["0", "128"]),
+            (
+                "keepalive",
+                "tcp_user_timeout_secs",
+                &["0", "86400"],
+                &["86401"],
+            ),
+            (
+                "reconnect",
+                "initial_delay_secs",
+                &["0.1", "300.0"],
+                &["0.0", "0.05", "86401.0", "nan"],
+            ),
+            (
+                "reconnect",
+                "factor",
+                &["1.0", "100.0"],
+                &["0.99", "100.5", "inf", "nan"],
+            ),
+            (
+                "reconnect",
+                "max_delay_secs",
+                &["1.0", "86400.0"],
+                &["0.5", "86401.0", "nan"],
+            ),
+            (
+                "reconnect",
+                "cluster_window_secs",
+                &["1.0", "604800.0"],
+                &["0.5", "604801.0"],
+            ),
+            (
+                "reconnect",
+                "wait_for_ticket_secs",
+                &["0.0", "604800.0"],
+                &["-0.5", "604801.0", "nan"],
+            ),
+            (
+                "reconnect",
+                "refresh_timeout_secs",
+                &["1.0", "3600.0"],
+                &["0.0", "3601.0"],
+            ),
+            (
+                "reconnect",
+                "takeover_delay_secs",
+                &["0.0", "86400.0"],
+                &["86401.0", "-inf"],
+            ),
+            (
+                "reconnect",
+                "max_attempts",
+                &["1", "1000", "\"unlimited\""],
+                &["0", "1001"],
+            ),
+            (
+                "report",
+                "cooldown_secs",
+                &["0.0", "86400.0"],
+                &["86401.0", "nan"],
+            ),
+            ("report", "max_files", &["1", "10000"], &["0", "10001"]),
+            (
+                "report",
+                "max_bytes",
+                &["65536", "17179869184"],
+                &["65535", "17179869185"],
+            ),
+            (
+                "report",
+                "capture_secs",
+                &["1.0", "3600.0"],
+                &["0.0", "3601.0"],
+            ),
+            (
+                "report",
+                "capture_max_bytes",
+                &["0", "268435456"],
+                &["268435457"],
+            ),
+            ("report", "log_lines", &["0", "100000"], &["100001"]),
+        ];
+        for (section, key, good, bad) in table {
+            for v in *good {
+                let t = format!("[{section}]\n{key} = {v}\n");
+                if let Err(e) = Config::from_toml(&t, "x.toml") {
+                    panic!("{t}: {e}");
+                }
+            }
+            for v in *bad {
+                let e = range_err(&format!("[{section}]\n{key} = {v}\n"));
+                assert!(e.starts_with(&format!("x.toml: {section}.{key} = ")), "{e}");
+                assert!(e.contains("must be"), "{e}");
+            }
+        }
+    }
+
+    #[test]
+    fn max_delay_is_at_least_the_initial_delay() {
+        assert_eq!(
+            range_err("[reconnect]\ninitial_delay_secs = 10.0\nmax_delay_secs = 5.0\n"),
+            "x.toml: reconnect.max_delay_secs = 5: must be >= reconnect.initial_delay_secs (10)"
+        );
+    }
+
+    #[test]
+    fn max_attempts_is_a_number_or_unlimited() {
+        let c = Config::from_toml("[reconnect]\nmax_attempts = \"unlimited\"\n", "x.toml").unwrap();
+        assert_eq!(c.reconnect.max_attempts, MaxAttempts::Unlimited);
+        let c = Config::from_toml("[reconnect]\nmax_attempts = 7\n", "x.toml").unwrap();
+        assert_eq!(c.reconnect.max_attempts, MaxAttempts::Limited(7));
+        for bad in ["\"forever\"", "-1", "1.5", "99999999999"] {
+            let e = range_err(&format!("[reconnect]\nmax_attempts = {bad}\n"));
+            assert!(e.contains("max_attempts"), "{e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
+        let e = range_err("[reconnect]\nmax_attempts = 0\n");
+        assert_eq!(
+            e,
+            "x.toml: reconnect.max_attempts = 0: must be between 1 and 1000 (or \"unlimited\")"
+        );
+        // Serialized back to the same TOML (and JSON, for reports) form.
+        for (v, text) in [
+            (MaxAttempts::Unlimited, "max_attempts = \"unlimited\""),
+            (MaxAttempts::Limited(5), "max_attempts = 5"),
+        ] {
+            let cfg = ReconnectConfig {
+                max_attempts: v,
+                ..ReconnectConfig::default()
+            };
+            let out = toml::to_string(&cfg).unwrap();
+            assert!(out.contains(text), "{out}");
+            let back: ReconnectConfig = toml::from_str(&out).unwrap();
+            assert_eq!(back, cfg);
+        }
+        assert_eq!(serde_json::to_value(MaxAttempts::Limited(1)).unwrap(), 1);
+        assert_eq!(
+            serde_json::to_value(MaxAttempts::Unlimited).unwrap(),
+            "unlimited"
+        );
+    }
+
+    #[test]
+    fn channel_names_are_checked() {
+        let c = Config::from_toml(
+            "[channels]\nrequired = [\"display\"]\nskip = [\"usbredir\"]\n",
+            "x.toml",
+        )
+        .unwrap();
+        assert!(c.channels.is_required(ChannelType::Main), "main is implied");
+        assert!(c.channels.is_required(ChannelType::Display));
+        assert!(!c.channels.is_required(ChannelType::Inputs));
+        assert!(Config::default().channels.is_required(ChannelType::Main));
+        assert!(!Config::default().channels.is_required(ChannelType::Display));
+
+        let e = range_err("[channels]\nrequired = [\"dispaly\"]\n");
+        assert!(
+            e.starts_with("x.toml: channels.required: unknown channel name \"dispaly\""),
+            "{e}"
+        );
+        let e = range_err("[channels]\nskip = [\"usb\"]\n");
+        assert!(
+            e.starts_with("x.toml: channels.skip: unknown channel name \"usb\""),
+            "{e}"
+        );
+        let e = range_err("[channels]\nskip = [\"main\"]\n");
+        assert!(
+            e.starts_with("x.toml: channels.skip: \"main\" cannot be skipped"),
+            "{e}"
+        );
+        // main is implied even when `required` leaves it out.
+        let e = range_err("[channels]\nrequired = []\nskip = [\"main\"]\n");
+        assert!(e.contains("cannot be skipped"), "{e}");
+        let e = range_err("[channels]\nrequired = [\"inputs\"]\nskip = [\"inputs\"]\n");
+        assert!(e.contains("\"inputs\" cannot be skipped"), "{e}");
+        // spicevmc is usbredir.
+        let e = range_err("[channels]\nrequired = [\"usbredir\"]\nskip = [\"spicevmc\"]\n");
+        assert!(e.contains("cannot be skipped"), "{e}");
     }
 
     #[test]

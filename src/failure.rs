@@ -6,7 +6,7 @@
 
 use crate::channel::ChannelError;
 use crate::link::handshake::LinkError;
-use crate::link::TransportError;
+use crate::link::{TransportClass, TransportError};
 use crate::reconnect::FailClass;
 use crate::wire::link::LinkErrorCode;
 use crate::wire::ChannelId;
@@ -179,26 +179,17 @@ impl Failure {
 
     /// TCP, proxy or TLS could not give us a stream.
     pub fn transport(ch: ChannelId, e: &TransportError) -> Failure {
-        let cause = match e.cause() {
-            "tls_error" | "cert_error" => Cause::TlsError,
-            "config_error" => Cause::ConfigError,
-            _ => Cause::ConnectFailed,
-        };
-        let class = match e {
-            TransportError::CertVerify(_) | TransportError::HostSubjectMismatch { .. } => {
-                FailClass::TlsVerification
+        let (cause, class) = match e.class() {
+            TransportClass::Network if e.cause() == "tls_error" => {
+                (Cause::TlsError, FailClass::Network)
             }
-            // spiceproxy (Proxmox) answers a dead ticket in the CONNECT target so.
-            TransportError::ProxyStatus {
-                status: 401 | 403, ..
-            } => FailClass::PermissionDenied,
-            _ if e.is_transient() => FailClass::Network,
-            _ => FailClass::Config,
-        };
-        let cause = if class == FailClass::PermissionDenied {
-            Cause::TicketRejected
-        } else {
-            cause
+            TransportClass::Network => (Cause::ConnectFailed, FailClass::Network),
+            TransportClass::TlsVerification => (Cause::TlsError, FailClass::TlsVerification),
+            // For Proxmox the ticket travels in the CONNECT target.
+            TransportClass::TicketRefused => (Cause::TicketRejected, FailClass::PermissionDenied),
+            TransportClass::ProxyAuth | TransportClass::Config => {
+                (Cause::ConfigError, FailClass::Config)
+            }
         };
         Failure {
             io_kind: e.io_kind(),
@@ -242,22 +233,23 @@ impl Failure {
             }
             // Nothing on the server side will change: a password the server cannot
             // take, or an auth mechanism we do not speak.
-            LinkError::Ticket(t) => Failure {
+            e if e.is_config() => Failure {
                 during_link: true,
                 ..Failure::new(
                     ch,
                     Cause::ConfigError,
-                    format!("{ch}: {t}"),
+                    format!("{ch}: {e}"),
                     FailClass::Config,
                 )
             },
-            LinkError::NoSupportedAuth => Failure {
+            // The server's key could not be used: a bug on one side.
+            e @ (LinkError::Ticket(_) | LinkError::NoSupportedAuth) => Failure {
                 during_link: true,
                 ..Failure::new(
                     ch,
-                    Cause::ConfigError,
-                    format!("{ch}: {}", LinkError::NoSupportedAuth),
-                    FailClass::Config,
+                    Cause::ProtocolError,
+                    format!("{ch}: {e}"),
+                    FailClass::Protocol { code: None },
                 )
             },
             LinkError::Wire(w) => Failure {
@@ -321,10 +313,15 @@ mod tests {
     fn config_shaped_link_errors_are_config() {
         let f = Failure::link(CH, LinkError::NoSupportedAuth);
         assert_eq!((f.cause, f.class), (Cause::ConfigError, FailClass::Config));
+        assert!(f.refused());
+        let long = crate::secret::Secret::new("x".repeat(60));
+        let t = crate::ticket::encrypt(&[1, 2, 3], Some(&long)).unwrap_err();
+        let f = Failure::link(CH, LinkError::Ticket(t));
+        assert_eq!(f.class, FailClass::Config, "{}", f.message);
+        // A server key we cannot use is no configuration problem.
         let t = crate::ticket::encrypt(&[1, 2, 3], None).unwrap_err();
         let f = Failure::link(CH, LinkError::Ticket(t));
-        assert_eq!(f.class, FailClass::Config);
-        assert!(f.refused());
+        assert_eq!(f.class, FailClass::Protocol { code: None });
     }
 
     #[test]

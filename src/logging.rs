@@ -13,11 +13,10 @@ pub fn init<L>(config_filter: &str, ring: Option<L>)
 where
     L: Layer<tracing_subscriber::Registry> + Send + Sync + 'static,
 {
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|v| EnvFilter::try_new(v).ok())
-        .or_else(|| EnvFilter::try_new(config_filter).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let filter = EnvFilter::try_new(filter_string(rust_log.as_deref(), config_filter))
+        .or_else(|_| EnvFilter::try_new(config_filter))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
     let journal = crate::systemd::logging_to_journal();
     let ansi = !journal && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let base = fmt::layer()
@@ -34,4 +33,57 @@ where
         .with(stderr_layer)
         .with(filter)
         .try_init();
+}
+
+/// The filter to use: `RUST_LOG` when it says something, else `fallback`. A set
+/// but empty (or blank) `RUST_LOG`, as `Environment=RUST_LOG=` in a unit file
+/// leaves it, counts as unset: as a filter it would silence every line.
+pub fn filter_string(rust_log: Option<&str>, fallback: &str) -> String {
+    match rust_log {
+        Some(v) if !v.trim().is_empty() => v.to_string(),
+        _ => fallback.to_string(),
+    }
+}
+
+/// `s` safe for one terminal or log line: every control character (C0 such as
+/// ESC, CR, LF and tab; DEL; C1 such as CSI U+009B) written as `\x1b` (below
+/// 0x80) or `\u{9b}`, so text from a file or a child process cannot move the
+/// cursor, recolour the terminal or forge a line.
+pub fn escape_controls(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() {
+            let n = u32::from(c);
+            if n < 0x80 {
+                out.push_str(&format!("\\x{n:02x}"));
+            } else {
+                out.push_str(&format!("\\u{{{n:x}}}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn controls_are_escaped() {
+        assert_eq!(escape_controls("plain é ✓"), "plain é ✓");
+        assert_eq!(
+            escape_controls("a\x1b[31mb\r\n\t\0\x7f\u{9b}c"),
+            "a\\x1b[31mb\\x0d\\x0a\\x09\\x00\\x7f\\u{9b}c"
+        );
+    }
+
+    #[test]
+    fn empty_rust_log_is_unset() {
+        assert_eq!(filter_string(None, "info"), "info");
+        assert_eq!(filter_string(Some(""), "info"), "info");
+        assert_eq!(filter_string(Some("  "), "warn"), "warn");
+        assert_eq!(filter_string(Some("debug"), "info"), "debug");
+    }
 }

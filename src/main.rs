@@ -33,8 +33,13 @@ fn main() -> ExitCode {
 /// Errors and warnings go to stderr; any error means exit 78.
 fn check(args: &RunArgs) -> u8 {
     // Unknown .vv keys are logged at debug level: RUST_LOG=debug shows them.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // An empty RUST_LOG counts as unset (it would silence the warnings).
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let filter = tracing_subscriber::EnvFilter::try_new(spiced::logging::filter_string(
+        rust_log.as_deref(),
+        "warn",
+    ))
+    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

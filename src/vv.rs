@@ -41,8 +41,9 @@ const HONOURED: &[&str] = &[
     "ticket-valid-until",
 ];
 
-/// The connection settings spiced takes from a .vv file.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// The connection settings spiced takes from a .vv file. `Debug` hides the
+/// password, the proxy credentials, the CA and a ticket-bearing Proxmox host.
+#[derive(Clone, Default, PartialEq)]
 pub struct ConnectionSettings {
     /// `host`: name or IP (IPv6 without brackets), or a proxy-side name such as
     /// Proxmox's `pvespiceproxy:...` when `proxy` is set.
@@ -73,12 +74,39 @@ pub struct ConnectionSettings {
     pub ticket_valid_until: Option<i64>,
 }
 
+impl fmt::Debug for ConnectionSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionSettings")
+            .field("host", &self.shown_host())
+            .field("port", &self.port)
+            .field("tls_port", &self.tls_port)
+            .field("password", &self.password)
+            .field("ca", &self.ca.as_ref().map(|_| REDACTED))
+            .field("host_subject", &self.host_subject)
+            .field("secure_channels", &self.secure_channels)
+            .field("disable_channels", &self.disable_channels)
+            .field("delete_this_file", &self.delete_this_file)
+            .field("proxy", &self.proxy.as_deref().map(redact_proxy))
+            .field("title", &self.title)
+            .field("tls_ciphers", &self.tls_ciphers)
+            .field("ticket_valid_until", &self.ticket_valid_until)
+            .finish()
+    }
+}
+
 impl ConnectionSettings {
+    /// The host as logs show it: a Proxmox `pvespiceproxy:<ticket>` host shortened
+    /// (see [`crate::link::error::shown_host`]).
+    pub fn shown_host(&self) -> String {
+        crate::link::error::shown_host(&self.host, self.password.as_ref())
+    }
+
     /// Every setting, for reports and logs: `password` and `ca` become
-    /// `"<redacted>"` when present, and proxy credentials are hidden.
+    /// `"<redacted>"` when present, proxy credentials are hidden and a
+    /// ticket-bearing host is shortened as in the logs.
     pub fn redacted_json(&self) -> serde_json::Value {
         serde_json::json!({
-            "host": self.host,
+            "host": self.shown_host(),
             "port": self.port,
             "tls_port": self.tls_port,
             "password": self.password.as_ref().map(|_| REDACTED),
@@ -99,7 +127,7 @@ impl ConnectionSettings {
 /// contract; absent values are null; the password only as `password_set`).
 pub fn check_json(s: &ConnectionSettings) -> serde_json::Value {
     serde_json::json!({
-        "host": (!s.host.is_empty()).then_some(s.host.as_str()),
+        "host": (!s.host.is_empty()).then(|| s.shown_host()),
         "port": s.port,
         "tls_port": s.tls_port,
         "proxy": s.proxy.as_deref().map(redact_proxy),
@@ -115,14 +143,14 @@ pub fn check_json(s: &ConnectionSettings) -> serde_json::Value {
 }
 
 /// `http://user:pass@proxy:3128` → `http://<redacted>@proxy:3128`: proxy
-/// credentials are as secret as the ticket.
-fn redact_proxy(p: &str) -> String {
-    let (scheme, rest) = match p.find("://") {
-        Some(i) => (&p[..i + 3], &p[i + 3..]),
-        None => ("", p),
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
+/// credentials are as secret as the ticket. The credentials are everything
+/// before the LAST `@` (as `ProxyUrl::parse` reads them), so `/`, `@`, `:` or
+/// `%` in a password cannot leave part of it visible.
+pub fn redact_proxy(p: &str) -> String {
+    let p = p.trim();
+    let (scheme, rest) = crate::link::proxy::split_scheme(p);
+    let scheme = scheme.map(|s| format!("{s}://")).unwrap_or_default();
+    match rest.rfind('@') {
         Some(at) => format!("{scheme}{REDACTED}{}", &rest[at..]),
         None => p.to_string(),
     }
@@ -493,6 +521,10 @@ impl Parser<'_> {
             ));
         }
 
+        // Values that reach the wire (CONNECT, TLS name checks) or a log line.
+        for key in ["host", "proxy", "host-subject", "title", "tls-ciphers"] {
+            self.no_controls(g, key)?;
+        }
         let host = self
             .string(g, "host")?
             .ok_or_else(|| missing(self, "host", "missing in [virt-viewer]"))?;
@@ -565,6 +597,25 @@ impl Parser<'_> {
         let Some(e) = g.get(key) else { return Ok(None) };
         let mut pieces = unescape(&e.raw, false).map_err(|err| self.escape_error(e, err))?;
         Ok(Some((pieces.pop().unwrap_or_default(), e.line)))
+    }
+
+    /// Refuses a value holding a control character after escape decoding (CR,
+    /// LF, tab, NUL, DEL, other C0/C1), spaces and tabs at its ends aside: a
+    /// line break in `host` would split the proxy's CONNECT request, and none
+    /// belongs in a log line. The value is never quoted (a host may embed the
+    /// ticket).
+    fn no_controls(&self, g: &Group, key: &str) -> Result<(), VvError> {
+        let Some((v, line)) = self.string(g, key)? else {
+            return Ok(());
+        };
+        if v.trim_matches([' ', '\t']).chars().any(char::is_control) {
+            return Err(self.error(
+                Some(line),
+                Some(key),
+                "contains a control character (line break, NUL, escape...): refused",
+            ));
+        }
+        Ok(())
     }
 
     /// A string key where an empty value means "not set".
@@ -834,8 +885,10 @@ mod tests {
 
     #[test]
     fn escapes_are_decoded() {
-        let p = ok("[virt-viewer]\ntype=spice\nhost=h\nport=1\ntitle=\\sa\\tb\\nc\\\\d\\re\n");
-        assert_eq!(p.settings.title.as_deref(), Some(" a\tb\nc\\d\re"));
+        // (`ca`: a PEM block is lines; control characters in host, proxy,
+        // host-subject, title and tls-ciphers are refused.)
+        let p = ok("[virt-viewer]\ntype=spice\nhost=h\nport=1\nca=\\sa\\tb\\nc\\\\d\\re\n");
+        assert_eq!(p.settings.ca.as_deref(), Some(" a\tb\nc\\d\re"));
     }
 
     #[test]
@@ -1159,7 +1212,8 @@ mod tests {
         assert_eq!(
             j,
             serde_json::json!({
-                "host": "pvespiceproxy:6643a1b2:101:node1::8fa3c0de5b9e41d2a7f3",
+                // Shortened as in the logs: the host embeds the ticket.
+                "host": "pvespiceproxy:...",
                 "port": null,
                 "tls_port": 61000,
                 "proxy": "http://192.0.2.10:3128",
@@ -1182,11 +1236,12 @@ mod tests {
     #[test]
     fn redacted_json_hides_secrets() {
         let mut s = parse(PVE, "console.vv").unwrap().settings;
-        s.proxy = Some("http://user:pa55@proxy.example:3128/x@y".into());
+        s.proxy = Some("http://user:pa55@proxy.example:3128".into());
         let j = s.redacted_json();
         assert_eq!(j["password"], "<redacted>");
         assert_eq!(j["ca"], "<redacted>");
-        assert_eq!(j["proxy"], "http://<redacted>@proxy.example:3128/x@y");
+        assert_eq!(j["proxy"], "http://<redacted>@proxy.example:3128");
+        assert_eq!(j["host"], "pvespiceproxy:...");
         assert_eq!(j["tls_port"], 61000);
         assert_eq!(j["delete_this_file"], true);
         assert_eq!(j.as_object().unwrap().len(), 13, "every setting");
@@ -1196,6 +1251,90 @@ mod tests {
         assert_eq!(empty["password"], serde_json::Value::Null);
         assert_eq!(redact_proxy("proxy:3128"), "proxy:3128");
         assert_eq!(redact_proxy("u:p@proxy:3128"), "<redacted>@proxy:3128");
+    }
+
+    #[test]
+    fn control_characters_are_refused() {
+        let base = "[virt-viewer]\ntype=spice\nport=5900\n";
+        for (key, value) in [
+            ("host", "pvespiceproxy:abc\\r\\nX-Injected: 1"),
+            ("host", "h\\n"),
+            ("host", "h\\nx"),
+            ("host", "h\\tx"),
+            ("host", "h\u{7f}x"),
+            ("host", "h\u{9b}x"),
+            ("host", "h\u{1b}[31m"),
+            ("proxy", "http://p:3128\\r\\nX: 1"),
+            ("host-subject", "CN=a\\nCN=b"),
+            ("title", "VM\u{1b}]0;pwned\u{7}"),
+            ("tls-ciphers", "HIGH\\r"),
+        ] {
+            let host = if key == "host" { "" } else { "host=h\n" };
+            let text = format!("{base}{host}{key}={value}\n");
+            let e = err(&text, Some(if key == "host" { 4 } else { 5 }), Some(key));
+            assert!(e.contains("control character"), "{e}");
+            assert!(
+                !e.contains("abc") && !e.contains("pwned"),
+                "never quoted: {e}"
+            );
+        }
+        // With a proxy too, and surrounding blanks are still just trimmed.
+        let p =
+            ok("[virt-viewer]\ntype=spice\nport=1\nproxy=http://p:3128\nhost=h\\s\ntitle=\tT\\t\n");
+        assert_eq!(p.settings.host, "h");
+        let e = err(
+            "[virt-viewer]\ntype=spice\nport=1\nproxy=http://p:3128\nhost=pvespiceproxy:x\\ny\n",
+            Some(5),
+            Some("host"),
+        );
+        assert!(!e.contains("pvespiceproxy"), "{e}");
+    }
+
+    #[test]
+    fn proxy_credentials_are_redacted_whatever_they_hold() {
+        for (url, shown) in [
+            (
+                "http://alice:pa/ss@proxy:3128",
+                "http://<redacted>@proxy:3128",
+            ),
+            (
+                "http://alice:p@ss@proxy:3128",
+                "http://<redacted>@proxy:3128",
+            ),
+            (
+                "http://al@ice:p:a:ss@proxy:3128/",
+                "http://<redacted>@proxy:3128/",
+            ),
+            ("http://alice:p%40ss%2F@proxy", "http://<redacted>@proxy"),
+            ("alice:pa/ss@proxy:3128", "<redacted>@proxy:3128"),
+            ("alice:pa://ss@proxy", "<redacted>@proxy"),
+            ("http://[::1]:3128", "http://[::1]:3128"),
+            // A path is not a proxy URL; hiding too much is the safe side.
+            ("http://u:pw@proxy/x@y", "http://<redacted>@y"),
+        ] {
+            assert_eq!(redact_proxy(url), shown, "{url}");
+        }
+        let mut s = ConnectionSettings {
+            host: "pvespiceproxy:TICKET123".into(),
+            password: Some(Secret::new("TICKET123")),
+            proxy: Some("http://alice:pa/ss@proxy:3128".into()),
+            ca: Some("-----BEGIN CA".into()),
+            ..Default::default()
+        };
+        for text in [
+            format!("{s:?}"),
+            format!("{s:#?}"),
+            s.redacted_json().to_string(),
+            check_json(&s).to_string(),
+        ] {
+            for secret in ["TICKET123", "alice", "pa/ss", "ss@", "BEGIN CA"] {
+                assert!(!text.contains(secret), "{secret} in {text}");
+            }
+            assert!(text.contains("pvespiceproxy:..."), "{text}");
+            assert!(text.contains("<redacted>@proxy:3128"), "{text}");
+        }
+        s.host = "spice.example".into();
+        assert_eq!(check_json(&s)["host"], "spice.example");
     }
 
     #[test]

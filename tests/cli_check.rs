@@ -10,6 +10,9 @@ const PVE: &str = include_str!("fixtures/proxmox.vv");
 const OVIRT: &str = include_str!("fixtures/ovirt.vv");
 const SECRETS: &[&str] = &[
     "Xq7mQ2pL9vR4tY8wZ1cB",
+    "6643a1b2:101:node1::8fa3c0de5b9e41d2a7f3",
+    "pa/ss",
+    "alice",
     "oV1rtT1ck3tS3cr3t",
     "ssoT0k3nS3cr3tValue",
     "JSESSIONIDs3cr3t",
@@ -77,7 +80,8 @@ fn check_fails(args: &[&str]) -> String {
 
 fn pve_json() -> Value {
     json!({
-        "host": "pvespiceproxy:6643a1b2:101:node1::8fa3c0de5b9e41d2a7f3",
+        // Shortened exactly as the logs show it: the host embeds the ticket.
+        "host": "pvespiceproxy:...",
         "port": null,
         "tls_port": 61000,
         "proxy": "http://192.0.2.10:3128",
@@ -267,6 +271,60 @@ fn bad_files_exit_78_with_one_line() {
     assert_eq!(
         stderr,
         format!("{missing}: cannot read: No such file or directory (os error 2)\n")
+    );
+}
+
+#[test]
+fn proxy_credentials_never_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    for (proxy, shown) in [
+        (
+            "http://alice:pa/ss@proxy:3128",
+            "http://<redacted>@proxy:3128",
+        ),
+        (
+            "http://alice:pa@ss/x@proxy:3128",
+            "http://<redacted>@proxy:3128",
+        ),
+        ("alice:pa/ss@proxy:3128", "<redacted>@proxy:3128"),
+    ] {
+        let f = write(
+            dir.path(),
+            "p.vv",
+            format!("[virt-viewer]\ntype=spice\nhost=h\nport=1\nproxy={proxy}\n"),
+        );
+        // `run` asserts no SECRETS (alice, pa/ss) on stdout or stderr.
+        let (j, _) = check_ok(&["--vv", &f, "--check"], None);
+        assert_eq!(j["proxy"], shown);
+    }
+}
+
+#[test]
+fn control_characters_in_vv_values_exit_78() {
+    let dir = tempfile::tempdir().unwrap();
+    for (proxy, line) in [("", 3), ("proxy=http://192.0.2.10:3128\n", 4)] {
+        let f = write(
+            dir.path(),
+            "c.vv",
+            format!(
+                "[virt-viewer]\ntype=spice\n{proxy}host=pvespiceproxy:6643a1b2:101:node1::8fa3c0de5b9e41d2a7f3\\r\\nX-Injected: 1\nport=1\n"
+            ),
+        );
+        let stderr = check_fails(&["--vv", &f, "--check"]);
+        assert_eq!(
+            stderr,
+            format!("{f}:{line}: key 'host': contains a control character (line break, NUL, escape...): refused\n")
+        );
+    }
+    let f = write(
+        dir.path(),
+        "t.vv",
+        "[virt-viewer]\ntype=spice\nhost=h\nport=1\ntitle=\u{1b}]0;x\u{7}\n",
+    );
+    let stderr = check_fails(&["--vv", &f, "--check"]);
+    assert!(
+        stderr.contains("key 'title': contains a control character"),
+        "{stderr}"
     );
 }
 

@@ -509,3 +509,205 @@ fn channel_type_names_in_file_names() {
         "spiced-disconnect-usbredir-2-20240229T123456Z-2.zip"
     );
 }
+
+/// A zip holding one deflated `disconnect-cause.json` of `size` (>= 1) zero
+/// bytes, written by hand (fixed-Huffman literal 0, length-258 distance-1
+/// matches, literal 0s for the rest): 1 GB expands from ~7 MB without ever
+/// compressing it. Without `with_crc` the CRC is left 0: a reader that stops
+/// at a limit never checks it.
+fn zero_bomb(path: &Path, size: u64, with_crc: bool) {
+    let crc = if with_crc { crc32_of_zeros(size) } else { 0 };
+    let matches = (size - 1) / 258;
+    let extra = (size - 1) % 258;
+    struct Bits {
+        out: Vec<u8>,
+        acc: u64,
+        n: u32,
+    }
+    impl Bits {
+        fn put(&mut self, v: u64, len: u32) {
+            self.acc |= v << self.n;
+            self.n += len;
+            while self.n >= 8 {
+                self.out.push(self.acc as u8);
+                self.acc >>= 8;
+                self.n -= 8;
+            }
+        }
+        /// Huffman codes go most significant bit first.
+        fn code(&mut self, c: u64, len: u32) {
+            let mut r = 0;
+            for i in 0..len {
+                r |= ((c >> i) & 1) << (len - 1 - i);
+            }
+            self.put(r, len);
+        }
+    }
+    let mut b = Bits {
+        out: Vec::new(),
+        acc: 0,
+        n: 0,
+    };
+    b.put(1, 1); // BFINAL
+    b.put(1, 2); // BTYPE = fixed Huffman
+    b.code(0b0011_0000, 8); // literal 0
+    for _ in 0..matches {
+        b.code(0b1100_0101, 8); // length code 285: 258 bytes
+        b.code(0, 5); // distance code 0: distance 1
+    }
+    for _ in 0..extra {
+        b.code(0b0011_0000, 8);
+    }
+    b.code(0, 7); // end of block
+    if b.n > 0 {
+        b.out.push(b.acc as u8);
+    }
+    let data = b.out;
+    let name = b"disconnect-cause.json";
+    let mut z = Vec::new();
+    let u16le = |z: &mut Vec<u8>, v: u16| z.extend_from_slice(&v.to_le_bytes());
+    let u32le = |z: &mut Vec<u8>, v: u32| z.extend_from_slice(&v.to_le_bytes());
+    // Local file header.
+    u32le(&mut z, 0x0403_4b50);
+    for v in [20u16, 0, 8, 0, 0x21] {
+        u16le(&mut z, v);
+    }
+    u32le(&mut z, crc);
+    u32le(&mut z, data.len() as u32);
+    u32le(&mut z, size as u32);
+    u16le(&mut z, name.len() as u16);
+    u16le(&mut z, 0);
+    z.extend_from_slice(name);
+    z.extend_from_slice(&data);
+    // Central directory.
+    let cd = z.len() as u32;
+    u32le(&mut z, 0x0201_4b50);
+    for v in [20u16, 20, 0, 8, 0, 0x21] {
+        u16le(&mut z, v);
+    }
+    u32le(&mut z, crc);
+    u32le(&mut z, data.len() as u32);
+    u32le(&mut z, size as u32);
+    for v in [name.len() as u16, 0, 0, 0, 0] {
+        u16le(&mut z, v);
+    }
+    u32le(&mut z, 0); // external attributes
+    u32le(&mut z, 0); // local header offset
+    z.extend_from_slice(name);
+    let cd_len = z.len() as u32 - cd;
+    // End of central directory.
+    u32le(&mut z, 0x0605_4b50);
+    for v in [0u16, 0, 1, 1] {
+        u16le(&mut z, v);
+    }
+    u32le(&mut z, cd_len);
+    u32le(&mut z, cd);
+    u16le(&mut z, 0);
+    std::fs::write(path, z).unwrap();
+}
+
+/// CRC-32 (IEEE) of `n` zero bytes, bitwise: slow but only for a few MiB.
+fn crc32_of_zeros(n: u64) -> u32 {
+    let mut table = [0u32; 256];
+    for (i, t) in table.iter_mut().enumerate() {
+        let mut c = i as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+        }
+        *t = c;
+    }
+    let mut c = !0u32;
+    for _ in 0..n {
+        c = table[(c & 0xff) as usize] ^ (c >> 8);
+    }
+    !c
+}
+
+fn zip_with_cause(path: &Path, cause: &[u8]) {
+    let mut z = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    z.start_file(
+        "disconnect-cause.json",
+        zip::write::SimpleFileOptions::default(),
+    )
+    .unwrap();
+    std::io::Write::write_all(&mut z, cause).unwrap();
+    z.finish().unwrap();
+}
+
+#[test]
+fn oversized_cause_is_refused_without_reading_it_all() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bomb = tmp.path().join("bomb.zip");
+    zero_bomb(&bomb, 1 << 30, false); // 1 GiB declared and inflated
+    let started = std::time::Instant::now();
+    let e = spiced::report::read_cause_json(&bomb).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "{}: disconnect-cause.json is larger than the 16 MiB limit",
+            bomb.display()
+        )
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "stopped at the limit: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(spiced::report::cli_main(&bomb, true), spiced::exit::FAILURE);
+    assert!(summarize(&bomb)
+        .unwrap_err()
+        .to_string()
+        .contains("16 MiB limit"));
+
+    // Exactly at the limit is not "larger" (it is just not JSON here); one
+    // byte more is.
+    let limit = tmp.path().join("limit.zip");
+    let at_limit = spiced::report::MAX_CAUSE_BYTES;
+    zero_bomb(&limit, at_limit, true);
+    let raw = spiced::report::read_cause_json(&limit).unwrap();
+    assert_eq!(raw.len() as u64, at_limit);
+    zero_bomb(&limit, at_limit + 1, false);
+    let e = spiced::report::read_cause_json(&limit).unwrap_err();
+    assert!(
+        e.to_string().contains("larger than the 16 MiB limit"),
+        "{e}"
+    );
+}
+
+#[test]
+fn json_output_is_checked_and_escaped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad.zip");
+    zip_with_cause(&bad, b"{\"cause\": \"reset\", ");
+    let e = spiced::report::cause_json_for_output(&bad)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("disconnect-cause.json is not valid JSON"), "{e}");
+    assert_eq!(spiced::report::cli_main(&bad, true), spiced::exit::FAILURE);
+    // A raw ESC inside a string is not JSON either.
+    zip_with_cause(&bad, b"{\"cause\": \"\x1b[2J\"}");
+    assert_eq!(spiced::report::cli_main(&bad, true), spiced::exit::FAILURE);
+
+    // DEL and C1 (CSI) are legal raw in JSON strings: printed as \u escapes.
+    let c1 = tmp.path().join("c1.zip");
+    let text = "{\"cause\": \"a\u{9b}31m\u{7f}\",\n \"error_message\": \"\\u001b[2J\"}";
+    zip_with_cause(&c1, text.as_bytes());
+    let out = String::from_utf8(spiced::report::cause_json_for_output(&c1).unwrap()).unwrap();
+    assert_eq!(
+        out,
+        "{\"cause\": \"a\\u009b31m\\u007f\",\n \"error_message\": \"\\u001b[2J\"}\n"
+    );
+    let a: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let b: serde_json::Value = serde_json::from_str(text).unwrap();
+    assert_eq!(a, b, "same JSON value");
+
+    // The summary escapes what the file holds.
+    let s = summarize(&c1).unwrap();
+    assert!(!s.chars().any(|c| c.is_control() && c != '\n'), "{s:?}");
+    assert!(s.contains("a\\u{9b}31m\\x7f"), "{s}");
+    assert!(s.contains("\\x1b[2J"), "{s}");
+}

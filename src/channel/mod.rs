@@ -14,17 +14,9 @@ use counters::ChannelCounters;
 use std::collections::VecDeque;
 use std::time::Duration;
 
-/// Which way a message went, for captures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    ToServer,
-    ToClient,
-}
-
-/// Receives a copy of every whole message (header included) for the traffic capture.
-pub trait Tap: Send {
-    fn message(&mut self, ch: ChannelId, dir: Direction, at: Duration, bytes: &[u8]);
-}
+use crate::tap::CaptureSink;
+pub use crate::tap::Direction;
+use std::sync::Arc;
 
 /// What a channel tells the session.
 #[derive(Debug, Clone, PartialEq)]
@@ -89,7 +81,9 @@ pub struct Channel {
     out: VecDeque<(ClientMsg, Vec<u8>)>,
     events: VecDeque<ChannelEvent>,
     counters: ChannelCounters,
-    tap: Option<Box<dyn Tap>>,
+    tap: Option<Arc<dyn CaptureSink>>,
+    /// The framing negotiated at link time (for the capture tap).
+    header: HeaderKind,
 }
 
 fn secs_f64(d: Duration) -> f64 {
@@ -120,6 +114,7 @@ impl Channel {
                 ..ChannelCounters::default()
             },
             tap: None,
+            header,
         };
         if id.ty == ChannelType::Display {
             // Without it the server blocks its display worker, then drops us.
@@ -128,7 +123,8 @@ impl Channel {
         ch
     }
 
-    pub fn set_tap(&mut self, tap: Box<dyn Tap>) {
+    /// Every whole message (header included) goes to `tap` too.
+    pub fn set_tap(&mut self, tap: Arc<dyn CaptureSink>) {
         self.tap = Some(tap);
     }
 
@@ -174,8 +170,8 @@ impl Channel {
 
     fn on_frame(&mut self, frame: &Frame, now: Duration) -> Result<(), ChannelError> {
         self.counters.messages_in += 1;
-        if let Some(tap) = self.tap.as_mut() {
-            tap.message(self.id, Direction::ToClient, now, &frame.bytes);
+        if let Some(tap) = &self.tap {
+            tap.message(self.id, Direction::ToClient, now, self.header, &frame.bytes);
         }
         if let Some(k) = self.last_keepalive {
             if now.saturating_sub(k) <= KEEPALIVE_REPLY_WINDOW
@@ -299,8 +295,8 @@ impl Channel {
         self.counters.messages_out += 1;
         self.counters.last_send_ts_secs = Some(secs_f64(now));
         self.idle.on_traffic(now);
-        if let Some(tap) = self.tap.as_mut() {
-            tap.message(self.id, Direction::ToServer, now, &bytes);
+        if let Some(tap) = &self.tap {
+            tap.message(self.id, Direction::ToServer, now, self.header, &bytes);
         }
         Some(bytes)
     }

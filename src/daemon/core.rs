@@ -11,7 +11,6 @@
 use super::idle_cut::IdleCuts;
 use crate::config::Config;
 use crate::failure::{Cause, Failure};
-use crate::link::error::shown_host;
 use crate::link::TlsSetup;
 use crate::reconnect::{Action, Input as SupInput, Now, State, Supervisor, TicketInfo};
 use crate::report::{Facts, ReportJob, Reporter};
@@ -102,8 +101,11 @@ pub enum Effect {
     ReadVv {
         origin: Origin,
     },
-    /// Run `refresh_command` off the loop; answer with `Input::Loaded`.
-    RunRefresh,
+    /// Run `refresh_command` off the loop; answer with `Input::Loaded`. Its
+    /// stderr is scrubbed of `secrets` before it reaches a log line.
+    RunRefresh {
+        secrets: Vec<crate::secret::Secret>,
+    },
     /// Write a disconnect report off the loop; answer with `Input::ReportDone`.
     WriteReport(Box<ReportJob>),
     Notify(Notice),
@@ -354,7 +356,7 @@ impl DaemonCore {
         info!(
             "{}: new connection settings for {}",
             origin.describe(),
-            shown_host(&loaded.settings.host, loaded.settings.password.as_ref())
+            loaded.settings.shown_host()
         );
         let ticket = TicketInfo::from_settings(&loaded.settings);
         self.settings = Arc::new(loaded.settings);
@@ -576,7 +578,8 @@ impl DaemonCore {
                     if !self.refreshing {
                         self.refreshing = true;
                         info!("running reconnect.refresh_command for a fresh ticket");
-                        self.effects.push_back(Effect::RunRefresh);
+                        let secrets = crate::secret::secrets(&self.settings, &self.config);
+                        self.effects.push_back(Effect::RunRefresh { secrets });
                     }
                 }
                 Action::GiveUp(reason) => {
@@ -601,7 +604,7 @@ impl DaemonCore {
     fn connect(&mut self, attempt: u32, now: Now) {
         self.stop_running();
         self.generation += 1;
-        let host = shown_host(&self.settings.host, self.settings.password.as_ref());
+        let host = self.settings.shown_host();
         if attempt > 0 {
             info!("reconnect attempt {attempt} (session {})", self.generation);
             self.status_line(format!("reconnecting to {host} (attempt {attempt})"));
@@ -663,7 +666,7 @@ impl DaemonCore {
                     ChanState::Lost(w) | ChanState::Down(w) => Some(format!("{c} ({w})")),
                 })
                 .collect();
-            let host = shown_host(&self.settings.host, self.settings.password.as_ref());
+            let host = self.settings.shown_host();
             s = if run.channels.is_empty() {
                 format!("connected to {host}: linking channels")
             } else if down.is_empty() {

@@ -6,13 +6,14 @@ use super::core::{Loaded, Signal};
 use crate::config::Config;
 use crate::link::{Connector, TlsSetup, TransportConnector};
 use crate::report::{LogRing, ReportJob, SharedCapture};
+use crate::secret::Secret;
 use crate::systemd::{Notifier, SdNotify};
 use crate::vv::{self, ConnectionSettings};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
@@ -33,7 +34,7 @@ pub type WriteReport =
     Arc<dyn Fn(ReportJob, Option<SharedCapture>) -> Result<PathBuf, String> + Send + Sync>;
 pub type RefreshFuture = Pin<Box<dyn Future<Output = Result<Loaded, String>> + Send>>;
 /// Runs the refresh command; its stdout is a fresh .vv.
-pub type Refresh = Arc<dyn Fn(Arc<Config>) -> RefreshFuture + Send + Sync>;
+pub type Refresh = Arc<dyn Fn(Arc<Config>, Vec<Secret>) -> RefreshFuture + Send + Sync>;
 
 pub struct Env {
     pub notifier: Arc<dyn Notifier>,
@@ -65,7 +66,7 @@ impl Env {
                 crate::report::write_report(&dir, &cfg, &input, SystemTime::now())
                     .map_err(|e| e.to_string())
             }),
-            refresh: Arc::new(|config| Box::pin(refresh(config))),
+            refresh: Arc::new(|config, secrets| Box::pin(refresh(config, secrets))),
             stamp: file_stamp,
         }
     }
@@ -95,10 +96,10 @@ fn tls_setup(
     TlsSetup::new(s, &config.tls).map(|t| Some(Arc::new(t)))
 }
 
-async fn refresh(config: Arc<Config>) -> Result<Loaded, String> {
+async fn refresh(config: Arc<Config>, secrets: Vec<Secret>) -> Result<Loaded, String> {
     let argv = config.reconnect.refresh_command.clone();
     let timeout = crate::time::secs(config.reconnect.refresh_timeout_secs);
-    let parsed = run_refresh(argv, timeout).await?;
+    let parsed = crate::refresh::run(argv, timeout, secrets).await?;
     let cfg = config.clone();
     let tls =
         tokio::task::spawn_blocking(move || tls_setup(&parsed.settings, &cfg).map(|t| (parsed, t)))
@@ -110,51 +111,6 @@ async fn refresh(config: Arc<Config>) -> Result<Loaded, String> {
         warnings: parsed.warnings,
         tls,
     })
-}
-
-/// Runs the refresh command; its stdout is a fresh .vv.
-async fn run_refresh(argv: Vec<String>, timeout: Duration) -> Result<vv::Parsed, String> {
-    let Some((prog, args)) = argv.split_first() else {
-        return Err("reconnect.refresh_command is empty".into());
-    };
-    let child = tokio::process::Command::new(prog)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("refresh command {prog}: cannot start: {e}"))?;
-    let out = match tokio::time::timeout(timeout, child.wait_with_output()).await {
-        Ok(Ok(o)) => o,
-        Ok(Err(e)) => return Err(format!("refresh command {prog}: {e}")),
-        Err(_) => {
-            return Err(format!(
-                "refresh command {prog} did not finish within {:.0} s (killed)",
-                timeout.as_secs_f64()
-            ))
-        }
-    };
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let first = err
-            .lines()
-            .next()
-            .unwrap_or("")
-            .chars()
-            .take(200)
-            .collect::<String>();
-        return Err(format!(
-            "refresh command {prog} failed ({}): {first}",
-            out.status
-        ));
-    }
-    if out.stdout.len() > vv::MAX_FILE_BYTES {
-        return Err(format!(
-            "refresh command {prog}: output larger than a .vv file may be"
-        ));
-    }
-    vv::parse(&out.stdout, "refresh_command output").map_err(|e| e.to_string())
 }
 
 fn file_stamp(p: &Path) -> Option<Stamp> {

@@ -243,8 +243,8 @@ impl Shell {
                     let _ = tx.send(Msg::Loaded(origin, r));
                 });
             }
-            Effect::RunRefresh => {
-                let fut = (self.env.refresh)(self.config.clone());
+            Effect::RunRefresh { secrets } => {
+                let fut = (self.env.refresh)(self.config.clone(), secrets);
                 let tx = self.tx.clone();
                 tokio::spawn(async move {
                     let r = fut.await.map(Box::new);
@@ -289,7 +289,9 @@ impl Shell {
             connector: (self.env.connector)(settings.clone(), config.clone(), tls),
             settings,
             config,
-            capture: capture.clone().map(|c| c as Arc<dyn session::CaptureSink>),
+            capture: capture
+                .clone()
+                .map(|c| c as Arc<dyn crate::tap::CaptureSink>),
             start: Instant::now(),
             start_unix: crate::time::unix_now(),
         };

@@ -101,7 +101,7 @@ impl H {
                 }
                 Effect::StopSession { generation, how } => format!("stop {generation} {how:?}"),
                 Effect::ReadVv { origin } => format!("read {origin:?}"),
-                Effect::RunRefresh => "refresh".into(),
+                Effect::RunRefresh { .. } => "refresh".into(),
                 Effect::WriteReport(j) => format!("report {} {}", j.cause.channel, j.cause.cause),
                 Effect::Notify(Notice::Status(s)) => format!("status {s}"),
                 Effect::Notify(n) => format!("{n:?}"),

@@ -13,6 +13,25 @@ use std::time::Duration;
 
 use crate::secret::Secret;
 
+/// How a [`TransportError`] should be handled: what the operator (or the
+/// supervisor) can do about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportClass {
+    /// Network trouble (or a proxy 5xx): the same settings may work a moment later.
+    Network,
+    /// The .vv/config cannot work (bad proxy URL, CA, host-subject, a proxy 4xx
+    /// policy refusal): exit 78.
+    Config,
+    /// The server certificate was refused (CA, name, host-subject): exit 78.
+    TlsVerification,
+    /// The proxy refused the ticket carried in the CONNECT target (Proxmox's
+    /// spiceproxy answers 401/403 to an expired one): handled like link result
+    /// PERMISSION_DENIED, only a fresh ticket helps.
+    TicketRefused,
+    /// The proxy wants (other) credentials (407): a configuration problem, exit 78.
+    ProxyAuth,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TransportError {
     /// The .vv `proxy=` value cannot be used (reason never holds credentials).
@@ -21,6 +40,9 @@ pub enum TransportError {
     BadHostSubject { reason: String },
     /// The .vv `ca=` (or the system roots) cannot be used.
     BadCa(String),
+    /// The target host cannot be sent (control characters would split the
+    /// CONNECT request). `reason` never quotes the host.
+    BadTarget { reason: String },
     /// Name resolution failed (`proxy`: it was the proxy's name).
     Resolve {
         host: String,
@@ -77,7 +99,9 @@ impl TransportError {
     pub fn cause(&self) -> &'static str {
         use TransportError::*;
         match self {
-            BadProxyUrl { .. } | BadHostSubject { .. } | BadCa(_) => "config_error",
+            BadProxyUrl { .. } | BadHostSubject { .. } | BadCa(_) | BadTarget { .. } => {
+                "config_error"
+            }
             Resolve { .. } => "dns",
             Connect {
                 kind: ErrorKind::ConnectionRefused,
@@ -108,16 +132,24 @@ impl TransportError {
         kind.map(|k| format!("{k:?}"))
     }
 
-    /// True when the same settings may well work a moment later (network trouble);
-    /// false when only a changed .vv/config/certificate can help.
-    pub fn is_transient(&self) -> bool {
+    /// How to handle this error; see [`TransportClass`].
+    pub fn class(&self) -> TransportClass {
         use TransportError::*;
         match self {
-            BadProxyUrl { .. } | BadHostSubject { .. } | BadCa(_) => false,
-            CertVerify(_) | HostSubjectMismatch { .. } => false,
-            // 5xx: the proxy could not reach the server (or is overloaded);
-            // 4xx: refused by policy or authentication, retrying will not change it.
-            ProxyStatus { status, .. } => *status >= 500,
+            BadProxyUrl { .. } | BadHostSubject { .. } | BadCa(_) | BadTarget { .. } => {
+                TransportClass::Config
+            }
+            CertVerify(_) | HostSubjectMismatch { .. } => TransportClass::TlsVerification,
+            ProxyStatus { status, .. } => match status {
+                407 => TransportClass::ProxyAuth,
+                // Proxmox puts the ticket in the CONNECT target; spiceproxy
+                // answers a dead one with 401.
+                401 | 403 => TransportClass::TicketRefused,
+                // The proxy could not reach the server, or is overloaded.
+                500.. => TransportClass::Network,
+                // Any other refusal is policy: retrying will not change it.
+                _ => TransportClass::Config,
+            },
             Resolve { .. }
             | Connect { .. }
             | ProxyConnect { .. }
@@ -125,8 +157,14 @@ impl TransportError {
             | ProxyTimeout { .. }
             | Timeout { .. }
             | TlsHandshake { .. }
-            | Io { .. } => true,
+            | Io { .. } => TransportClass::Network,
         }
+    }
+
+    /// True when the same settings may well work a moment later (network trouble);
+    /// false when only a changed .vv/config/certificate/ticket can help.
+    pub fn is_transient(&self) -> bool {
+        self.class() == TransportClass::Network
     }
 }
 
@@ -150,6 +188,7 @@ impl fmt::Display for TransportError {
             BadProxyUrl { reason } => write!(f, "bad proxy URL in the .vv: {reason}"),
             BadHostSubject { reason } => write!(f, "bad host-subject in the .vv: {reason}"),
             BadCa(detail) => write!(f, "unusable CA certificates: {detail}"),
+            BadTarget { reason } => write!(f, "bad host in the .vv: {reason}"),
             Resolve {
                 host,
                 proxy,
@@ -173,11 +212,25 @@ impl fmt::Display for TransportError {
                 proxy,
                 target,
                 status_line,
-                ..
-            } => write!(
-                f,
-                "proxy {proxy} answered `{status_line}` to CONNECT {target}"
-            ),
+                status,
+            } => {
+                write!(
+                    f,
+                    "proxy {proxy} answered `{status_line}` to CONNECT {target}"
+                )?;
+                match status {
+                    // Said plainly: the status line's reason phrase may be anything.
+                    407 => f.write_str(
+                        ": proxy authentication required (check the .vv proxy= credentials)",
+                    ),
+                    // Only Proxmox's spiceproxy carries a ticket in the target;
+                    // other proxies answer 403 to a forbidden port, say.
+                    401 | 403 if target.starts_with("pvespiceproxy:") => {
+                        f.write_str(": the ticket was refused")
+                    }
+                    _ => Ok(()),
+                }
+            }
             ProxyBadResponse {
                 proxy,
                 target,
@@ -280,15 +333,104 @@ mod tests {
         assert_eq!(e.io_kind().as_deref(), Some("TimedOut"));
     }
 
+    fn proxy_status(status: u16, line: &str) -> TransportError {
+        TransportError::ProxyStatus {
+            proxy: "p:3128".into(),
+            target: "pvespiceproxy:...:61000".into(),
+            status,
+            status_line: format!("HTTP/1.1 {status} {line}"),
+        }
+    }
+
     #[test]
     fn proxy_4xx_is_permanent() {
-        let e = TransportError::ProxyStatus {
-            proxy: "p:3128".into(),
-            target: "h:1".into(),
-            status: 407,
-            status_line: "HTTP/1.1 407 Proxy Authentication Required".into(),
-        };
+        let e = proxy_status(407, "Proxy Authentication Required");
         assert!(!e.is_transient());
+    }
+
+    #[test]
+    fn proxy_status_classes() {
+        let e = proxy_status(407, "Whatever");
+        assert_eq!(e.class(), TransportClass::ProxyAuth);
+        assert!(
+            e.to_string().contains("proxy authentication required"),
+            "{e}"
+        );
+        for s in [401, 403] {
+            let e = proxy_status(s, "Unauthorized");
+            assert_eq!(e.class(), TransportClass::TicketRefused, "{s}");
+            assert!(!e.is_transient());
+            assert!(e.to_string().ends_with("the ticket was refused"), "{e}");
+            // Not a Proxmox target: no ticket talk, same class.
+            let e = TransportError::ProxyStatus {
+                proxy: "p:3128".into(),
+                target: "127.0.0.1:5900".into(),
+                status: s,
+                status_line: format!("HTTP/1.1 {s} Access violation"),
+            };
+            assert_eq!(e.class(), TransportClass::TicketRefused, "{s}");
+            assert!(!e.to_string().contains("ticket"), "{e}");
+        }
+        for s in [500, 502, 503, 504, 599] {
+            let e = proxy_status(s, "Bad Gateway");
+            assert_eq!(e.class(), TransportClass::Network, "{s}");
+            assert!(e.is_transient());
+        }
+        for s in [400, 404, 405, 418, 499, 300, 101] {
+            let e = proxy_status(s, "Nope");
+            assert_eq!(e.class(), TransportClass::Config, "{s}");
+            assert!(!e.is_transient());
+        }
+    }
+
+    #[test]
+    fn other_classes() {
+        use TransportClass as C;
+        let table = [
+            (
+                TransportError::BadProxyUrl { reason: "x".into() },
+                C::Config,
+            ),
+            (
+                TransportError::BadHostSubject { reason: "x".into() },
+                C::Config,
+            ),
+            (TransportError::BadCa("x".into()), C::Config),
+            (TransportError::BadTarget { reason: "x".into() }, C::Config),
+            (TransportError::CertVerify("x".into()), C::TlsVerification),
+            (
+                TransportError::HostSubjectMismatch {
+                    expected: "a".into(),
+                    found: "b".into(),
+                },
+                C::TlsVerification,
+            ),
+            (
+                TransportError::ProxyConnect {
+                    proxy: "p".into(),
+                    kind: ErrorKind::ConnectionRefused,
+                },
+                C::Network,
+            ),
+            (
+                TransportError::Timeout {
+                    stage: "x".into(),
+                    after: Duration::from_secs(1),
+                },
+                C::Network,
+            ),
+            (
+                TransportError::TlsHandshake {
+                    detail: "x".into(),
+                    kind: None,
+                },
+                C::Network,
+            ),
+        ];
+        for (e, class) in table {
+            assert_eq!(e.class(), class, "{e}");
+            assert_eq!(e.is_transient(), class == C::Network, "{e}");
+        }
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! reply, auth mechanism, encrypted ticket, link result. The bytes come from
 //! `wire::link`; this module only moves them, bounded by the caller's timeout.
 
-use crate::channel::Direction;
 use crate::secret::Secret;
+use crate::tap::Direction;
 use crate::ticket::{self, TicketError};
 use crate::wire::frame::HeaderKind;
 use crate::wire::link::{
@@ -19,12 +19,7 @@ pub mod channel_cap {
     pub const MAIN_NAME_AND_UUID: u32 = 1;
 }
 
-/// What a link record is, for the traffic capture (the ticket must never be kept).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LinkRecord {
-    Link,
-    Ticket,
-}
+pub use crate::tap::LinkRecord;
 
 /// Receives the link-stage bytes for the capture.
 pub type LinkTap<'a> = &'a mut (dyn FnMut(Direction, LinkRecord, &[u8]) + Send);
@@ -55,6 +50,18 @@ impl std::fmt::Display for LinkError {
                 f.write_str("server requires an auth mechanism spiced does not support (SASL)")
             }
         }
+    }
+}
+
+impl LinkError {
+    /// True when only changed settings can help (exit 78, never retried): a
+    /// password longer than spice-server accepts, or a server that offers no
+    /// auth mechanism spiced speaks. Retrying the same .vv cannot succeed.
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            LinkError::Ticket(TicketError::PasswordTooLong(_)) | LinkError::NoSupportedAuth
+        )
     }
 }
 
@@ -291,9 +298,23 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(e, LinkError::NoSupportedAuth));
+        assert!(e.is_config());
         let e = link_main(canned(b"HTTP/1.1 400 Bad Request\r\n\r\n".to_vec()))
             .await
             .unwrap_err();
         assert!(matches!(e, LinkError::Wire(WireError::BadMagic(_))));
+        assert!(!e.is_config());
+    }
+
+    #[test]
+    fn too_long_password_is_a_configuration_problem() {
+        assert!(LinkError::Ticket(TicketError::PasswordTooLong(60)).is_config());
+        assert!(LinkError::NoSupportedAuth.is_config());
+        // The server's key or the network are not the operator's settings.
+        assert!(!LinkError::Ticket(TicketError::BadServerKey).is_config());
+        assert!(!LinkError::Ticket(TicketError::Encrypt).is_config());
+        assert!(!LinkError::Refused(LinkErrorCode::PermissionDenied).is_config());
+        let eof = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+        assert!(!LinkError::Io(eof).is_config());
     }
 }

@@ -12,6 +12,6 @@ pub mod tls;
 pub mod transport;
 
 pub use connector::{ConnectFuture, Connector, TransportConnector};
-pub use error::TransportError;
+pub use error::{TransportClass, TransportError};
 pub use tls::TlsSetup;
 pub use transport::{connect, Io, Stream, Target};

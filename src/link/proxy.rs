@@ -56,9 +56,8 @@ fn bad(reason: impl Into<String>) -> TransportError {
 impl ProxyUrl {
     pub fn parse(url: &str) -> Result<ProxyUrl, TransportError> {
         let url = url.trim();
-        let rest = match url.find("://") {
-            Some(i) => {
-                let scheme = &url[..i];
+        let rest = match split_scheme(url) {
+            (Some(scheme), rest) => {
                 if !scheme.eq_ignore_ascii_case("http") {
                     // The scheme never holds credentials, so it may be quoted.
                     let shown: String = scheme.chars().take(16).collect();
@@ -66,24 +65,29 @@ impl ProxyUrl {
                         "scheme `{shown}` is not supported (only http://)"
                     )));
                 }
-                &url[i + 3..]
+                rest
             }
-            None => url,
+            (None, rest) => rest,
         };
-        let rest = rest.trim_end_matches('/');
-        if rest.contains('/') || rest.contains('?') || rest.contains('#') {
+        // The credentials end at the LAST `@`: people write passwords with `/`,
+        // `@`, `:` unencoded, and `/` in a password must not read as a path.
+        let (userinfo, hostport) = match rest.rfind('@') {
+            Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
+            None => (None, rest),
+        };
+        let hostport = hostport.trim_end_matches('/');
+        if hostport.contains('/') || hostport.contains('?') || hostport.contains('#') {
             return Err(bad("a proxy URL has no path"));
         }
-        let (user, password, hostport) = match rest.rfind('@') {
-            Some(at) => {
-                let (userinfo, hp) = (&rest[..at], &rest[at + 1..]);
+        let (user, password, hostport) = match userinfo {
+            Some(userinfo) => {
                 let (u, p) = match userinfo.split_once(':') {
                     Some((u, p)) => (u, Some(Secret::new(p))),
                     None => (userinfo, None),
                 };
-                (Some(u.to_string()), p, hp)
+                (Some(u.to_string()), p, hostport)
             }
-            None => (None, None, rest),
+            None => (None, None, hostport),
         };
         let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
             let (h, after) = v6
@@ -128,6 +132,30 @@ impl ProxyUrl {
     }
 }
 
+/// `scheme://rest` → `(Some(scheme), rest)`; no scheme → `(None, url)`. Only
+/// RFC 3986 scheme characters count, so a `://` inside credentials
+/// (`u:pa://x@proxy`) is not taken for a scheme (and never quoted as one).
+pub fn split_scheme(url: &str) -> (Option<&str>, &str) {
+    match url.find("://") {
+        Some(i)
+            if i > 0
+                && url[..i]
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.')) =>
+        {
+            (Some(&url[..i]), &url[i + 3..])
+        }
+        _ => (None, url),
+    }
+}
+
+/// The `user[:password]` part of a proxy URL, as [`ProxyUrl::parse`] reads it:
+/// everything before the last `@` after the scheme. `None` without credentials.
+pub fn userinfo(url: &str) -> Option<&str> {
+    let (_, rest) = split_scheme(url.trim());
+    rest.rfind('@').map(|at| &rest[..at])
+}
+
 /// `host:port` with an IPv6 literal bracketed (as CONNECT and Host need it).
 pub fn authority(host: &str, port: u16) -> String {
     if host.parse::<std::net::Ipv6Addr>().is_ok() {
@@ -138,7 +166,16 @@ pub fn authority(host: &str, port: u16) -> String {
 }
 
 /// The CONNECT request for `host:port`, with Basic credentials if the URL had any.
-pub fn connect_request(proxy: &ProxyUrl, host: &str, port: u16) -> Vec<u8> {
+/// A host with control characters is refused, never sent: a CR/LF would end the
+/// request line and let the .vv inject headers (the .vv parser refuses such hosts
+/// too; this is defence in depth). The error never quotes the host, which may
+/// embed a ticket.
+pub fn connect_request(proxy: &ProxyUrl, host: &str, port: u16) -> Result<Vec<u8>, TransportError> {
+    if host.chars().any(char::is_control) {
+        return Err(TransportError::BadTarget {
+            reason: "the host contains control characters".into(),
+        });
+    }
     let target = authority(host, port);
     let mut req = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
     if let Some(user) = &proxy.user {
@@ -149,7 +186,7 @@ pub fn connect_request(proxy: &ProxyUrl, host: &str, port: u16) -> Vec<u8> {
         req.push_str("\r\n");
     }
     req.push_str("\r\n");
-    req.into_bytes()
+    Ok(req.into_bytes())
 }
 
 /// Standard base64 with padding (RFC 4648), enough for one header.
@@ -293,7 +330,7 @@ where
         stage: format!("{stage} proxy {proxy_name}"),
         kind: e.kind(),
     };
-    let req = connect_request(proxy, host, port);
+    let req = connect_request(proxy, host, port)?;
     tokio::time::timeout_at(deadline, stream.write_all(&req))
         .await
         .map_err(|_| timeout())?
@@ -479,12 +516,12 @@ mod tests {
     #[test]
     fn connect_request_is_verbatim() {
         let p = ProxyUrl::parse("http://proxy:3128").unwrap();
-        let r = connect_request(&p, "pvespiceproxy:abc:100:node1::def", 61000);
+        let r = connect_request(&p, "pvespiceproxy:abc:100:node1::def", 61000).unwrap();
         assert_eq!(
             String::from_utf8(r).unwrap(),
             "CONNECT pvespiceproxy:abc:100:node1::def:61000 HTTP/1.1\r\nHost: pvespiceproxy:abc:100:node1::def:61000\r\n\r\n"
         );
-        let r = connect_request(&p, "::1", 5900);
+        let r = connect_request(&p, "::1", 5900).unwrap();
         assert!(String::from_utf8(r)
             .unwrap()
             .starts_with("CONNECT [::1]:5900 HTTP/1.1\r\n"));
@@ -493,8 +530,51 @@ mod tests {
     #[test]
     fn connect_request_with_basic_auth() {
         let p = ProxyUrl::parse("http://Aladdin:open sesame@proxy").unwrap();
-        let r = String::from_utf8(connect_request(&p, "h", 1)).unwrap();
+        let r = String::from_utf8(connect_request(&p, "h", 1).unwrap()).unwrap();
         assert!(r.contains("\r\nProxy-Authorization: Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==\r\n\r\n"));
+    }
+
+    #[test]
+    fn connect_request_refuses_control_characters() {
+        let p = ProxyUrl::parse("http://proxy:3128").unwrap();
+        for host in [
+            "h\r\nX-Injected: 1",
+            "h\n",
+            "h\r",
+            "pvespiceproxy:t\0",
+            "h\t",
+            "h\x7f",
+            "h\u{85}",
+        ] {
+            let e = connect_request(&p, host, 1).unwrap_err();
+            assert!(matches!(e, TransportError::BadTarget { .. }), "{host:?}");
+            assert!(!e.to_string().contains("pvespiceproxy"), "{e}");
+            assert!(!e.is_transient());
+        }
+    }
+
+    #[test]
+    fn credentials_with_scheme_separator_are_not_a_scheme() {
+        let u = ProxyUrl::parse("u:pa://x@proxy").unwrap();
+        assert_eq!(u.user.as_deref(), Some("u"));
+        assert_eq!(u.password.as_ref().map(Secret::expose), Some("pa://x"));
+        assert_eq!(u.host, "proxy");
+        assert_eq!(userinfo("http://a:b@c@h:1"), Some("a:b@c"));
+        assert_eq!(userinfo("h:1"), None);
+        assert_eq!(split_scheme("HTTP://h"), (Some("HTTP"), "h"));
+        assert_eq!(split_scheme("://h"), (None, "://h"));
+    }
+
+    #[test]
+    fn url_password_may_hold_slash_and_at() {
+        let u = ProxyUrl::parse("http://alice:pa/ss@proxy:3128").unwrap();
+        assert_eq!(u.user.as_deref(), Some("alice"));
+        assert_eq!(u.password.as_ref().map(Secret::expose), Some("pa/ss"));
+        assert_eq!((u.host.as_str(), u.port), ("proxy", 3128));
+        let u = ProxyUrl::parse("bob:p@ss/x@[::1]:8/").unwrap();
+        assert_eq!(u.user.as_deref(), Some("bob"));
+        assert_eq!(u.password.as_ref().map(Secret::expose), Some("p@ss/x"));
+        assert_eq!((u.host.as_str(), u.port), ("::1", 8));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! [`Backoff`] (one per disconnect cluster) for the next delay and never computes
 //! one itself.
 
-use crate::config::ReconnectConfig;
+use crate::config::{MaxAttempts, ReconnectConfig};
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use std::time::Duration;
 
@@ -17,7 +17,8 @@ const MAX_DELAY: Duration = Duration::from_secs(86_400 * 366);
 pub struct ReconnectPolicy {
     builder: ExponentialBuilder,
     enabled: bool,
-    max_attempts: u32,
+    /// Attempts per cluster; `None`: unlimited (0 when reconnecting is disabled).
+    max_attempts: Option<u32>,
     takeover_delay: Duration,
     cluster_window: Duration,
 }
@@ -27,7 +28,11 @@ impl ReconnectPolicy {
         let max_delay = secs(cfg.max_delay_secs);
         // backon never caps the first delay, so cap it here.
         let first = secs(cfg.initial_delay_secs).min(max_delay);
-        let attempts = if cfg.enabled { cfg.max_attempts } else { 0 };
+        let attempts = match (cfg.enabled, cfg.max_attempts) {
+            (false, _) => Some(0),
+            (true, MaxAttempts::Limited(n)) => Some(n),
+            (true, MaxAttempts::Unlimited) => None,
+        };
         let factor = if cfg.factor.is_finite() && cfg.factor >= 1.0 {
             cfg.factor as f32
         } else {
@@ -36,8 +41,13 @@ impl ReconnectPolicy {
         let mut builder = ExponentialBuilder::new()
             .with_min_delay(first)
             .with_max_delay(max_delay)
-            .with_factor(factor)
-            .with_max_times(attempts as usize);
+            .with_factor(factor);
+        // The supervisor counts attempts against `budget`; backon only stops a
+        // limited sequence (an unlimited one keeps yielding max_delay).
+        builder = match attempts {
+            Some(n) => builder.with_max_times(n as usize),
+            None => builder.without_max_times(),
+        };
         if cfg.jitter {
             builder = builder.with_jitter();
         }
@@ -63,9 +73,33 @@ impl ReconnectPolicy {
         self.enabled
     }
 
-    /// Attempts per disconnect cluster (0 when reconnecting is disabled).
-    pub fn max_attempts(&self) -> u32 {
+    /// Attempts per disconnect cluster as configured (`Limited(0)` when
+    /// reconnecting is disabled).
+    pub fn max_attempts(&self) -> MaxAttempts {
         self.max_attempts
+            .map_or(MaxAttempts::Unlimited, MaxAttempts::Limited)
+    }
+
+    /// The attempt budget of one cluster; `None`: unlimited. `established`: a
+    /// session has come up since start or since fresh settings were loaded. Until
+    /// then "unlimited" is the default finite budget (autossh's gate), so a wrong
+    /// port or a bad ticket is not retried forever.
+    pub fn budget(&self, established: bool) -> Option<u32> {
+        match self.max_attempts {
+            Some(n) => Some(n),
+            None if established => None,
+            None => Some(self.finite_budget()),
+        }
+    }
+
+    /// A finite attempt count: the configured one, or the default for
+    /// "unlimited". Bounds what must stay bounded (refresh runs per window).
+    pub fn finite_budget(&self) -> u32 {
+        match (self.max_attempts, MaxAttempts::DEFAULT) {
+            (Some(n), _) => n,
+            (None, MaxAttempts::Limited(d)) => d,
+            (None, MaxAttempts::Unlimited) => 3,
+        }
     }
 
     /// The least delay before reclaiming a session another client took over.
@@ -78,10 +112,14 @@ impl ReconnectPolicy {
         self.cluster_window
     }
 
-    /// The whole delay schedule of one cluster (with jitter: one random draw).
-    /// For logs, `--check` output and docs.
+    /// The delay schedule of one cluster (with jitter: one random draw); for
+    /// "unlimited" its first [`finite_budget`](Self::finite_budget) delays (the
+    /// rest repeat max_delay_secs). For logs, `--check` output and docs.
     pub fn schedule(&self) -> Vec<Duration> {
-        self.builder.build().collect()
+        self.builder
+            .build()
+            .take(self.finite_budget() as usize)
+            .collect()
     }
 }
 

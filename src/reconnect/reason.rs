@@ -20,7 +20,9 @@ pub enum GiveUpReason {
     TicketExpired { valid_until: i64 },
     /// The server answered PERMISSION_DENIED (exit 77).
     TicketRejected,
-    /// Link result 2/3/4: a protocol error, i.e. a bug on one side (exit 1).
+    /// A protocol error, i.e. a bug on one side (exit 1): link result 2/3/4
+    /// (`code`), or a malformed message after the link (oversized, bad magic),
+    /// which has no link result (`None`).
     ProtocolError { code: Option<u32> },
     /// The server certificate failed verification (CA, host name/subject) (exit 78).
     TlsVerification,
@@ -76,7 +78,9 @@ impl std::fmt::Display for GiveUpReason {
             GiveUpReason::TicketExpired { valid_until } => {
                 write!(f, " (ticket valid until {})", format_unix_utc(*valid_until))
             }
-            GiveUpReason::ProtocolError { code: Some(code) } => write!(f, " (link result {code})"),
+            GiveUpReason::ProtocolError { code: Some(code) } => {
+                write!(f, " (link result {code})")
+            }
             _ => Ok(()),
         }
     }

@@ -57,7 +57,8 @@ pub enum FailClass {
     BadConnectionId,
     /// Link result 7 PERMISSION_DENIED: the ticket is dead for good.
     PermissionDenied,
-    /// Link result 2/3/4 (error, invalid magic, invalid data): a bug, stop.
+    /// Link result 2/3/4 (error, invalid magic, invalid data), or `None`: a
+    /// malformed message outside the link (no link result). A bug: stop.
     Protocol { code: Option<u32> },
     /// Certificate verification failed: bad CA, name or host-subject mismatch.
     TlsVerification,
@@ -253,6 +254,9 @@ pub struct Supervisor {
     refresh_runs: VecDeque<Instant>,
     /// A Reload arrived during a connect attempt: its failure gets a fresh try.
     reload_pending: bool,
+    /// A session came up with the current settings (since start or the last
+    /// Reload): opens the gate of max_attempts = "unlimited".
+    established: bool,
     connects: u32,
     /// The last time seen, to map wall-clock deadlines onto the monotonic clock.
     clock: Option<Now>,
@@ -279,6 +283,7 @@ impl Supervisor {
             suspect_close: None,
             refresh_runs: VecDeque::new(),
             reload_pending: false,
+            established: false,
             connects: 0,
             clock: None,
         }
@@ -438,6 +443,7 @@ impl Supervisor {
             return; // stale: no attempt is running
         };
         self.reload_pending = false;
+        self.established = true;
         self.ticket.used = true;
         if self.ticket.past_at_load && !self.ticket.enforce_expiry {
             out.push(Action::Warn(
@@ -663,8 +669,10 @@ impl Supervisor {
         let (t, warn) = TicketState::load(info, now.unix, Some(&self.ticket));
         self.ticket = t;
         out.extend(warn.map(Action::Warn));
-        // Fresh settings are an operator's (or broker's) word: a fresh budget.
+        // Fresh settings are an operator's (or broker's) word: a fresh budget,
+        // and the gate closes again until they have brought a session up.
         self.cluster = None;
+        self.established = false;
         self.takeover_closes.clear();
         self.suspect_close = None;
         match self.state {
@@ -749,7 +757,11 @@ impl Supervisor {
                 backoff: self.policy.backoff(),
             });
         }
+        let budget = self.policy.budget(self.established);
         let next = self.cluster.as_mut().and_then(|c| {
+            if budget.is_some_and(|b| c.backoff.used() >= b) {
+                return None;
+            }
             let d = c.backoff.next_delay()?;
             Some((c.backoff.used(), d))
         });
@@ -771,10 +783,15 @@ impl Supervisor {
                 if let Some(v) = self.ticket.still_valid(now.unix) {
                     out.push(Action::Warn(skew_warning(v)));
                 }
-                let why = format!(
-                    "{why}; all {} attempts of this disconnect cluster used",
-                    self.policy.max_attempts()
-                );
+                let used = self.cluster.as_ref().map_or(0, |c| c.backoff.used());
+                let gate = if budget.is_some() && self.policy.budget(true).is_none() {
+                    " (max_attempts = \"unlimited\" applies once a session has come up \
+                     with these settings)"
+                } else {
+                    ""
+                };
+                let why =
+                    format!("{why}; all {used} attempts of this disconnect cluster used{gate}");
                 self.give_up(exhausted, why, out);
             }
         }
@@ -815,7 +832,8 @@ impl Supervisor {
         }
     }
 
-    /// At most `max_attempts` (at least 1) refresh runs per cluster window, so a
+    /// At most `max_attempts` (at least 1; the default 3 for "unlimited") refresh
+    /// runs per cluster window, so a
     /// broker handing out bad tickets cannot drive a fast loop.
     fn refresh_allowed(&mut self, now: Now) -> bool {
         let window = self.policy.cluster_window();
@@ -826,7 +844,7 @@ impl Supervisor {
         {
             self.refresh_runs.pop_front();
         }
-        self.refresh_runs.len() < self.policy.max_attempts().max(1) as usize
+        self.refresh_runs.len() < self.policy.finite_budget().max(1) as usize
     }
 
     fn give_up(&mut self, reason: GiveUpReason, why: String, out: &mut Vec<Action>) {

@@ -2,7 +2,7 @@
 //! seconds after an arbitrary origin on both clocks (wall clock starting at `T0_UNIX`).
 
 use super::*;
-use crate::config::{OnTakeover, ReconnectConfig};
+use crate::config::{MaxAttempts, OnTakeover, ReconnectConfig};
 use crate::exit;
 use crate::wire::{ChannelId, ChannelType};
 use std::time::Duration;
@@ -172,7 +172,7 @@ fn default_policy_is_1_4_16() {
 #[test]
 fn policy_caps_delays_and_honours_disabled_and_jitter() {
     let cfg = ReconnectConfig {
-        max_attempts: 4,
+        max_attempts: MaxAttempts::Limited(4),
         max_delay_secs: 10.0,
         ..Default::default()
     };
@@ -242,6 +242,110 @@ fn retries_follow_1_4_16_then_give_up() {
     // Final: nothing more happens.
     assert!(h.poll(100.0).is_empty());
     assert!(h.reload(100.0, TicketInfo::default()).is_empty());
+}
+
+// ---- max_attempts = "unlimited" and its gate ----
+
+fn unlimited() -> H {
+    let cfg = ReconnectConfig {
+        max_attempts: MaxAttempts::Unlimited,
+        max_delay_secs: 60.0,
+        ..Default::default()
+    };
+    H::new(cfg, TicketInfo::default())
+}
+
+/// From a pending retry: runs it at its time and fails it, `n` times (or until
+/// a give-up). Returns the attempts started and the give-up, if any; `t` is
+/// the time of the last failure.
+fn fail_retries(h: &mut H, n: usize, t: &mut f64) -> (Vec<u32>, Option<GiveUpReason>) {
+    let mut started = Vec::new();
+    for _ in 0..n {
+        let (_, delay, at) = h.pending();
+        assert!(delay <= d(60.0), "capped by max_delay_secs: {delay:?}");
+        started.extend(connects(&h.poll(at)));
+        *t = at + 0.5;
+        let a = h.fail(*t, FailClass::Network);
+        if let Some(r) = gave_up(&a) {
+            let why = transitions(&a)
+                .last()
+                .map(|t| t.why.clone())
+                .unwrap_or_default();
+            assert!(why.contains("all 3 attempts"), "{why}");
+            assert!(why.contains("unlimited"), "the gate is explained: {why}");
+            return (started, Some(r));
+        }
+    }
+    (started, None)
+}
+
+#[test]
+fn unlimited_keeps_retrying_past_the_default_budget_once_a_session_was_up() {
+    let mut h = unlimited();
+    h.up(0.0);
+    h.down(10.0, false);
+    let mut t = 10.0;
+    let (started, gave) = fail_retries(&mut h, 30, &mut t);
+    assert_eq!(gave, None);
+    assert_eq!(started.len(), 30);
+    assert_eq!(&started[..5], &[1, 2, 3, 4, 5]);
+    assert_eq!(h.sup.state().name(), "pending");
+    // Long outages are retried every max_delay_secs.
+    assert_eq!(h.pending().1, d(60.0));
+}
+
+#[test]
+fn unlimited_gives_up_after_the_default_budget_if_never_connected() {
+    let mut h = unlimited();
+    assert_eq!(connects(&h.start(0.0)), vec![0]);
+    let mut t = 0.1;
+    h.fail(t, FailClass::Network);
+    let (started, gave) = fail_retries(&mut h, 10, &mut t);
+    assert_eq!(started, vec![1, 2, 3]);
+    assert_eq!(gave, Some(GiveUpReason::RetriesExhausted));
+}
+
+#[test]
+fn unlimited_gate_closes_again_on_reload() {
+    let mut h = unlimited();
+    h.up(0.0);
+    h.down(10.0, false);
+    let mut t = 10.0;
+    assert_eq!(fail_retries(&mut h, 5, &mut t).1, None);
+    // Fresh settings (SIGHUP, new .vv, refresh): until they bring a session
+    // up, a wrong port or bad ticket is not retried forever.
+    assert_eq!(connects(&h.reload(t + 1.0, TicketInfo::default())), vec![0]);
+    t += 1.5;
+    h.fail(t, FailClass::Network);
+    let (started, gave) = fail_retries(&mut h, 10, &mut t);
+    assert_eq!(started, vec![1, 2, 3]);
+    assert_eq!(gave, Some(GiveUpReason::RetriesExhausted));
+
+    // Once the new settings have brought a session up, the gate opens again.
+    let mut h = unlimited();
+    h.up(0.0);
+    h.reload(1.0, TicketInfo::default());
+    h.connected(1.5);
+    h.down(10.0, false);
+    let mut t = 10.0;
+    assert_eq!(fail_retries(&mut h, 8, &mut t).1, None);
+}
+
+#[test]
+fn unlimited_policy_budget_and_schedule() {
+    let cfg = ReconnectConfig {
+        max_attempts: MaxAttempts::Unlimited,
+        ..Default::default()
+    };
+    let p = ReconnectPolicy::from_config(&cfg);
+    assert_eq!(p.max_attempts(), MaxAttempts::Unlimited);
+    assert_eq!(p.budget(true), None);
+    assert_eq!(p.budget(false), Some(3));
+    assert_eq!(p.finite_budget(), 3);
+    // The schedule shown in logs stays finite.
+    assert_eq!(p.schedule().len(), 3);
+    let p = ReconnectPolicy::default();
+    assert_eq!((p.budget(true), p.budget(false)), (Some(3), Some(3)));
 }
 
 #[test]
@@ -608,6 +712,20 @@ fn protocol_and_tls_errors_give_up_at_once() {
     assert_eq!(r.exit_code(), exit::FAILURE);
     assert_eq!(r.to_string(), "protocol_error (link result 3)");
 
+    // A malformed message after the link (oversized, bad magic) has no link
+    // result: the line must not claim "link result 0" (0 is OK).
+    let mut h = H::default();
+    h.start(0.0);
+    let a = h.fail(0.1, FailClass::Protocol { code: None });
+    let r = gave_up(&a).expect("gave up");
+    assert_eq!(r, GiveUpReason::ProtocolError { code: None });
+    assert_eq!(r.exit_code(), exit::FAILURE);
+    assert_eq!(r.to_string(), "protocol_error");
+    assert_eq!(
+        FailClass::Protocol { code: None }.to_string(),
+        "protocol error"
+    );
+
     let mut h = H::default();
     h.up(0.0);
     h.down(10.0, false);
@@ -929,6 +1047,7 @@ fn exit_codes_follow_the_contract() {
         (GiveUpReason::TicketExpired { valid_until: 0 }, 77),
         (GiveUpReason::TicketRejected, 77),
         (GiveUpReason::ProtocolError { code: Some(2) }, 1),
+        (GiveUpReason::ProtocolError { code: None }, 1),
         (GiveUpReason::TlsVerification, 78),
         (GiveUpReason::BadConfig, 78),
     ];

@@ -112,7 +112,7 @@ impl ReportJob {
             generation: f.generation,
             cause,
             session,
-            secrets: secrets(f.settings, f.config),
+            secrets: crate::secret::secrets(f.settings, f.config),
             server_port: f.settings.port.or(f.settings.tls_port).unwrap_or(5900),
             start_unix: f.start_unix,
             uptime: f.uptime,
@@ -137,24 +137,6 @@ impl ReportJob {
             secrets: self.secrets,
         }
     }
-}
-
-/// Every string that must appear in no report.
-pub fn secrets(settings: &ConnectionSettings, config: &Config) -> Vec<Secret> {
-    let mut out: Vec<Secret> = settings.password.iter().cloned().collect();
-    if crate::link::error::shown_host(&settings.host, settings.password.as_ref()) != settings.host {
-        out.push(Secret::new(settings.host.clone()));
-    }
-    out.extend(
-        config
-            .reconnect
-            .refresh_command
-            .iter()
-            .skip(1)
-            .filter(|a| !a.is_empty())
-            .map(|a| Secret::new(a.clone())),
-    );
-    out
 }
 
 /// The config for `session.json`: the refresh command's arguments may carry a
@@ -183,7 +165,7 @@ mod tests {
             v.contains("/usr/bin/broker") && v.contains("<redacted>"),
             "{v}"
         );
-        assert!(secrets(&ConnectionSettings::default(), &c)
+        assert!(crate::secret::secrets(&ConnectionSettings::default(), &c)
             .iter()
             .any(|s| s.expose() == "--token=s3cr3t"));
     }

@@ -6,10 +6,12 @@
 //! Privacy is applied when a record is taken, so the bytes never sit in memory:
 //! the ticket block is stored as zeros, and unless `capture_input_payloads` is
 //! set, the bodies of client→server inputs messages (keystrokes) and of main
-//! AGENT_DATA messages (clipboard) are zeroed, their 6-byte mini headers kept.
+//! AGENT_DATA messages (clipboard) are zeroed, their headers kept (the 6-byte
+//! mini header, or the 18-byte full header of a server without MINI_HEADER).
 
 use super::pcap::{write_pcap, PcapStream};
 use crate::config::ReportConfig;
+use crate::wire::frame::HeaderKind;
 use crate::wire::{ChannelId, ChannelType};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -32,7 +34,8 @@ const MAX_STREAMS: usize = 64;
 const FIRST_CLIENT_PORT: u16 = 40_000;
 
 /// The same direction type the channel state machine uses.
-pub use crate::channel::Direction;
+pub use crate::tap::Direction;
+use crate::tap::LinkRecord;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecordKind {
@@ -42,7 +45,8 @@ pub enum RecordKind {
     Link,
     /// The client's encrypted ticket block: only its length is kept (zeros).
     LinkTicket,
-    /// One whole mini-header message (6-byte header + body) as on the wire.
+    /// One whole mini-header message (6-byte header + body) as on the wire
+    /// (a full-header message is recorded with [`Capture::record_message`]).
     Message,
 }
 
@@ -138,12 +142,39 @@ impl Capture {
     }
 
     /// Records `bytes` seen on `ch` at `at` (time since the session started).
+    /// A `Message` is taken to have the mini header; see [`Capture::record_message`].
     pub fn record(
         &mut self,
         ch: ChannelId,
         dir: Direction,
         at: Duration,
         kind: RecordKind,
+        bytes: &[u8],
+    ) {
+        self.record_with(ch, dir, at, kind, HeaderKind::Mini, bytes);
+    }
+
+    /// Records one whole message framed with `header` (mini, or the full 18-byte
+    /// header of a server without MINI_HEADER): the privacy filter reads the
+    /// type and blanks the body at that header's offsets.
+    pub fn record_message(
+        &mut self,
+        ch: ChannelId,
+        dir: Direction,
+        at: Duration,
+        header: HeaderKind,
+        bytes: &[u8],
+    ) {
+        self.record_with(ch, dir, at, RecordKind::Message, header, bytes);
+    }
+
+    fn record_with(
+        &mut self,
+        ch: ChannelId,
+        dir: Direction,
+        at: Duration,
+        kind: RecordKind,
+        header: HeaderKind,
         bytes: &[u8],
     ) {
         if !self.is_enabled() || bytes.is_empty() {
@@ -174,8 +205,8 @@ impl Capture {
                     self.dropped += 1;
                 } else {
                     let mut data = bytes.to_vec();
-                    if !self.keep_payloads && is_private(ch, dir, &data) {
-                        data[MINI_HEADER_LEN..].fill(0);
+                    if !self.keep_payloads && is_private(ch, dir, header, &data) {
+                        data[header.header_len()..].fill(0);
                     }
                     self.ring_bytes += data.len();
                     self.ring.push_back(Entry {
@@ -339,12 +370,18 @@ impl Capture {
 }
 
 /// Keystrokes (everything the client sends on inputs) and agent data (clipboard,
-/// file transfer) on main.
-fn is_private(ch: ChannelId, dir: Direction, msg: &[u8]) -> bool {
-    if msg.len() <= MINI_HEADER_LEN {
+/// file transfer) on main. The type is at offset 0 of the mini header (u16
+/// type, u32 size) and at offset 8 of the full one (u64 serial, u16 type, u32
+/// size, u32 sub_list).
+fn is_private(ch: ChannelId, dir: Direction, header: HeaderKind, msg: &[u8]) -> bool {
+    if msg.len() <= header.header_len() {
         return false;
     }
-    let ty = u16::from_le_bytes([msg[0], msg[1]]);
+    let at = match header {
+        HeaderKind::Mini => 0,
+        HeaderKind::Full => 8,
+    };
+    let ty = u16::from_le_bytes([msg[at], msg[at + 1]]);
     match (ch.ty, dir) {
         (ChannelType::Inputs, Direction::ToServer) => true,
         (ChannelType::Main, Direction::ToServer) => ty == MSGC_MAIN_AGENT_DATA,
@@ -354,27 +391,27 @@ fn is_private(ch: ChannelId, dir: Direction, msg: &[u8]) -> bool {
 }
 
 /// The session records into the shared capture through this.
-impl crate::session::CaptureSink for Mutex<Capture> {
-    fn link(
-        &self,
-        ch: ChannelId,
-        dir: Direction,
-        at: Duration,
-        rec: crate::link::handshake::LinkRecord,
-        bytes: &[u8],
-    ) {
+impl crate::tap::CaptureSink for Mutex<Capture> {
+    fn link(&self, ch: ChannelId, dir: Direction, at: Duration, rec: LinkRecord, bytes: &[u8]) {
         let kind = match rec {
-            crate::link::handshake::LinkRecord::Link => RecordKind::Link,
-            crate::link::handshake::LinkRecord::Ticket => RecordKind::LinkTicket,
+            LinkRecord::Link => RecordKind::Link,
+            LinkRecord::Ticket => RecordKind::LinkTicket,
         };
         if let Ok(mut c) = self.lock() {
             c.record(ch, dir, at, kind, bytes);
         }
     }
 
-    fn message(&self, ch: ChannelId, dir: Direction, at: Duration, bytes: &[u8]) {
+    fn message(
+        &self,
+        ch: ChannelId,
+        dir: Direction,
+        at: Duration,
+        header: HeaderKind,
+        bytes: &[u8],
+    ) {
         if let Ok(mut c) = self.lock() {
-            c.record(ch, dir, at, RecordKind::Message, bytes);
+            c.record_message(ch, dir, at, header, bytes);
         }
     }
 
@@ -466,6 +503,54 @@ mod tests {
             msg(114, b"uuid-bytes-here!"),
             "UUID is not agent data"
         );
+    }
+
+    /// A full-header message (no MINI_HEADER): u64 serial, u16 type, u32 size,
+    /// u32 sub_list, body.
+    fn full(serial: u64, ty: u16, body: &[u8]) -> Vec<u8> {
+        let mut v = serial.to_le_bytes().to_vec();
+        v.extend_from_slice(&ty.to_le_bytes());
+        v.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        v.extend_from_slice(&0u32.to_le_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
+    fn contains(hay: &[u8], needle: &[u8]) -> bool {
+        hay.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[test]
+    fn private_payloads_zeroed_with_the_full_header() {
+        use crate::tap::CaptureSink;
+        let c = Mutex::new(Capture::new(&cfg(60.0, 1 << 20, false)));
+        let t = Duration::from_secs(1);
+        let full_hdr = HeaderKind::Full;
+        let key = full(1, 101, b"KEYSTROKE-abc");
+        let clip_out = full(2, 107, b"CLIPBOARD-out");
+        let clip_in = full(3, 109, b"CLIPBOARD-in");
+        // Serial 107 makes the first bytes look like a mini AGENT_DATA header:
+        // only the full header's own type (114) counts.
+        let uuid = full(107, 114, b"uuid-bytes-here!");
+        c.message(INPUTS, Direction::ToServer, t, full_hdr, &key);
+        c.message(ChannelId::MAIN, Direction::ToServer, t, full_hdr, &clip_out);
+        c.message(ChannelId::MAIN, Direction::ToClient, t, full_hdr, &clip_in);
+        c.message(ChannelId::MAIN, Direction::ToClient, t, full_hdr, &uuid);
+        let c = c.into_inner().unwrap();
+        let d = ring_data(&c);
+        assert_eq!(d[0], full(1, 101, &[0; 13]), "header kept, body blanked");
+        assert_eq!(d[1], full(2, 107, &[0; 13]));
+        assert_eq!(d[2], full(3, 109, &[0; 12]));
+        assert_eq!(d[3], uuid, "not agent data");
+        let pcap = c.to_pcap(5900, 1.0);
+        for secret in [&b"KEYSTROKE"[..], b"CLIPBOARD"] {
+            assert!(!contains(&pcap, secret), "payload reached the pcap");
+        }
+        assert!(
+            contains(&pcap, &full(1, 101, &[0; 13])),
+            "header kept in the pcap"
+        );
+        assert!(contains(&pcap, b"uuid-bytes-here!"));
     }
 
     #[test]

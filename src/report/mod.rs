@@ -20,7 +20,7 @@ mod summary;
 mod utc;
 mod writer;
 
-pub use assemble::{redacted_config, secrets, Facts, ReportJob, ServerJson, SessionJson};
+pub use assemble::{redacted_config, Facts, ReportJob, ServerJson, SessionJson};
 pub use capture::{
     Capture, Direction, RecordKind, SharedCapture, MINI_HEADER_LEN, MSGC_MAIN_AGENT_DATA,
     MSG_MAIN_AGENT_DATA,
@@ -28,9 +28,11 @@ pub use capture::{
 pub use cause::{DisconnectCause, SCHEMA_VERSION};
 pub use log_ring::LogRing;
 pub use pcap::MAX_SEGMENT;
-pub use redact::REDACTED;
+pub use redact::{scrub_string, REDACTED};
 pub use reporter::Reporter;
-pub use summary::{format_summary, read_cause_json, summarize, ReportError};
+pub use summary::{
+    cause_json_for_output, format_summary, read_cause_json, summarize, ReportError, MAX_CAUSE_BYTES,
+};
 pub use utc::Utc;
 pub use writer::{
     enforce_retention, file_channel_name, report_file_name, resolve_spool_dir,
@@ -44,12 +46,8 @@ use std::path::Path;
 /// `spiced report FILE.zip [--json]`; returns the exit code.
 pub fn cli_main(file: &Path, json: bool) -> u8 {
     let result = if json {
-        read_cause_json(file).map(|mut raw| {
-            if !raw.ends_with(b"\n") {
-                raw.push(b'\n');
-            }
-            raw
-        })
+        // Checked JSON, controls escaped; invalid or oversized entries fail.
+        cause_json_for_output(file)
     } else {
         summarize(file).map(String::into_bytes)
     };

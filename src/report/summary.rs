@@ -9,7 +9,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// disconnect-cause.json larger than this is refused (a real one is a few KiB).
-const MAX_CAUSE_BYTES: u64 = 16 * 1024 * 1024;
+pub const MAX_CAUSE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Why a report could not be read. Displays as one line naming the file.
 #[derive(Debug)]
@@ -18,6 +18,8 @@ pub enum ReportError {
     NotZip(PathBuf, String),
     NoCause(PathBuf),
     BadJson(PathBuf, String),
+    /// disconnect-cause.json is over [`MAX_CAUSE_BYTES`] (it is never cut).
+    TooLarge(PathBuf),
 }
 
 impl fmt::Display for ReportError {
@@ -31,13 +33,21 @@ impl fmt::Display for ReportError {
             ReportError::BadJson(p, e) => {
                 write!(f, "{}: {CAUSE_ENTRY} is not valid JSON ({e})", p.display())
             }
+            ReportError::TooLarge(p) => write!(
+                f,
+                "{}: {CAUSE_ENTRY} is larger than the {} MiB limit",
+                p.display(),
+                MAX_CAUSE_BYTES / (1024 * 1024)
+            ),
         }
     }
 }
 
 impl std::error::Error for ReportError {}
 
-/// The raw bytes of the zip's disconnect-cause.json.
+/// The raw bytes of the zip's disconnect-cause.json. An entry over
+/// [`MAX_CAUSE_BYTES`] is an error, found by reading one byte past the limit
+/// (never trusting, nor allocating, the size the zip declares).
 pub fn read_cause_json(zip_path: &Path) -> Result<Vec<u8>, ReportError> {
     let p = || zip_path.to_path_buf();
     let file = std::fs::File::open(zip_path).map_err(|e| ReportError::Io(p(), e))?;
@@ -50,10 +60,38 @@ pub fn read_cause_json(zip_path: &Path) -> Result<Vec<u8>, ReportError> {
     };
     let mut buf = Vec::new();
     entry
-        .take(MAX_CAUSE_BYTES)
+        .take(MAX_CAUSE_BYTES + 1)
         .read_to_end(&mut buf)
         .map_err(|e| ReportError::Io(p(), e))?;
+    if buf.len() as u64 > MAX_CAUSE_BYTES {
+        return Err(ReportError::TooLarge(p()));
+    }
     Ok(buf)
+}
+
+/// `spiced report --json`: the zip's disconnect-cause.json as written, checked
+/// to be JSON and newline-terminated. Valid JSON holds no raw C0 control
+/// character except whitespace between tokens; DEL and C1 (U+007F-U+009F, CSI
+/// among them) may only sit inside strings, where they are rewritten as
+/// `\u00XX` escapes: the JSON means the same and cannot drive the terminal.
+pub fn cause_json_for_output(zip_path: &Path) -> Result<Vec<u8>, ReportError> {
+    let raw = read_cause_json(zip_path)?;
+    let bad = |e: String| ReportError::BadJson(zip_path.to_path_buf(), e);
+    serde_json::from_slice::<serde::de::IgnoredAny>(&raw).map_err(|e| bad(e.to_string()))?;
+    // ok to fail only in theory: serde_json has just accepted it as UTF-8 JSON.
+    let text = std::str::from_utf8(&raw).map_err(|e| bad(e.to_string()))?;
+    let mut out = String::with_capacity(text.len() + 1);
+    for c in text.chars() {
+        if c.is_control() && !matches!(c, ' ' | '\t' | '\n' | '\r') {
+            let _ = write!(out, "\\u{:04x}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
+    Ok(out.into_bytes())
 }
 
 /// The operator's summary of a report zip.
@@ -74,8 +112,27 @@ pub fn summarize(zip_path: &Path) -> Result<String, ReportError> {
     Ok(format_summary(&name, &v))
 }
 
-/// Formats a parsed disconnect-cause.json (any subset of the fields).
+/// `v` with every string and key passed through `escape_controls`.
+fn escaped(v: &Value) -> Value {
+    use crate::logging::escape_controls;
+    match v {
+        Value::String(s) => Value::String(escape_controls(s)),
+        Value::Array(a) => Value::Array(a.iter().map(escaped).collect()),
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, x)| (escape_controls(k), escaped(x)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// Formats a parsed disconnect-cause.json (any subset of the fields). Every
+/// string from the file (and the file name) has its control characters escaped
+/// (`\x1b`, `\u{9b}`): a report is untrusted input printed to a terminal.
 pub fn format_summary(name: &str, v: &Value) -> String {
+    let name = crate::logging::escape_controls(name);
+    let v = &escaped(v);
     let s = |k: &str| v.get(k).and_then(Value::as_str).filter(|s| !s.is_empty());
     let uptime = v.get("session_uptime_secs").and_then(Value::as_f64);
     let mut out = String::new();
@@ -294,6 +351,25 @@ mod tests {
         assert!(row.contains("-5.0s"), "{row}");
         assert!(row.contains("3/3 (-24.5s)"), "{row}");
         assert!(row.contains("never"), "{row}");
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        let v = serde_json::json!({
+            "cause": "reset\u{1b}[2J", "channel": "main\u{9b}31m",
+            "error_message": "a\r\nforged line\u{7f}", "session_uptime_secs": 1.0,
+            "per_channel": {"evil\u{1b}]0;title\u{7}": {"close_reason": "x\u{1b}c"}}
+        });
+        let out = format_summary("r\u{1b}.zip", &v);
+        assert!(!out.chars().any(|c| c.is_control() && c != '\n'), "{out:?}");
+        assert!(
+            out.contains("reset\\x1b[2J on channel main\\u{9b}31m"),
+            "{out}"
+        );
+        assert!(out.contains("a\\x0d\\x0aforged line\\x7f"), "{out}");
+        assert!(out.contains("evil\\x1b]0;title\\x07"), "{out}");
+        assert!(out.contains("r\\x1b.zip"), "{out}");
+        assert_eq!(out.lines().count(), out.matches('\n').count());
     }
 
     #[test]

@@ -9,10 +9,11 @@
 
 use super::{ChannelLinkInfo, SessionCtx, Stop};
 use crate::channel::counters::ChannelCounters;
-use crate::channel::{Channel, ChannelEvent, Direction, Tap};
+use crate::channel::{Channel, ChannelEvent};
 use crate::failure::Failure;
-use crate::link::handshake::{self, LinkError, LinkRecord};
+use crate::link::handshake::{self, LinkError};
 use crate::link::{Stream, Target};
+use crate::tap::{Direction, LinkRecord};
 use crate::wire::link::LinkErrorCode;
 use crate::wire::ChannelId;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -79,14 +80,6 @@ pub(super) struct ChannelEnd {
     pub counters: ChannelCounters,
     /// None: stopped by the session.
     pub failure: Option<Failure>,
-}
-
-struct TapAdapter(Arc<dyn super::CaptureSink>);
-
-impl Tap for TapAdapter {
-    fn message(&mut self, ch: ChannelId, dir: Direction, at: Duration, bytes: &[u8]) {
-        self.0.message(ch, dir, at, bytes);
-    }
 }
 
 /// Connects and links one channel, moving it to TLS if the server asks.
@@ -172,7 +165,7 @@ pub(super) async fn run(
 
     let mut state = Channel::new(ch, linked.header, &ctx.config.keepalive, ctx.now());
     if let Some(c) = &ctx.capture {
-        state.set_tap(Box::new(TapAdapter(c.clone())));
+        state.set_tap(c.clone());
     }
     let mut buf = vec![0u8; READ_BUF];
     let mut aborted = false;

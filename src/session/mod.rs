@@ -14,7 +14,6 @@ pub mod orchestrator;
 use crate::channel::counters::ChannelCounters;
 use crate::config::Config;
 use crate::failure::Failure;
-use crate::link::handshake::LinkRecord;
 use crate::link::Connector;
 use crate::reconnect::{ReconnectPolicy, TicketInfo};
 use crate::vv::ConnectionSettings;
@@ -30,16 +29,6 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{info, warn};
-
-pub use crate::channel::Direction;
-
-/// Receives every byte of traffic for the capture (link records and messages).
-pub trait CaptureSink: Send + Sync {
-    fn link(&self, ch: ChannelId, dir: Direction, at: Duration, rec: LinkRecord, bytes: &[u8]);
-    fn message(&self, ch: ChannelId, dir: Direction, at: Duration, bytes: &[u8]);
-    /// The channel's connection ended.
-    fn closed(&self, ch: ChannelId);
-}
 
 /// What the session tells the daemon while it runs. Never dropped.
 #[derive(Debug, Clone, PartialEq)]
@@ -152,7 +141,7 @@ pub struct SessionCtx {
     pub settings: Arc<ConnectionSettings>,
     pub config: Arc<Config>,
     pub connector: Arc<dyn Connector>,
-    pub capture: Option<Arc<dyn CaptureSink>>,
+    pub capture: Option<Arc<dyn crate::tap::CaptureSink>>,
     /// The session clock's origin: all `Duration` times are since this instant.
     pub start: Instant,
     /// The wall clock at `start` (ticket expiry).
