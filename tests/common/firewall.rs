@@ -231,9 +231,10 @@ impl Firewall {
         self.count(Tunnel::is_open)
     }
 
-    /// Polls until `cond` holds for the tunnel snapshot; false on timeout.
+    /// Polls until `cond` holds for a snapshot of the tunnels; false on timeout.
+    /// `cond` may call the firewall's other methods (no lock is held meanwhile).
     pub fn wait_for(&self, timeout: Duration, mut cond: impl FnMut(&[Tunnel]) -> bool) -> bool {
-        wait_until(timeout, || cond(&self.shared.tunnels()))
+        wait_until(timeout, || cond(&self.tunnels()))
     }
 
     /// Closes every open tunnel now (as a proxy restart would); the listener stays.
