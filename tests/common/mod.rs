@@ -1,7 +1,8 @@
 //! Test harness shared by every integration test: a real QEMU SPICE server
 //! (`qemu`), its QMP monitor (`qmp`), throwaway TLS certificates (`certs`), a real
-//! HTTP CONNECT proxy (`proxy`), network namespaces for black-hole faults (`netns`)
-//! and a console.vv writer.
+//! HTTP CONNECT proxy (`proxy`), a SPICE-aware CONNECT proxy that closes chosen
+//! channels like Kerbside's firewall (`firewall`), network namespaces for black-hole
+//! faults (`netns`) and a console.vv writer.
 //!
 //! Every process started here is a child of the test and is SIGKILLed and reaped
 //! on drop, so nothing outlives a test. Each test should own its QEMU: a second
@@ -12,6 +13,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod certs;
+pub mod firewall;
 pub mod guest;
 pub mod netns;
 pub mod proxy;
@@ -20,6 +22,7 @@ pub mod qmp;
 pub mod spiced;
 
 pub use certs::Certs;
+pub use firewall::{EndedBy, Firewall, Tunnel};
 pub use guest::vga_noise_kernel;
 pub use netns::NetNs;
 pub use proxy::Tinyproxy;
