@@ -80,11 +80,6 @@ impl Backstop {
     }
 }
 
-/// Seconds from the config as a `Duration`; 0 or negative = disabled.
-pub fn secs(v: f64) -> Option<Duration> {
-    (v.is_finite() && v > 0.0).then(|| Duration::from_secs_f64(v))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,7 +116,7 @@ mod tests {
 
     #[test]
     fn disabled_never_fires() {
-        let t = IdleTimer::new(secs(0.0), S(0));
+        let t = IdleTimer::new(crate::time::secs_opt(0.0), S(0));
         assert!(!t.due(S(1_000_000)));
         assert_eq!(t.deadline(), None);
     }

@@ -26,6 +26,8 @@ enum Fault {
     FrozenMain,
     /// The server closes the cursor channel right after its link, every time.
     CursorDropped,
+    /// Main floods NOTIFY messages right after MAIN_INIT, before anything else.
+    NotifyFlood,
 }
 
 struct Fake {
@@ -101,6 +103,18 @@ async fn serve(
                 init.extend(v.to_le_bytes());
             }
             out.extend(mini(103, &init));
+            if fault == Fault::NotifyFlood {
+                // time_stamp u64, severity u32, visibility u32, what u32, len u32, text
+                let mut n = vec![0u8; 8];
+                n.extend(1u32.to_le_bytes());
+                n.extend(0u32.to_le_bytes());
+                n.extend(0u32.to_le_bytes());
+                n.extend(2u32.to_le_bytes());
+                n.extend(b"hi");
+                for _ in 0..5000 {
+                    out.extend(mini(7, &n));
+                }
+            }
             out.extend(ping(1));
         }
         ChannelType::Display if fault == Fault::OversizedDisplayMessage => {
@@ -479,4 +493,33 @@ async fn server_closing_every_channel_is_a_server_closed_session() {
         assert!(end.server_closed_session, "first noticed on {}", f.channel);
         assert_eq!(end.counters.len(), 4);
     }
+}
+
+/// A burst of informational events (5000 NOTIFYs in one read) may be dropped and
+/// counted, but never the lifecycle: the session is established and fully linked.
+#[tokio::test]
+async fn a_burst_of_notices_drops_only_notices() {
+    let (c, _) = ctx(Fault::NotifyFlood, Config::default());
+    let (run, mut rx, stop) = start(c);
+    let mut connected = false;
+    let up = loop {
+        match rx.recv().await.expect("the session must settle") {
+            SessionEvent::Connected { .. } => connected = true,
+            SessionEvent::Settled { up, .. } => break up.len(),
+            _ => {}
+        }
+    };
+    assert!(connected);
+    assert_eq!(up, 4);
+    stop.send(Stop::Abort).unwrap();
+    let end = run.await.unwrap();
+    assert!(
+        end.info.dropped_events > 0,
+        "the flood overflowed the info queue"
+    );
+    assert!(
+        end.info.dropped_events < 5000,
+        "{}",
+        end.info.dropped_events
+    );
 }

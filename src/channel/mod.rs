@@ -6,7 +6,8 @@
 pub mod counters;
 
 use crate::config::KeepaliveConfig;
-use crate::keepalive::{secs, Backstop, IdleTimer};
+use crate::keepalive::{Backstop, IdleTimer};
+use crate::time::secs_opt as secs;
 use crate::wire::frame::{Decoder, Encoder, Frame, HeaderKind, DEFAULT_MAX_MESSAGE};
 use crate::wire::msg::{self, ClientMsg, MainInit, ServerMsg, Writer};
 use crate::wire::{ChannelId, ChannelType, WireError};
@@ -86,10 +87,6 @@ pub struct Channel {
     header: HeaderKind,
 }
 
-fn secs_f64(d: Duration) -> f64 {
-    d.as_secs_f64()
-}
-
 impl Channel {
     /// A freshly linked channel. `now` is time since session start.
     pub fn new(id: ChannelId, header: HeaderKind, cfg: &KeepaliveConfig, now: Duration) -> Self {
@@ -110,7 +107,7 @@ impl Channel {
             out: VecDeque::new(),
             events: VecDeque::new(),
             counters: ChannelCounters {
-                connected_at_secs: Some(secs_f64(now)),
+                connected_at_secs: Some(now.as_secs_f64()),
                 ..ChannelCounters::default()
             },
             tap: None,
@@ -155,7 +152,7 @@ impl Channel {
             return Ok(());
         }
         self.counters.bytes_in += data.len() as u64;
-        self.counters.last_recv_ts_secs = Some(secs_f64(now));
+        self.counters.last_recv_ts_secs = Some(now.as_secs_f64());
         self.idle.on_traffic(now);
         if let Some(b) = self.backstop.as_mut() {
             b.on_rx(now);
@@ -198,7 +195,7 @@ impl Channel {
             }
             ServerMsg::Ping { id, timestamp } => {
                 self.counters.ping_recv_count += 1;
-                self.counters.last_ping_recv_ts_secs = Some(secs_f64(now));
+                self.counters.last_ping_recv_ts_secs = Some(now.as_secs_f64());
                 // Answer at once: main is watched by the server's connectivity check.
                 self.queue(ClientMsg::Pong { id, timestamp });
                 self.counters.pong_send_count += 1;
@@ -249,7 +246,7 @@ impl Channel {
             self.queue(ClientMsg::AttachChannels);
             self.probe_outstanding = true;
             self.counters.client_keepalive_send_count += 1;
-            self.counters.last_client_keepalive_send_ts_secs = Some(secs_f64(now));
+            self.counters.last_client_keepalive_send_ts_secs = Some(now.as_secs_f64());
             self.last_keepalive = Some(now);
         }
         if self.idle.due(now) && self.out.is_empty() {
@@ -259,7 +256,7 @@ impl Channel {
                 generation: self.ack_generation,
             });
             self.counters.client_keepalive_send_count += 1;
-            self.counters.last_client_keepalive_send_ts_secs = Some(secs_f64(now));
+            self.counters.last_client_keepalive_send_ts_secs = Some(now.as_secs_f64());
             self.last_keepalive = Some(now);
         }
         Ok(())
@@ -293,7 +290,7 @@ impl Channel {
         let (_m, bytes) = self.out.pop_front()?;
         self.counters.bytes_out += bytes.len() as u64;
         self.counters.messages_out += 1;
-        self.counters.last_send_ts_secs = Some(secs_f64(now));
+        self.counters.last_send_ts_secs = Some(now.as_secs_f64());
         self.idle.on_traffic(now);
         if let Some(tap) = &self.tap {
             tap.message(self.id, Direction::ToServer, now, self.header, &bytes);
@@ -316,7 +313,7 @@ impl Channel {
 
     /// Records the end of the channel in its counters.
     pub fn mark_closed(&mut self, now: Duration, reason: &str) {
-        self.counters.closed_at_secs = Some(secs_f64(now));
+        self.counters.closed_at_secs = Some(now.as_secs_f64());
         self.counters.close_reason = Some(reason.to_string());
     }
 }

@@ -592,3 +592,283 @@ async fn sigusr1_relinks_now_unless_the_ticket_forbids_it() {
     );
     let _ = Stop::Run;
 }
+
+/// The shell, run for real (real time: blocking work does not let paused time
+/// advance) against fakes that never answer.
+mod shell {
+    use super::super::env::{Env, LoadVv, MakeConnector, Refresh, WriteReport};
+    use super::super::{run, Options, Signal, EXIT_GRACE};
+    use super::*;
+    use crate::link::{ConnectFuture, Connector, Target};
+    use crate::systemd::Notifier;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    use tokio::sync::mpsc;
+
+    #[derive(Default)]
+    struct Notices(Mutex<Vec<Notice>>);
+    impl Notifier for Notices {
+        fn notify(&self, n: Notice) {
+            self.0.lock().unwrap().push(n);
+        }
+    }
+
+    /// A connector whose connects never finish (a server that never answers) or
+    /// fail at once (refused).
+    struct Conn {
+        hang: bool,
+        connects: Arc<AtomicUsize>,
+    }
+    impl Connector for Conn {
+        fn connect(&self, _: Target) -> ConnectFuture<'_> {
+            self.connects.fetch_add(1, Ordering::SeqCst);
+            let hang = self.hang;
+            Box::pin(async move {
+                if hang {
+                    std::future::pending::<()>().await;
+                }
+                Err(crate::link::TransportError::Connect {
+                    addr: "127.0.0.1:1".parse().unwrap(),
+                    kind: std::io::ErrorKind::ConnectionRefused,
+                    tried: 1,
+                })
+            })
+        }
+    }
+
+    struct Fakes {
+        notices: Arc<Notices>,
+        connects: Arc<AtomicUsize>,
+        reads: Arc<AtomicUsize>,
+    }
+
+    /// `block_reads`: every .vv read after the first blocks for ever (a FIFO).
+    /// `block_reports`: report writes never return.
+    fn env(hang: bool, block_reads: bool, block_reports: bool) -> (Env, Fakes) {
+        let f = Fakes {
+            notices: Arc::new(Notices::default()),
+            connects: Arc::new(AtomicUsize::new(0)),
+            reads: Arc::new(AtomicUsize::new(0)),
+        };
+        let connects = f.connects.clone();
+        let connector: MakeConnector = Arc::new(move |_, _, _| {
+            Arc::new(Conn {
+                hang,
+                connects: connects.clone(),
+            })
+        });
+        let reads = f.reads.clone();
+        let load_vv: LoadVv = Arc::new(move |_, _, _| {
+            if reads.fetch_add(1, Ordering::SeqCst) > 0 && block_reads {
+                loop {
+                    std::thread::park();
+                }
+            }
+            Ok(loaded(settings()))
+        });
+        let write_report: WriteReport = Arc::new(move |_, _| {
+            if block_reports {
+                loop {
+                    std::thread::park();
+                }
+            }
+            Ok("/dev/null".into())
+        });
+        let refresh: Refresh = Arc::new(|_, _| Box::pin(async { Err("no".to_string()) }));
+        let env = Env {
+            notifier: f.notices.clone(),
+            connector,
+            load_vv,
+            write_report,
+            refresh,
+            stamp: |_| None,
+        };
+        (env, f)
+    }
+
+    /// Runs `f` on a runtime that is shut down like `daemon::main` does: blocking
+    /// work that never returns is abandoned, not waited for.
+    fn in_rt<T>(f: impl std::future::Future<Output = T>) -> T {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(f)));
+        rt.shutdown_timeout(Duration::from_millis(100));
+        out.unwrap_or_else(|p| std::panic::resume_unwind(p))
+    }
+
+    fn opts() -> Options {
+        Options {
+            vv_path: "/run/console.vv".into(),
+            watchdog: None,
+            spool: "/nonexistent".into(),
+        }
+    }
+
+    /// Runs the loop; `script` sends signals while it runs. Returns the exit code
+    /// and how long the loop took after the last signal.
+    async fn drive(
+        config: Config,
+        env: Env,
+        script: impl FnOnce(mpsc::UnboundedSender<Signal>) -> tokio::task::JoinHandle<()>,
+    ) -> (u8, Duration) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(run(Arc::new(config), opts(), env, rx));
+        script(tx).await.unwrap();
+        let signalled = std::time::Instant::now();
+        let code = tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the loop must end")
+            .unwrap();
+        (code, signalled.elapsed())
+    }
+
+    fn after(
+        secs: f64,
+        sigs: Vec<Signal>,
+        tx: mpsc::UnboundedSender<Signal>,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+            for s in sigs {
+                tx.send(s).unwrap();
+            }
+        })
+    }
+
+    #[test]
+    fn sigterm_while_linking_to_a_server_that_never_answers() {
+        in_rt(async {
+            let (env, f) = env(true, false, false);
+            let (code, took) = drive(Config::default(), env, |tx| {
+                after(0.3, vec![Signal::Terminate], tx)
+            })
+            .await;
+            assert_eq!(code, 0);
+            assert!(took < Duration::from_secs(2), "{took:?}");
+            assert_eq!(f.connects.load(Ordering::SeqCst), 1);
+            let n = f.notices.0.lock().unwrap().clone();
+            assert!(n.contains(&Notice::Stopping), "{n:?}");
+        })
+    }
+
+    #[test]
+    fn sigterm_during_the_backoff() {
+        in_rt(async {
+            let (env, f) = env(false, false, false);
+            let (code, took) = drive(Config::default(), env, |tx| {
+                after(0.5, vec![Signal::Terminate], tx)
+            })
+            .await;
+            assert_eq!(code, 0);
+            assert!(took < Duration::from_secs(2), "{took:?}");
+            assert_eq!(
+                f.connects.load(Ordering::SeqCst),
+                1,
+                "waiting out the 1 s back-off"
+            );
+            let n = f.notices.0.lock().unwrap().clone();
+            assert!(n.contains(&Notice::Ready), "READY while retrying: {n:?}");
+        })
+    }
+
+    #[test]
+    fn a_report_write_that_never_returns_does_not_hold_the_exit() {
+        in_rt(async {
+            let (env, _f) = env(false, false, true);
+            // Reconnecting off: the failed connect gets its report and gives up (69)
+            // while the report is still being written.
+            let mut cfg = Config::default();
+            cfg.reconnect.enabled = false;
+            let (tx, rx) = mpsc::unbounded_channel::<Signal>();
+            let start = std::time::Instant::now();
+            let code =
+                tokio::time::timeout(Duration::from_secs(10), run(Arc::new(cfg), opts(), env, rx))
+                    .await
+                    .expect("bounded exit");
+            drop(tx);
+            assert_eq!(code, 69);
+            assert!(
+                start.elapsed() < EXIT_GRACE + Duration::from_secs(1),
+                "{:?}",
+                start.elapsed()
+            );
+        })
+    }
+
+    #[test]
+    fn a_vv_that_never_reads_never_blocks_the_loop() {
+        in_rt(async {
+            let (env, f) = env(false, true, false);
+            // SIGHUP: the re-read blocks for ever (a FIFO with no writer); SIGTERM
+            // must still be handled at once.
+            let (code, took) = drive(Config::default(), env, |tx| {
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    tx.send(Signal::Hangup).unwrap();
+                    // Scenario time: the read is stuck by now.
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    tx.send(Signal::Hangup).unwrap();
+                    tx.send(Signal::Terminate).unwrap();
+                })
+            })
+            .await;
+            assert_eq!(code, 0);
+            assert!(took < Duration::from_secs(2), "{took:?}");
+            assert_eq!(
+                f.reads.load(Ordering::SeqCst),
+                2,
+                "one stuck read, the storm folded"
+            );
+        })
+    }
+
+    #[test]
+    fn a_sighup_storm_costs_at_most_two_reads() {
+        in_rt(async {
+            let (env, f) = env(true, false, false);
+            let (code, _) = drive(Config::default(), env, |tx| {
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    for _ in 0..100 {
+                        tx.send(Signal::Hangup).unwrap();
+                    }
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    tx.send(Signal::Terminate).unwrap();
+                })
+            })
+            .await;
+            assert_eq!(code, 0);
+            let reads = f.reads.load(Ordering::SeqCst);
+            assert!(
+                (2..=3).contains(&reads),
+                "the start read plus at most two: {reads}"
+            );
+            assert_eq!(
+                f.connects.load(Ordering::SeqCst),
+                1,
+                "the same .vv: no reconnect"
+            );
+        })
+    }
+
+    #[test]
+    fn a_first_read_that_never_returns_is_a_config_error_or_a_clean_stop() {
+        in_rt(async {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let (mut env, _f) = env(false, false, false);
+            env.load_vv = Arc::new(|_, _, _| loop {
+                std::thread::park();
+            });
+            let task = tokio::spawn(run(Arc::new(Config::default()), opts(), env, rx));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            tx.send(Signal::Terminate).unwrap();
+            let code = tokio::time::timeout(Duration::from_secs(2), task)
+                .await
+                .expect("SIGTERM is handled while the first read hangs")
+                .unwrap();
+            assert_eq!(code, 0);
+        })
+    }
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 /// Longest delay spiced will ever schedule (config validation allows up to a year;
 /// this only guards arithmetic on hand-built configs).
-const MAX_DELAY: Duration = Duration::from_secs(86_400 * 366);
+use crate::time::{secs, MAX as MAX_DELAY};
 
 /// Back-off timings from `[reconnect]`. Cheap to copy; [`ReconnectPolicy::backoff`]
 /// starts a fresh delay sequence (backon's iterator cannot be reset or cloned).
@@ -148,12 +148,4 @@ impl Backoff {
     pub fn used(&self) -> u32 {
         self.used
     }
-}
-
-/// Seconds from config as a Duration; nonsense (negative, NaN) is 0, huge is capped.
-pub(crate) fn secs(v: f64) -> Duration {
-    if !v.is_finite() || v <= 0.0 {
-        return Duration::ZERO;
-    }
-    Duration::try_from_secs_f64(v).map_or(MAX_DELAY, |d| d.min(MAX_DELAY))
 }

@@ -5,10 +5,11 @@
 //! (the quinn-proto `handle`/`poll_timeout` shape). It never sleeps, reads a
 //! clock or touches a socket.
 
-use super::policy::{secs, Backoff, ReconnectPolicy};
+use super::policy::{Backoff, ReconnectPolicy};
 use super::reason::GiveUpReason;
 use super::ticket::{format_unix_utc, TicketInfo, TicketState};
 use crate::config::{OnTakeover, ReconnectConfig};
+use crate::time::{after, secs};
 use crate::wire::{ChannelId, ChannelType};
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -883,13 +884,6 @@ impl Supervisor {
 
 fn wait_deadline(until: Instant, refresh_until: Option<Instant>) -> Instant {
     refresh_until.map_or(until, |r| r.max(until))
-}
-
-/// `t + d` without overflow panics (a year at most).
-fn after(t: Instant, d: Duration) -> Instant {
-    t.checked_add(d)
-        .or_else(|| t.checked_add(Duration::from_secs(86_400 * 365)))
-        .unwrap_or(t)
 }
 
 fn skew_warning(valid_until: i64) -> String {

@@ -12,17 +12,11 @@
 use super::pcap::{write_pcap, PcapStream};
 use crate::config::ReportConfig;
 use crate::wire::frame::HeaderKind;
+use crate::wire::msg;
 use crate::wire::{ChannelId, ChannelType};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-/// spice-protocol `SPICE_MSGC_MAIN_AGENT_DATA` (client → server, main).
-pub const MSGC_MAIN_AGENT_DATA: u16 = 107;
-/// spice-protocol `SPICE_MSG_MAIN_AGENT_DATA` (server → client, main).
-pub const MSG_MAIN_AGENT_DATA: u16 = 109;
-/// The mini header kept in zeroed messages: u16 type, u32 size.
-pub const MINI_HEADER_LEN: usize = 6;
 
 /// A link record longer than this is truncated (real ones are well under 1 KiB).
 const MAX_LINK_RECORD: usize = 64 * 1024;
@@ -384,8 +378,8 @@ fn is_private(ch: ChannelId, dir: Direction, header: HeaderKind, msg: &[u8]) -> 
     let ty = u16::from_le_bytes([msg[at], msg[at + 1]]);
     match (ch.ty, dir) {
         (ChannelType::Inputs, Direction::ToServer) => true,
-        (ChannelType::Main, Direction::ToServer) => ty == MSGC_MAIN_AGENT_DATA,
-        (ChannelType::Main, Direction::ToClient) => ty == MSG_MAIN_AGENT_DATA,
+        (ChannelType::Main, Direction::ToServer) => ty == msg::client::MAIN_AGENT_DATA,
+        (ChannelType::Main, Direction::ToClient) => ty == msg::server::MAIN_AGENT_DATA,
         _ => false,
     }
 }

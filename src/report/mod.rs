@@ -21,10 +21,7 @@ mod utc;
 mod writer;
 
 pub use assemble::{redacted_config, Facts, ReportJob, ServerJson, SessionJson};
-pub use capture::{
-    Capture, Direction, RecordKind, SharedCapture, MINI_HEADER_LEN, MSGC_MAIN_AGENT_DATA,
-    MSG_MAIN_AGENT_DATA,
-};
+pub use capture::{Capture, Direction, RecordKind, SharedCapture};
 pub use cause::{DisconnectCause, SCHEMA_VERSION};
 pub use log_ring::LogRing;
 pub use pcap::MAX_SEGMENT;

@@ -222,7 +222,7 @@ impl Orchestrator {
         if self.finished || self.ending.is_some() {
             return;
         }
-        info!(channel = %ch, "channel {ch} up{}", if link.tls { " (TLS)" } else { "" });
+        info!("channel {ch} up{}", if link.tls { " (TLS)" } else { "" });
         self.emit(SessionEvent::ChannelUp {
             channel: ch,
             tls: link.tls,
