@@ -2,7 +2,6 @@
 //! trait so tests can capture what would be sent, and journald detection for the
 //! log format. Without NOTIFY_SOCKET every call is a no-op.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// One notification, in spiced's terms.
@@ -32,18 +31,6 @@ impl Notifier for SdNotify {
         };
         if let Err(e) = r {
             tracing::debug!("sd_notify {n:?} failed: {e}");
-        }
-    }
-}
-
-/// Records notifications (tests).
-#[derive(Default, Clone)]
-pub struct Recorder(pub Arc<Mutex<Vec<Notice>>>);
-
-impl Notifier for Recorder {
-    fn notify(&self, n: Notice) {
-        if let Ok(mut v) = self.0.lock() {
-            v.push(n);
         }
     }
 }

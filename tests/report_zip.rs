@@ -223,7 +223,7 @@ fn cooldown_with_fake_clock_writes_one_and_counts_skipped() {
         let skipped = rep.should_write(Duration::from_secs(mono))?;
         let mut inp = input("main");
         inp.cause.reports_skipped_since_last = skipped;
-        let res = write_report(rep.dir(), rep.config(), &inp, wall(wall_secs));
+        let res = write_report(rep.dir(), &cfg, &inp, wall(wall_secs));
         rep.record_result(&res);
         Some(res.unwrap())
     };

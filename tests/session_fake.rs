@@ -523,3 +523,63 @@ async fn a_burst_of_notices_drops_only_notices() {
         end.info.dropped_events
     );
 }
+
+/// A connector that panics for one channel type: a bug inside a channel task.
+struct Panicky {
+    inner: Arc<Fake>,
+    ty: ChannelType,
+}
+
+impl Connector for Panicky {
+    fn connect(&self, target: Target) -> ConnectFuture<'_> {
+        // The port tells the channel apart only through the link, so panic on
+        // the n-th connect instead: main is always the first.
+        let n = self.inner.connects.lock().unwrap().len();
+        if (self.ty == ChannelType::Main && n == 0) || (self.ty != ChannelType::Main && n > 0) {
+            panic!("injected bug");
+        }
+        self.inner.connect(target)
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_channel_task_is_never_lost_silently() {
+    // Main's task panics: the session ends with internal_error on main.
+    let (mut c, fake) = ctx(Fault::None, Config::default());
+    c.connector = Arc::new(Panicky {
+        inner: fake,
+        ty: ChannelType::Main,
+    });
+    let (run, _rx, _stop) = start(c);
+    let end = tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .expect("the session ends")
+        .unwrap();
+    let f = end.failure.expect("a failure");
+    assert_eq!(
+        (f.channel, f.cause),
+        (ChannelId::MAIN, Cause::InternalError)
+    );
+
+    // Secondary channels' tasks panic: each is lost and stays down; the session
+    // carries on.
+    let (mut c, fake) = ctx(Fault::None, Config::default());
+    c.connector = Arc::new(Panicky {
+        inner: fake,
+        ty: ChannelType::Display,
+    });
+    let (run, mut rx, stop) = start(c);
+    let mut down = 0;
+    while down < 3 {
+        match rx.recv().await.expect("the session must not end") {
+            SessionEvent::ChannelLost { failure, .. } => {
+                assert_eq!(failure.cause, Cause::InternalError)
+            }
+            SessionEvent::ChannelDown { .. } => down += 1,
+            _ => {}
+        }
+    }
+    assert!(!run.is_finished());
+    stop.send(Stop::Abort).unwrap();
+    assert_eq!(run.await.unwrap().failure, None);
+}

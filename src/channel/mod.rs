@@ -125,16 +125,8 @@ impl Channel {
         self.tap = Some(tap);
     }
 
-    pub fn id(&self) -> ChannelId {
-        self.id
-    }
-
     pub fn counters(&self) -> &ChannelCounters {
         &self.counters
-    }
-
-    pub fn counters_mut(&mut self) -> &mut ChannelCounters {
-        &mut self.counters
     }
 
     fn queue(&mut self, m: ClientMsg) {
@@ -303,8 +295,7 @@ impl Channel {
     }
 
     /// Queues the polite goodbye for a local shutdown.
-    pub fn close(&mut self, now: Duration, unix_ms: u64) {
-        let _ = now;
+    pub fn close(&mut self, unix_ms: u64) {
         self.queue(ClientMsg::Disconnecting {
             time_stamp: unix_ms,
             reason: 0,

@@ -233,11 +233,6 @@ impl DaemonCore {
         self.sup.state()
     }
 
-    /// The STATUS line last sent.
-    pub fn status(&self) -> &str {
-        &self.status
-    }
-
     /// The keepalive interval sessions use now.
     pub fn idle_secs(&self) -> f64 {
         self.session_config.keepalive.idle_secs

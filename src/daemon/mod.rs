@@ -14,7 +14,6 @@ mod tests;
 
 pub use self::core::{DaemonCore, Effect, Input, Loaded, Options, Origin, Signal};
 pub use env::{Env, Stamp};
-pub use idle_cut::pattern as idle_cut_pattern;
 
 use crate::cli::RunArgs;
 use crate::config::Config;

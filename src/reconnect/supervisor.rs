@@ -318,11 +318,6 @@ impl Supervisor {
         self.connects.saturating_sub(1)
     }
 
-    /// The ticket currently in use.
-    pub fn ticket(&self) -> TicketInfo {
-        self.ticket.info
-    }
-
     /// `state().describe()` plus counters: for systemd STATUS.
     pub fn describe(&self) -> String {
         match self.reconnect_count() {

@@ -33,10 +33,6 @@ impl Reporter {
         &self.dir
     }
 
-    pub fn config(&self) -> &ReportConfig {
-        &self.cfg
-    }
-
     /// Call once per disconnect with a monotonic `now`. `Some(skipped)`: write a
     /// report now and put `skipped` in `reports_skipped_since_last`. `None`:
     /// within the cooldown (or reports disabled); the disconnect is counted.

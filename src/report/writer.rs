@@ -1,6 +1,6 @@
 //! Writing one report zip into the spool directory, atomically, and keeping the
-//! spool within its limits. Synchronous on purpose: the session calls it on
-//! `spawn_blocking`, so a slow or full disk never stalls a channel.
+//! spool within its limits. Synchronous on purpose: the daemon shell runs it on
+//! `spawn_blocking`, so a slow or full disk never stalls the event loop.
 
 use super::cause::DisconnectCause;
 use super::redact;
@@ -34,7 +34,8 @@ pub const LOG_ENTRY: &str = "log.txt";
 /// systemd gave no STATE_DIRECTORY.
 pub const DEFAULT_SPOOL: &str = "/var/spool/spiced";
 
-/// Everything one report holds. Built by the session, consumed by [`write_report`].
+/// Everything one report holds: a [`super::ReportJob`] plus the capture and log
+/// lines, consumed by [`write_report`].
 #[derive(Debug, Clone)]
 pub struct ReportInput {
     pub cause: DisconnectCause,

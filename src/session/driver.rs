@@ -213,7 +213,7 @@ pub(super) async fn run(
             }
             s = super::stopped(&mut stop) => {
                 if s == Stop::Polite {
-                    state.close(ctx.now(), crate::time::unix_millis());
+                    state.close(crate::time::unix_millis());
                     let bye = async {
                         while let Some(b) = state.poll_transmit(ctx.now()) {
                             stream.write_all(&b).await?;
