@@ -1,5 +1,5 @@
-//! The one place that turns config seconds into durations and reads the wall
-//! clock; everything else takes time as an argument.
+//! The one place that turns config seconds into durations, plus the wall-clock
+//! reads the I/O edges need; the sans-IO state machines take time as an argument.
 
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;

@@ -542,7 +542,7 @@ impl Connector for Panicky {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_panicking_channel_task_is_never_lost_silently() {
     // Main's task panics: the session ends with internal_error on main.
     let (mut c, fake) = ctx(Fault::None, Config::default());
@@ -561,24 +561,26 @@ async fn a_panicking_channel_task_is_never_lost_silently() {
         (ChannelId::MAIN, Cause::InternalError)
     );
 
-    // Secondary channels' tasks panic: each is lost and stays down; the session
-    // carries on.
+    // Secondary channels' tasks panic: each is lost, retried with the back-off,
+    // and left down once the budget is spent; the session carries on.
     let (mut c, fake) = ctx(Fault::None, Config::default());
     c.connector = Arc::new(Panicky {
         inner: fake,
         ty: ChannelType::Display,
     });
     let (run, mut rx, stop) = start(c);
-    let mut down = 0;
+    let (mut down, mut lost) = (0, 0);
     while down < 3 {
         match rx.recv().await.expect("the session must not end") {
             SessionEvent::ChannelLost { failure, .. } => {
-                assert_eq!(failure.cause, Cause::InternalError)
+                assert_eq!(failure.cause, Cause::InternalError);
+                lost += 1;
             }
             SessionEvent::ChannelDown { .. } => down += 1,
             _ => {}
         }
     }
+    assert_eq!(lost, 12, "3 channels, each lost on its link and 3 relinks");
     assert!(!run.is_finished());
     stop.send(Stop::Abort).unwrap();
     assert_eq!(run.await.unwrap().failure, None);

@@ -137,6 +137,13 @@ struct Running {
     channels: BTreeMap<ChannelId, ChanState>,
 }
 
+/// What a report is about: a session that ended (and the cause word to use
+/// instead of its failure's), or a channel lost while the session goes on.
+enum Ctx<'a> {
+    Ended(&'a SessionEnd, Option<Cause>),
+    Lost(&'a crate::session::SessionInfo),
+}
+
 /// See the module docs.
 pub struct DaemonCore {
     config: Arc<Config>,
@@ -384,6 +391,7 @@ impl DaemonCore {
                 failure,
                 counters,
                 relink_in,
+                info,
             } => {
                 let state = match relink_in {
                     Some(d) => format!(
@@ -395,7 +403,7 @@ impl DaemonCore {
                 };
                 run.channels.insert(channel, ChanState::Lost(state));
                 let counters = BTreeMap::from([(channel, *counters)]);
-                self.report(generation, &failure, None, &counters, None, now);
+                self.report(generation, &failure, &counters, Ctx::Lost(&info), now);
                 self.send_status();
             }
             SessionEvent::ChannelDown { channel, reason } => {
@@ -480,7 +488,7 @@ impl DaemonCore {
         }
         // The report says what the supervisor decided, so it comes after it.
         self.running = Some(run);
-        self.report(generation, &f, cause, &end.counters, Some(&end), now);
+        self.report(generation, &f, &end.counters, Ctx::Ended(&end, cause), now);
         self.running = None;
         self.apply(actions, now);
     }
@@ -490,11 +498,14 @@ impl DaemonCore {
         &mut self,
         generation: u64,
         f: &Failure,
-        cause: Option<Cause>,
         counters: &BTreeMap<ChannelId, crate::channel::counters::ChannelCounters>,
-        end: Option<&SessionEnd>,
+        ctx: Ctx<'_>,
         now: Now,
     ) {
+        let (end, cause, info) = match ctx {
+            Ctx::Ended(e, cause) => (Some(e), cause, &e.info),
+            Ctx::Lost(info) => (None, None, info),
+        };
         if !self.config.report.enabled {
             return;
         }
@@ -517,12 +528,11 @@ impl DaemonCore {
             })
             .unwrap_or_default();
         let start_unix = run.map_or(now.unix, |r| r.start_unix);
-        let default_info = crate::session::SessionInfo::default();
         let job = ReportJob::new(Facts {
             failure: f,
             cause,
             counters,
-            info: end.map_or(&default_info, |e| &e.info),
+            info,
             channels_down,
             uptime: end.map_or(
                 Duration::try_from_secs_f64(now.unix - start_unix).unwrap_or_default(),
@@ -536,6 +546,7 @@ impl DaemonCore {
             generation,
             start_unix,
             spool: self.reporter.dir(),
+            session_goes_on: end.is_none(),
         });
         self.effects.push_back(Effect::WriteReport(Box::new(job)));
     }

@@ -61,7 +61,14 @@ impl Env {
             write_report: Arc::new(move |job, capture| {
                 let dir = job.spool.clone();
                 let cfg = job.report_config.clone();
-                let capture = capture.and_then(|c| c.lock().ok().map(|mut g| g.take()));
+                let capture = capture.and_then(|c| {
+                    let mut g = c.lock().ok()?;
+                    Some(if job.session_goes_on {
+                        g.clone()
+                    } else {
+                        g.take()
+                    })
+                });
                 let input = job.into_input(capture, ring.snapshot());
                 crate::report::write_report(&dir, &cfg, &input, SystemTime::now())
                     .map_err(|e| e.to_string())

@@ -252,6 +252,7 @@ async fn degraded_channels_show_in_status_and_get_a_report() {
         failure: Box::new(eof(port)),
         counters: Box::new(ChannelCounters::default()),
         relink_in: None,
+        info: Box::new(SessionInfo::default()),
     });
     h.event(SessionEvent::ChannelDown {
         channel: port,

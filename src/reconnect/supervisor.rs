@@ -58,7 +58,7 @@ pub enum FailClass {
     BadConnectionId,
     /// Link result 7 PERMISSION_DENIED: the ticket is dead for good.
     PermissionDenied,
-    /// Link result 2/3/4 (error, invalid magic, invalid data), or `None`: a
+    /// Link result 2/3/4 (invalid magic, invalid data, version mismatch), or `None`: a
     /// malformed message outside the link (no link result). A bug: stop.
     Protocol { code: Option<u32> },
     /// Certificate verification failed: bad CA, name or host-subject mismatch.

@@ -51,6 +51,9 @@ pub struct ReportJob {
     pub server_port: u16,
     pub start_unix: f64,
     pub uptime: Duration,
+    /// The session goes on (a lost channel): copy the capture instead of taking
+    /// it, so a later report of the same session still has every link exchange.
+    pub session_goes_on: bool,
     /// Where it goes, and the retention limits.
     pub spool: PathBuf,
     pub report_config: ReportConfig,
@@ -73,6 +76,7 @@ pub struct Facts<'a> {
     pub generation: u64,
     pub start_unix: f64,
     pub spool: &'a Path,
+    pub session_goes_on: bool,
 }
 
 impl ReportJob {
@@ -116,6 +120,7 @@ impl ReportJob {
             server_port: f.settings.port.or(f.settings.tls_port).unwrap_or(5900),
             start_unix: f.start_unix,
             uptime: f.uptime,
+            session_goes_on: f.session_goes_on,
             spool: f.spool.to_path_buf(),
             report_config: f.config.report.clone(),
         }

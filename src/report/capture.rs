@@ -48,14 +48,14 @@ pub enum RecordKind {
 /// (which encodes). `record` is O(len) and short, so a std mutex is right.
 pub type SharedCapture = Arc<Mutex<Capture>>;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Record {
     dir: Direction,
     at: Duration,
     data: Vec<u8>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Stream {
     ch: ChannelId,
     client_port: u16,
@@ -68,14 +68,14 @@ struct Stream {
     closed: bool,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Entry {
     stream: u64,
     rec: Record,
 }
 
 /// Bounded capture of the session's SPICE traffic. See the module docs.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Capture {
     max_age: Duration,
     max_bytes: usize,

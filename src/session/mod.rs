@@ -48,6 +48,8 @@ pub enum SessionEvent {
         failure: Box<Failure>,
         counters: Box<ChannelCounters>,
         relink_in: Option<Duration>,
+        /// What the session knows so far (for the report).
+        info: Box<SessionInfo>,
     },
     /// The channel stays down for the rest of the session.
     ChannelDown {

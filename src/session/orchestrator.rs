@@ -410,6 +410,7 @@ impl Orchestrator {
             failure: Box::new(f.clone()),
             counters: Box::new(counters),
             relink_in,
+            info: Box::new(self.info.clone()),
         });
         match decision {
             Ok(delay) => {
@@ -445,9 +446,6 @@ impl Orchestrator {
     ) -> Result<Duration, String> {
         if f.refused() {
             return Err(format!("the server refused it: {}", f.message));
-        }
-        if f.cause == Cause::InternalError {
-            return Err("its task failed (a bug in spiced; see the report)".into());
         }
         if !self.policy.enabled() {
             return Err("reconnect.enabled is false".into());

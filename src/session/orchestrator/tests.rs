@@ -251,7 +251,7 @@ fn refused_channels_stay_down_and_are_not_asked_for_again() {
 }
 
 #[test]
-fn ticket_rules_and_panics_leave_a_lost_channel_down() {
+fn ticket_rules_leave_a_lost_channel_down_and_panics_are_retried() {
     let single = TicketInfo {
         single_use: true,
         valid_until: None,
@@ -278,6 +278,7 @@ fn ticket_rules_and_panics_leave_a_lost_channel_down() {
         "{ev:?}"
     );
 
+    // A panicked task is a bug, not the server's word: retried like any loss.
     let mut o = linked(Rules::default(), TicketInfo::default());
     lost(
         &mut o,
@@ -288,8 +289,13 @@ fn ticket_rules_and_panics_leave_a_lost_channel_down() {
     o.handle_timeout(Duration::from_secs(2));
     let ev = events(drain(&mut o));
     assert!(
-        ev.iter()
-            .any(|e| matches!(e, SessionEvent::ChannelDown { .. })),
+        ev.iter().any(|e| matches!(
+            e,
+            SessionEvent::ChannelLost {
+                relink_in: Some(_),
+                ..
+            }
+        )),
         "{ev:?}"
     );
 }
