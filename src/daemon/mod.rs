@@ -165,7 +165,7 @@ pub async fn run(
     loop {
         while let Some(e) = core.poll_effect() {
             if let Effect::Exit(code) = e {
-                shell.finish(&mut rx).await;
+                shell.finish(&mut core, &mut rx).await;
                 return code;
             }
             shell.execute(e);
@@ -183,7 +183,7 @@ pub async fn run(
                     while let Some(e) = core.poll_effect() {
                         if let Effect::Exit(code) = e {
                             shell.sessions.remove(&generation);
-                            shell.finish(&mut rx).await;
+                            shell.finish(&mut core, &mut rx).await;
                             return code;
                         }
                         shell.execute(e);
@@ -355,7 +355,7 @@ impl Shell {
 
     /// The loop is over: sessions say goodbye and reports in flight finish, both
     /// bounded by [`EXIT_GRACE`].
-    async fn finish(&mut self, rx: &mut mpsc::UnboundedReceiver<Msg>) {
+    async fn finish(&mut self, core: &mut DaemonCore, rx: &mut mpsc::UnboundedReceiver<Msg>) {
         for s in self.sessions.values() {
             let _ = s.stop.send(Stop::Polite);
         }
@@ -367,9 +367,7 @@ impl Shell {
                     }
                     Some(Msg::Report(r)) => {
                         self.reports_in_flight = self.reports_in_flight.saturating_sub(1);
-                        if let Ok(p) = r {
-                            info!("disconnect report written: {}", p.display());
-                        }
+                        core.handle(Input::ReportDone(r), Now::system());
                     }
                     Some(_) => {}
                     None => break,

@@ -228,7 +228,19 @@ impl Qemu {
 
     /// The SPICE channels connected right now (query-spice).
     pub fn channels(&self) -> Vec<SpiceChannel> {
-        with_qmp(&self.qmp, |q| q.query_spice())
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            with_qmp(&self.qmp, |q| q.query_spice())
+        }));
+        r.unwrap_or_else(|e| {
+            // QMP broke: say whether QEMU died and what it printed.
+            panic!(
+                "{}; QEMU running: {}; its stderr:\n{}",
+                e.downcast_ref::<String>()
+                    .map_or("QMP failed", String::as_str),
+                self.is_running(),
+                self.stderr_text()
+            )
+        })
     }
 
     /// How many SPICE channels are connected right now.
