@@ -8,6 +8,7 @@ pub mod channel;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod events;
 pub mod exit;
 pub mod failure;
 pub mod keepalive;

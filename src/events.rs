@@ -1,0 +1,42 @@
+//! The events an operator searches for. Each key log line carries a fixed
+//! `message_id` (journald's `MESSAGE_ID`, explained in `systemd/spiced.catalog`)
+//! and, where it has them, the fields below; the journal writer turns them into
+//! `SPICED_*` fields, the control socket's `subscribe` forwards the same events.
+//!
+//! Log such an event as
+//! `warn!(message_id = events::SESSION_LOST, channel = %ch, cause = "reset", "...")`.
+
+/// The session is established (MAIN_INIT after a link).
+pub const SESSION_ESTABLISHED: &str = "8c9e2c33f98b4ec9abd3b4fb967c4460";
+/// The session was lost (main, or a required channel, failed).
+pub const SESSION_LOST: &str = "e400c9d5596d411e812fc88a2ad2600f";
+/// A reconnect attempt starts.
+pub const RECONNECT_ATTEMPT: &str = "050ce5d192ef48f48fb3131b46450916";
+/// spiced gave up; the process exits with the code in the line.
+pub const GAVE_UP: &str = "cbce9c442af64a538cb61803a1cec844";
+/// The ticket expires within 30 s.
+pub const TICKET_EXPIRING: &str = "a9dcabfd957a46cc933a46e3290088d3";
+/// The ticket has expired: no retry with it.
+pub const TICKET_EXPIRED: &str = "f311834782de46cf8f45b81d935c3661";
+/// Retries failed on a ticket our clock calls valid: clocks skewed, or revoked.
+pub const CLOCK_SKEW: &str = "0b0546cda26c42628f32f34191fe5f6c";
+/// A disconnect report was written.
+pub const REPORT_WRITTEN: &str = "1633e30ec1bc42eb9d0be63fcd830937";
+/// A channel other than main was lost; the session goes on without it.
+pub const CHANNEL_LOST: &str = "fdb896731595490cb70b8a6faf9d19c8";
+
+/// Every id with its name, for the catalog and its test.
+pub const ALL: [(&str, &str); 9] = [
+    ("session_established", SESSION_ESTABLISHED),
+    ("session_lost", SESSION_LOST),
+    ("reconnect_attempt", RECONNECT_ATTEMPT),
+    ("gave_up", GAVE_UP),
+    ("ticket_expiring", TICKET_EXPIRING),
+    ("ticket_expired", TICKET_EXPIRED),
+    ("clock_skew", CLOCK_SKEW),
+    ("report_written", REPORT_WRITTEN),
+    ("channel_lost", CHANNEL_LOST),
+];
+
+/// Field names an event may carry (tracing field ⇒ journal field `SPICED_<NAME>`).
+pub const FIELDS: [&str; 6] = ["channel", "session", "cause", "state", "attempt", "report"];
