@@ -32,6 +32,20 @@ fn spool(dir: &std::path::Path) -> String {
     )
 }
 
+/// spiced against a port nobody listens on, with `[reconnect]` lines added.
+fn against_a_closed_port(
+    dir: &std::path::Path,
+    vv_extra: &[(&str, &str)],
+    reconnect: &str,
+) -> Spiced {
+    let port = free_port().to_string();
+    let mut fields = vec![("host", "127.0.0.1"), ("port", port.as_str())];
+    fields.extend_from_slice(vv_extra);
+    let vv = write_vv(dir, &fields);
+    let cfg = format!("{}\n[reconnect]\n{reconnect}\n", spool(dir));
+    Spiced::start(&vv, &cfg, &[])
+}
+
 #[test]
 fn sigterm_while_linking_to_a_server_that_never_answers() {
     // Accepts the TCP connection and never says a word.
@@ -49,13 +63,7 @@ fn sigterm_while_linking_to_a_server_that_never_answers() {
 #[test]
 fn sigterm_during_the_backoff() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port().to_string();
-    let vv = write_vv(dir.path(), &[("host", "127.0.0.1"), ("port", &port)]);
-    let cfg = format!(
-        "{}\n[reconnect]\ninitial_delay_secs = 60\n",
-        spool(dir.path())
-    );
-    let mut s = Spiced::start(&vv, &cfg, &[]);
+    let mut s = against_a_closed_port(dir.path(), &[], "initial_delay_secs = 60");
     assert!(
         s.wait_log("-> pending: attempt 1 after 1m", Duration::from_secs(10)),
         "{}",
@@ -69,21 +77,12 @@ fn sigterm_during_the_backoff() {
 #[test]
 fn sigterm_while_the_refresh_command_runs_kills_it() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port().to_string();
-    let vv = write_vv(
-        dir.path(),
-        &[
-            ("host", "127.0.0.1"),
-            ("port", &port),
-            ("ticket-valid-until", "1000000000"),
-        ],
-    );
     let marker = format!("{}.{}", 40 + std::process::id() % 50, 7);
-    let cfg = format!(
-        "{}\n[reconnect]\nwait_for_ticket_secs = 600\nrefresh_command = [\"sleep\", \"{marker}\"]\nrefresh_timeout_secs = 300\n",
-        spool(dir.path())
+    let mut s = against_a_closed_port(
+        dir.path(),
+        &[("ticket-valid-until", "1000000000")],
+        &format!("wait_for_ticket_secs = 600\nrefresh_command = [\"sleep\", \"{marker}\"]\nrefresh_timeout_secs = 300"),
     );
-    let mut s = Spiced::start(&vv, &cfg, &[]);
     assert!(
         s.wait_log("running reconnect.refresh_command", Duration::from_secs(10)),
         "{}",
@@ -107,20 +106,11 @@ fn sigterm_while_the_refresh_command_runs_kills_it() {
 #[test]
 fn sigterm_while_waiting_for_a_ticket() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port().to_string();
-    let vv = write_vv(
+    let mut s = against_a_closed_port(
         dir.path(),
-        &[
-            ("host", "127.0.0.1"),
-            ("port", &port),
-            ("ticket-valid-until", "1000000000"),
-        ],
+        &[("ticket-valid-until", "1000000000")],
+        "wait_for_ticket_secs = 600",
     );
-    let cfg = format!(
-        "{}\n[reconnect]\nwait_for_ticket_secs = 600\n",
-        spool(dir.path())
-    );
-    let mut s = Spiced::start(&vv, &cfg, &[]);
     assert!(
         s.wait_log("-> waiting for a fresh ticket", Duration::from_secs(10)),
         "{}",
@@ -134,13 +124,8 @@ fn sigterm_while_waiting_for_a_ticket() {
 #[test]
 fn a_fifo_vv_never_freezes_the_daemon() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port().to_string();
-    let vv = write_vv(dir.path(), &[("host", "127.0.0.1"), ("port", &port)]);
-    let cfg = format!(
-        "{}\n[reconnect]\ninitial_delay_secs = 60\n",
-        spool(dir.path())
-    );
-    let mut s = Spiced::start(&vv, &cfg, &[]);
+    let mut s = against_a_closed_port(dir.path(), &[], "initial_delay_secs = 60");
+    let vv = dir.path().join("console.vv");
     assert!(
         s.wait_log("-> pending", Duration::from_secs(10)),
         "{}",

@@ -492,12 +492,7 @@ impl Supervisor {
         let clean = if clean_close { ", clean close" } else { "" };
         let why = format!("{channel}: {cause}{clean}, after {} up", fmt_dur(healthy));
 
-        if let Some(reason) = self.ticket_forbids_retry(now) {
-            self.ticket_give_up(reason, why, now, out);
-            return;
-        }
-        if !self.policy.enabled() {
-            self.give_up(GiveUpReason::ReconnectDisabled, why, out);
+        if self.no_retry(&why, now, out) {
             return;
         }
 
@@ -564,12 +559,7 @@ impl Supervisor {
         // Those closes were no takeover.
         self.takeover_closes.clear();
         self.suspect_close = None;
-        if let Some(reason) = self.ticket_forbids_retry(now) {
-            self.ticket_give_up(reason, why, now, out);
-            return;
-        }
-        if !self.policy.enabled() {
-            self.give_up(GiveUpReason::ReconnectDisabled, why, out);
+        if self.no_retry(&why, now, out) {
             return;
         }
         self.connect_now(0, format!("{why}; relinking at once"), out);
@@ -720,6 +710,20 @@ impl Supervisor {
                 out,
             );
         }
+    }
+
+    /// Gives up (or waits for a ticket) when the ticket rules or a disabled
+    /// policy forbid a retry; true when it did.
+    fn no_retry(&mut self, why: &str, now: Now, out: &mut Vec<Action>) -> bool {
+        if let Some(reason) = self.ticket_forbids_retry(now) {
+            self.ticket_give_up(reason, why.to_string(), now, out);
+            return true;
+        }
+        if !self.policy.enabled() {
+            self.give_up(GiveUpReason::ReconnectDisabled, why.to_string(), out);
+            return true;
+        }
+        false
     }
 
     /// The ticket reason that forbids any retry now, if one does.
