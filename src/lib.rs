@@ -17,6 +17,7 @@ pub mod logging;
 pub mod reconnect;
 pub mod refresh;
 pub mod report;
+pub mod scrub;
 pub mod secret;
 pub mod session;
 pub mod systemd;

@@ -15,7 +15,7 @@ const STDERR_LIMIT: u64 = 4 * 1024;
 const EXCERPT_CHARS: usize = 200;
 
 /// Runs `argv` (program and arguments, no shell) with stdin closed; its stdout
-/// must be a .vv file. `secrets` (see `crate::secret::secrets`) are scrubbed
+/// must be a .vv file. `secrets` (see `crate::scrub::secrets`) are scrubbed
 /// from the stderr excerpt of a failure. The child is killed on timeout, on
 /// oversized output and if this future is dropped.
 pub async fn run(

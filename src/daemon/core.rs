@@ -584,7 +584,7 @@ impl DaemonCore {
                     if !self.refreshing {
                         self.refreshing = true;
                         info!("running reconnect.refresh_command for a fresh ticket");
-                        let secrets = crate::secret::secrets(&self.settings, &self.config);
+                        let secrets = crate::scrub::secrets(&self.settings, &self.config);
                         self.effects.push_back(Effect::RunRefresh { secrets });
                     }
                 }

@@ -116,7 +116,7 @@ impl ReportJob {
             generation: f.generation,
             cause,
             session,
-            secrets: crate::secret::secrets(f.settings, f.config),
+            secrets: crate::scrub::secrets(f.settings, f.config),
             server_port: f.settings.port.or(f.settings.tls_port).unwrap_or(5900),
             start_unix: f.start_unix,
             uptime: f.uptime,
@@ -170,7 +170,7 @@ mod tests {
             v.contains("/usr/bin/broker") && v.contains("<redacted>"),
             "{v}"
         );
-        assert!(crate::secret::secrets(&ConnectionSettings::default(), &c)
+        assert!(crate::scrub::secrets(&ConnectionSettings::default(), &c)
             .iter()
             .any(|s| s.expose() == "--token=s3cr3t"));
     }

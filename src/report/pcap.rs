@@ -5,7 +5,7 @@
 //! The addresses are documentation ranges (192.0.2.1 client, 198.51.100.1 server):
 //! the capture is a reconstruction of what spiced saw after TLS, not a wire trace.
 
-use super::capture::Direction;
+use crate::tap::Direction;
 use std::time::Duration;
 
 /// Largest TCP payload per synthetic segment (IPv4 total length must fit u16).
