@@ -7,6 +7,7 @@ pub mod error;
 pub mod handshake;
 pub mod proxy;
 pub mod sockopt;
+pub mod stream;
 pub mod subject;
 pub mod tls;
 pub mod transport;

@@ -30,8 +30,8 @@ use rustls::{
 use tokio::time::Instant;
 
 use super::error::TransportError;
+use super::stream::Stream;
 use super::subject::{CertSubject, HostSubject};
-use super::transport::Stream;
 use crate::config::TlsConfig;
 use crate::vv::ConnectionSettings;
 

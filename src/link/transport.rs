@@ -8,7 +8,6 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 
@@ -19,12 +18,7 @@ use super::tls::TlsSetup;
 use crate::config::{Config, KeepaliveConfig};
 use crate::vv::ConnectionSettings;
 
-/// What a channel reads and writes.
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-
-/// A connected channel transport (TCP, proxy tunnel, TLS, or a test double).
-pub type Stream = Box<dyn Io>;
+pub use super::stream::{Io, Stream};
 
 /// Where one channel connects: the .vv host and the plain or TLS port.
 #[derive(Debug, Clone, PartialEq, Eq)]
