@@ -11,6 +11,8 @@ pub mod daemon;
 pub mod events;
 pub mod exit;
 pub mod failure;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod keepalive;
 pub mod link;
 pub mod logging;

@@ -1,7 +1,3 @@
 #![no_main]
-// A .vv file is operator/broker input: parsing must never panic.
-use libfuzzer_sys::fuzz_target;
-
-fuzz_target!(|data: &[u8]| {
-    let _ = spiced::vv::parse(data, "fuzz.vv");
-});
+// See spiced::fuzz::vv_parse: the same function the stable harness runs.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| spiced::fuzz::vv_parse(data));

@@ -28,7 +28,8 @@ pub use pcap::MAX_SEGMENT;
 pub use redact::{scrub_string, REDACTED};
 pub use reporter::Reporter;
 pub use summary::{
-    cause_json_for_output, format_summary, read_cause_json, summarize, ReportError, MAX_CAUSE_BYTES,
+    cause_json_for_output, format_summary, read_cause_from, read_cause_json, summarize,
+    ReportError, MAX_CAUSE_BYTES,
 };
 pub use utc::Utc;
 pub use writer::{

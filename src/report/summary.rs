@@ -49,10 +49,19 @@ impl std::error::Error for ReportError {}
 /// [`MAX_CAUSE_BYTES`] is an error, found by reading one byte past the limit
 /// (never trusting, nor allocating, the size the zip declares).
 pub fn read_cause_json(zip_path: &Path) -> Result<Vec<u8>, ReportError> {
-    let p = || zip_path.to_path_buf();
-    let file = std::fs::File::open(zip_path).map_err(|e| ReportError::Io(p(), e))?;
+    let file =
+        std::fs::File::open(zip_path).map_err(|e| ReportError::Io(zip_path.to_path_buf(), e))?;
+    read_cause_from(file, zip_path)
+}
+
+/// [`read_cause_json`] over any seekable reader; `name` labels the errors.
+pub fn read_cause_from(
+    reader: impl Read + std::io::Seek,
+    name: &Path,
+) -> Result<Vec<u8>, ReportError> {
+    let p = || name.to_path_buf();
     let mut zip =
-        zip::ZipArchive::new(file).map_err(|e| ReportError::NotZip(p(), e.to_string()))?;
+        zip::ZipArchive::new(reader).map_err(|e| ReportError::NotZip(p(), e.to_string()))?;
     let entry = match zip.by_name(CAUSE_ENTRY) {
         Ok(e) => e,
         Err(zip::result::ZipError::FileNotFound) => return Err(ReportError::NoCause(p())),
