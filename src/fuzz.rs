@@ -11,8 +11,11 @@ use crate::wire::frame::{Decoder, HeaderKind};
 use crate::wire::{msg, ChannelId, ChannelType};
 use std::time::Duration;
 
+/// A fuzz target: arbitrary bytes in, nothing out.
+pub type Target = fn(&[u8]);
+
 /// Every target, by the name of its corpus directory under `fuzz/corpus/`.
-pub const TARGETS: [(&str, fn(&[u8])); 9] = [
+pub const TARGETS: [(&str, Target); 9] = [
     ("vv_parse", vv_parse),
     ("config_toml", config_toml),
     ("frame_decoder", frame_decoder),
