@@ -26,11 +26,24 @@ pub enum ChannelEvent {
     ChannelsList(Vec<ChannelId>),
     Name(String),
     Uuid(String),
-    MouseMode { supported: u32, current: u32 },
+    MouseMode {
+        supported: u32,
+        current: u32,
+    },
     AgentConnected(bool),
-    Notify { severity: u32, message: String },
-    ServerDisconnecting { reason: u32 },
-    MigrateSwitchHost { host: String, port: u16, sport: u16 },
+    Notify {
+        severity: u32,
+        message: String,
+    },
+    ServerDisconnecting {
+        reason: u32,
+    },
+    MigrateSwitchHost {
+        host: String,
+        port: u16,
+        sport: u16,
+        subject: String,
+    },
 }
 
 /// Why the state machine gave up on its channel.
@@ -218,9 +231,17 @@ impl Channel {
             ServerMsg::Disconnecting { reason } => self
                 .events
                 .push_back(ChannelEvent::ServerDisconnecting { reason }),
-            ServerMsg::MigrateSwitchHost { port, sport, host } => self
-                .events
-                .push_back(ChannelEvent::MigrateSwitchHost { host, port, sport }),
+            ServerMsg::MigrateSwitchHost {
+                port,
+                sport,
+                host,
+                subject,
+            } => self.events.push_back(ChannelEvent::MigrateSwitchHost {
+                host,
+                port,
+                sport,
+                subject,
+            }),
             ServerMsg::Other(_) => {}
         }
         Ok(())

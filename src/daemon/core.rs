@@ -42,6 +42,8 @@ pub enum Origin {
     Sighup,
     NewFile,
     Refresh,
+    /// The settings of a live migration's target (TLS material built off-loop).
+    Migration,
 }
 
 impl Origin {
@@ -50,6 +52,7 @@ impl Origin {
             Origin::Sighup => "SIGHUP",
             Origin::NewFile => "new .vv file",
             Origin::Refresh => "refresh command",
+            Origin::Migration => "live migration",
         }
     }
 }
@@ -101,6 +104,11 @@ pub enum Effect {
     ReadVv {
         origin: Origin,
     },
+    /// Build the TLS material for these settings off the loop; answer with
+    /// `Input::Loaded { origin: Migration, .. }`.
+    PrepareMigration {
+        settings: Box<ConnectionSettings>,
+    },
     /// Run `refresh_command` off the loop; answer with `Input::Loaded`. Its
     /// stderr is scrubbed of `secrets` before it reaches a log line.
     RunRefresh {
@@ -150,7 +158,12 @@ pub struct DaemonCore {
     /// `config` with what this run learnt (a shorter keepalive after idle cuts).
     session_config: Arc<Config>,
     settings: Arc<ConnectionSettings>,
+    /// The settings as last read from the .vv (or the refresh command): a live
+    /// migration changes `settings`, not these.
+    from_vv: Arc<ConnectionSettings>,
     tls: Option<Arc<TlsSetup>>,
+    /// A session that announced a live migration, and whether it ended since.
+    migrating: Option<(u64, bool)>,
     opts: Options,
     sup: Supervisor,
     reporter: Reporter,
@@ -182,6 +195,8 @@ impl DaemonCore {
         DaemonCore {
             session_config: config.clone(),
             config,
+            from_vv: Arc::new(loaded.settings.clone()),
+            migrating: None,
             settings: Arc::new(loaded.settings),
             tls: loaded.tls,
             next_watchdog: opts.watchdog.map(|w| crate::time::after(now.mono, w)),
@@ -319,6 +334,7 @@ impl DaemonCore {
 
     fn on_loaded(&mut self, origin: Origin, result: Result<Box<Loaded>, String>, now: Now) {
         match origin {
+            Origin::Migration => return self.on_migration_ready(result, now),
             Origin::Refresh => self.refreshing = false,
             Origin::Sighup | Origin::NewFile => {
                 self.reading = false;
@@ -348,7 +364,7 @@ impl DaemonCore {
             warn!("{w}");
         }
         // The same settings again (a SIGHUP storm, a file touched): nothing new.
-        if origin != Origin::Refresh && loaded.settings == *self.settings {
+        if origin != Origin::Refresh && loaded.settings == *self.from_vv {
             info!(
                 "{}: the .vv is unchanged; keeping the session",
                 origin.describe()
@@ -361,10 +377,47 @@ impl DaemonCore {
             loaded.settings.shown_host()
         );
         let ticket = TicketInfo::from_settings(&loaded.settings);
+        self.from_vv = Arc::new(loaded.settings.clone());
+        self.migrating = None;
         self.settings = Arc::new(loaded.settings);
         self.tls = loaded.tls;
         let actions = self.sup.handle(SupInput::Reload { ticket }, now);
         self.apply(actions, now);
+    }
+
+    /// The target's settings are ready: relink the whole session there.
+    fn on_migration_ready(&mut self, result: Result<Box<Loaded>, String>, now: Now) {
+        let Some((generation, ended)) = self.migrating.take() else {
+            return;
+        };
+        match result {
+            Ok(l) => {
+                let to = l.settings.shown_host();
+                self.settings = Arc::new(l.settings);
+                self.tls = l.tls;
+                let actions = self.sup.handle(SupInput::Migrated { generation, to }, now);
+                self.apply(actions, now);
+            }
+            Err(e) => {
+                warn!(
+                    "cannot follow the live migration: {}",
+                    crate::text::printable(&e)
+                );
+                if ended {
+                    let actions = self.sup.handle(
+                        SupInput::Disconnected {
+                            generation,
+                            channel: ChannelId::MAIN,
+                            cause: format!("live migration not followed: {e}"),
+                            clean_close: false,
+                        },
+                        now,
+                    );
+                    self.running = None;
+                    self.apply(actions, now);
+                }
+            }
+        }
     }
 
     fn on_session_event(&mut self, generation: u64, event: SessionEvent, now: Now) {
@@ -410,6 +463,28 @@ impl DaemonCore {
                 run.channels.insert(channel, ChanState::Down(reason));
                 self.send_status();
             }
+            SessionEvent::SwitchHost(t) => {
+                if self.migrating.is_some() {
+                    return;
+                }
+                let mut s = (*self.settings).clone();
+                s.host = t.host;
+                s.port = t.port;
+                s.tls_port = t.tls_port;
+                if t.subject.is_some() {
+                    s.host_subject = t.subject;
+                }
+                info!(
+                    "live migration: the server moves the session to {} (port {}, tls-port {})",
+                    s.shown_host(),
+                    s.port.map_or("none".into(), |p| p.to_string()),
+                    s.tls_port.map_or("none".into(), |p| p.to_string())
+                );
+                self.migrating = Some((generation, false));
+                self.effects.push_back(Effect::PrepareMigration {
+                    settings: Box::new(s),
+                });
+            }
             SessionEvent::Settled { up, down } => {
                 for c in &up {
                     run.channels.insert(*c, ChanState::Up);
@@ -428,6 +503,15 @@ impl DaemonCore {
             .is_some_and(|r| r.generation == generation);
         if !current {
             return; // replaced or stopped by us; its end means nothing now
+        }
+        if let Some((g, ended)) = self.migrating.as_mut() {
+            if *g == generation {
+                // The source closes the session once it has moved; the target's
+                // settings are on their way.
+                *ended = true;
+                info!("the migration source closed the session; relinking at the target");
+                return;
+            }
         }
         let Some(run) = self.running.take() else {
             return;

@@ -92,6 +92,17 @@ pub fn load_vv(path: &Path, config: &Config, delete: bool) -> Result<Loaded, Str
     })
 }
 
+/// Settings that did not come from a file (a live migration's target), with
+/// their TLS material.
+pub fn prepare(settings: ConnectionSettings, config: &Config) -> Result<Loaded, String> {
+    let tls = tls_setup(&settings, config).map_err(|e| e.to_string())?;
+    Ok(Loaded {
+        settings,
+        warnings: Vec::new(),
+        tls,
+    })
+}
+
 /// TLS material, built once per .vv — only when the .vv has a tls-port.
 fn tls_setup(
     s: &ConnectionSettings,

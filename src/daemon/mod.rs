@@ -242,6 +242,19 @@ impl Shell {
                     let _ = tx.send(Msg::Loaded(origin, r));
                 });
             }
+            Effect::PrepareMigration { settings } => {
+                let config = self.config.clone();
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    let job = tokio::task::spawn_blocking(move || env::prepare(*settings, &config));
+                    let r = match tokio::time::timeout(VV_READ_TIMEOUT, job).await {
+                        Ok(Ok(r)) => r,
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(_) => Err("loading the TLS roots did not finish in time".into()),
+                    };
+                    let _ = tx.send(Msg::Loaded(Origin::Migration, r.map(Box::new)));
+                });
+            }
             Effect::RunRefresh { secrets } => {
                 let fut = (self.env.refresh)(self.config.clone(), secrets);
                 let tx = self.tx.clone();

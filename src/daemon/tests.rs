@@ -102,6 +102,7 @@ impl H {
                 Effect::StopSession { generation, how } => format!("stop {generation} {how:?}"),
                 Effect::ReadVv { origin } => format!("read {origin:?}"),
                 Effect::RunRefresh { .. } => "refresh".into(),
+                Effect::PrepareMigration { settings } => format!("migrate {}", settings.host),
                 Effect::WriteReport(j) => format!("report {} {}", j.cause.channel, j.cause.cause),
                 Effect::Notify(Notice::Status(s)) => format!("status {s}"),
                 Effect::Notify(n) => format!("{n:?}"),
@@ -872,4 +873,49 @@ mod shell {
             assert_eq!(code, 0);
         })
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_live_migration_is_followed_without_spending_an_attempt() {
+    let mut h = H::new();
+    h.connected();
+    h.settled(10, &[]);
+    h.take();
+    let target = crate::session::MigrationTarget {
+        host: "10.0.0.2".into(),
+        port: Some(5999),
+        tls_port: None,
+        subject: None,
+    };
+    h.event(SessionEvent::SwitchHost(target));
+    assert_eq!(h.take(), ["migrate 10.0.0.2"]);
+    // The source closes the session before the target's settings are ready:
+    // no report, no retry.
+    h.end(lost(eof(ChannelId::MAIN), 40.0));
+    assert!(h.take().is_empty());
+    assert_eq!(h.core.state().name(), "connected");
+    let s = ConnectionSettings {
+        host: "10.0.0.2".into(),
+        port: Some(5999),
+        ..settings()
+    };
+    h.input(Input::Loaded {
+        origin: Origin::Migration,
+        result: Ok(Box::new(loaded(s))),
+    });
+    let log = h.take();
+    assert!(log.contains(&"start 2".to_string()), "{log:?}");
+    assert!(
+        log.iter().any(|l| l == "status connecting to 10.0.0.2"),
+        "{log:?}"
+    );
+    assert!(matches!(h.core.state(), State::Connecting { attempt: 0 }));
+    // A SIGHUP with the unchanged .vv does not send the session back.
+    h.connected();
+    h.input(Input::Signal(Signal::Hangup));
+    h.input(Input::Loaded {
+        origin: Origin::Sighup,
+        result: Ok(Box::new(loaded(settings()))),
+    });
+    assert_eq!(h.count("start"), 0, "{:?}", h.log);
 }

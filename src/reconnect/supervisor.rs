@@ -112,6 +112,9 @@ pub enum Input {
     Reload { ticket: TicketInfo },
     /// The refresh command failed or timed out (the daemon killed it).
     RefreshFailed { message: String },
+    /// The server moved session `generation` to another host (a live
+    /// migration): relink there at once, spending nothing of the budget.
+    Migrated { generation: u64, to: String },
     /// SIGTERM/SIGINT.
     Shutdown,
     /// An operator asks for a fresh link now (SIGUSR1): a fresh budget, the same
@@ -429,6 +432,12 @@ impl Supervisor {
             } => self.on_connect_failed(class, channel, &message, now, &mut out),
             Input::Reload { ticket } => self.on_reload(ticket, now, &mut out),
             Input::ReconnectNow => self.on_reconnect_now(now, &mut out),
+            Input::Migrated { generation, to } => {
+                if matches!(self.state, State::Connected { generation: g, .. } if g == generation) {
+                    self.suspect_close = None;
+                    self.connect_now(0, format!("following the live migration to {to}"), &mut out);
+                }
+            }
             Input::RefreshFailed { message } => self.on_refresh_failed(&message, now, &mut out),
         }
         out

@@ -56,11 +56,24 @@ pub enum SessionEvent {
         channel: ChannelId,
         reason: String,
     },
+    /// The server moves the session to another host (a live migration,
+    /// MAIN_MIGRATE_SWITCH_HOST): the daemon relinks it there.
+    SwitchHost(MigrationTarget),
     /// No channel is linking or waiting to relink: these are up, these down.
     Settled {
         up: Vec<ChannelId>,
         down: Vec<ChannelId>,
     },
+}
+
+/// Where a live migration sends the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationTarget {
+    pub host: String,
+    pub port: Option<u16>,
+    pub tls_port: Option<u16>,
+    /// The certificate subject the target presents (None: the .vv's rules).
+    pub subject: Option<String>,
 }
 
 /// How to stop a running session.

@@ -279,12 +279,17 @@ impl Orchestrator {
             ChannelEvent::ServerDisconnecting { reason } => {
                 warn!(channel = %ch, "server announced a disconnect (reason {reason})");
             }
-            ChannelEvent::MigrateSwitchHost { host, port, sport } => {
-                warn!(
-                    "server asks to switch to {} (port {port}, tls-port {sport}); spiced does not follow migrations: the session will be re-established by the reconnect policy",
-                    crate::text::printable(&host)
-                );
-            }
+            ChannelEvent::MigrateSwitchHost {
+                host,
+                port,
+                sport,
+                subject,
+            } => match migration_target(host, port, sport, subject) {
+                Ok(t) => self.emit(SessionEvent::SwitchHost(t)),
+                Err(why) => {
+                    warn!("the server announced a live migration spiced cannot follow: {why}")
+                }
+            },
         }
     }
 
@@ -575,6 +580,33 @@ impl Orchestrator {
             info: std::mem::take(&mut self.info),
         }
     }
+}
+
+/// A MAIN_MIGRATE_SWITCH_HOST checked before it can steer the session: a host
+/// name with no control characters and at least one port (0 and 65535 mean none).
+fn migration_target(
+    host: String,
+    port: u16,
+    sport: u16,
+    subject: String,
+) -> Result<crate::session::MigrationTarget, String> {
+    let some = |p: u16| Some(p).filter(|p| *p != 0 && *p != u16::MAX);
+    if host.is_empty() || host.len() > 255 || crate::text::has_control(&host) {
+        return Err(format!("bad host `{}`", crate::text::printable(&host)));
+    }
+    if crate::text::has_control(&subject) {
+        return Err("bad certificate subject".into());
+    }
+    let (port, tls_port) = (some(port), some(sport));
+    if port.is_none() && tls_port.is_none() {
+        return Err(format!("no port for {host}"));
+    }
+    Ok(crate::session::MigrationTarget {
+        host,
+        port,
+        tls_port,
+        subject: Some(subject).filter(|s| !s.is_empty()),
+    })
 }
 
 #[cfg(test)]

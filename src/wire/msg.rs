@@ -167,17 +167,38 @@ impl Writer {
 /// Server messages spiced acts on; everything else is counted and skipped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerMsg {
-    SetAck { generation: u32, window: u32 },
-    Ping { id: u32, timestamp: u64 },
-    Disconnecting { reason: u32 },
-    Notify { severity: u32, message: String },
+    SetAck {
+        generation: u32,
+        window: u32,
+    },
+    Ping {
+        id: u32,
+        timestamp: u64,
+    },
+    Disconnecting {
+        reason: u32,
+    },
+    Notify {
+        severity: u32,
+        message: String,
+    },
     MainInit(MainInit),
     ChannelsList(Vec<(u8, u8)>),
-    MouseMode { supported: u32, current: u32 },
+    MouseMode {
+        supported: u32,
+        current: u32,
+    },
     AgentConnected(bool),
     Name(String),
     Uuid([u8; 16]),
-    MigrateSwitchHost { port: u16, sport: u16, host: String },
+    /// Follow a live migration: the target's host, plain port, TLS port (0 or
+    /// 65535: none) and certificate subject (empty: none).
+    MigrateSwitchHost {
+        port: u16,
+        sport: u16,
+        host: String,
+        subject: String,
+    },
     Other(u16),
 }
 
@@ -303,16 +324,20 @@ pub fn parse(channel: ChannelType, frame: &Frame) -> Result<ServerMsg, WireError
             ServerMsg::Uuid(u)
         }
         server::MAIN_MIGRATE_SWITCH_HOST => {
-            // port u16, sport u16, host_size u32, host_data (ptr->offset), cert_subject...
-            let b = need(frame, 8)?;
+            // port u16, sport u16, host_size u32, host_data (offset u32),
+            // cert_subject_size u32, cert_subject_data (offset u32).
+            let b = need(frame, 12)?;
             let port = super::le_u16(b, 0).unwrap_or(0);
             let sport = super::le_u16(b, 2).unwrap_or(0);
             let host_size = u32_at(b, 4) as usize;
             let host_off = u32_at(b, 8) as usize;
+            let subject_size = u32_at(b, 12) as usize;
+            let subject_off = u32_at(b, 16) as usize;
             ServerMsg::MigrateSwitchHost {
                 port,
                 sport,
                 host: text(b, host_off, host_size),
+                subject: text(b, subject_off, subject_size),
             }
         }
         o => ServerMsg::Other(o),

@@ -325,3 +325,28 @@ fn main_failing_to_link_ends_at_once() {
     let out = o.outcome();
     assert!(!out.connected);
 }
+
+#[test]
+fn a_switch_host_is_checked_then_passed_up() {
+    let mut o = linked(Rules::default(), TicketInfo::default());
+    let ev = |host: &str, port, sport| ChannelEvent::MigrateSwitchHost {
+        host: host.into(),
+        port,
+        sport,
+        subject: String::new(),
+    };
+    o.on_event(ChannelId::MAIN, ev("10.0.0.2", 5901, 65535));
+    assert_eq!(
+        events(drain(&mut o)),
+        [SessionEvent::SwitchHost(crate::session::MigrationTarget {
+            host: "10.0.0.2".into(),
+            port: Some(5901),
+            tls_port: None,
+            subject: None
+        })]
+    );
+    for bad in [ev("", 1, 0), ev("a\r\nb", 1, 0), ev("h", 0, 65535)] {
+        o.on_event(ChannelId::MAIN, bad);
+        assert!(drain(&mut o).is_empty());
+    }
+}
