@@ -417,6 +417,41 @@ fn tls_with_ca_and_host_subject_links_every_channel() {
     assert_qemu_quiet(&q);
 }
 
+/// The shape oVirt's engine writes: `port=-1`, only a `tls-port`, a
+/// `secure-channels` list, a password, `delete-this-file=1`, an `[ovirt]` group.
+#[test]
+fn ovirt_shaped_vv_links_every_channel_over_tls() {
+    if !require_qemu() {
+        return;
+    }
+    let t = Scratch::new();
+    let certs = Certs::generate(&t.path().join("pki"), "spiced-tls-test");
+    let q = tls_only_qemu(&certs, Some(RIGHT_PW));
+    let path = t.vv(&[
+        ("host", "127.0.0.1"),
+        ("port", "-1"),
+        ("tls-port", &q.tls_port().to_string()),
+        ("password", RIGHT_PW),
+        ("delete-this-file", "1"),
+        ("ca", &certs.ca_pem()),
+        ("host-subject", &certs.host_subject()),
+        (
+            "secure-channels",
+            "main;inputs;cursor;playback;record;display;smartcard;usbredir;",
+        ),
+    ]);
+    // The [ovirt] group after the [virt-viewer] one, as the engine writes it.
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str("\n[ovirt]\nhost=engine.example.com:443\nvm-guid=2a7d3c1e-6b55-4f0e-9b1a-0d6c2f1e8a41\nsso-token=s3cr3t\nadmin=0\n");
+    std::fs::write(&path, text).unwrap();
+    let (mut s, took) = start_and_link(&path, &t.toml(""), &q, ALL);
+    eprintln!("oVirt-shaped: {ALL} channels linked over TLS {took:?} after start");
+    assert!(q.channels().iter().all(|c| c.tls), "{:?}", q.channels());
+    assert!(!path.exists(), "delete-this-file=1: the .vv is gone");
+    stop_cleanly(&mut s, &q);
+    assert!(!s.log().contains(RIGHT_PW) && !s.log().contains("s3cr3t"));
+}
+
 #[test]
 fn tls_host_subject_mismatch_is_refused() {
     if !require_qemu() {
