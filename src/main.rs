@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use spiced::cli::{Cli, Command, RunArgs};
-use spiced::{config::Config, exit, vv};
+use spiced::{exit, vv};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -60,8 +60,15 @@ fn check(args: &RunArgs) -> u8 {
             None
         }
     };
-    if let Some(config) = &args.config {
-        if let Err(e) = Config::load(config) {
+    match args.load_config() {
+        Ok((_, Some(missing))) => {
+            eprintln!(
+                "note: no {}: every option has its default",
+                missing.display()
+            )
+        }
+        Ok((_, None)) => {}
+        Err(e) => {
             eprintln!("{e}");
             failed = true;
         }
