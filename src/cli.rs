@@ -2,7 +2,7 @@
 //! FILE.toml] [--spool DIR] [--check]` and `spiced report FILE.zip [--json]`.
 
 use crate::config::{Config, ConfigError};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Parser)]
@@ -52,6 +52,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the man page spiced(1) (roff) on stdout; the .deb build runs it.
+    #[command(hide = true)]
+    Manpage {
+        /// Write spiced.1 and a page per subcommand (spiced-report.1, ...) here.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
 }
 
 impl RunArgs {
@@ -71,6 +78,24 @@ impl RunArgs {
             None => Ok((Config::default(), None)),
         }
     }
+}
+
+/// The command as the man pages describe it: without the `help` subcommand,
+/// which would be listed as a page spiced-help(1) that nobody ships.
+fn man_command() -> clap::Command {
+    Cli::command().disable_help_subcommand(true)
+}
+
+/// Writes the man page spiced(1) in roff, generated from the definitions above
+/// so it cannot drift from `--help`. Hidden subcommands stay out of it.
+pub fn write_manpage(out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    clap_mangen::Man::new(man_command()).render(out)
+}
+
+/// Writes spiced.1 and one page per visible subcommand (spiced-report.1, ...),
+/// which spiced(1) refers to, into `dir`.
+pub fn write_manpages(dir: &Path) -> std::io::Result<()> {
+    clap_mangen::generate_to(man_command(), dir)
 }
 
 #[cfg(test)]
