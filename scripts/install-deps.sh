@@ -10,18 +10,20 @@
 #                     black hole), procps
 #   traffic reading:  tshark (SPICE dissector)
 #   reference client: python3-gi gir1.2-spiceclientglib-2.0 spice-client-gtk
+#   packaging:        dpkg-dev (dpkg-shlibdeps), man-db (`man spiced` after
+#                     dpkg -i), systemd (systemd-analyze: verify, security)
 #   plus ca-certificates.
 # --check: install nothing, list what is missing, exit 1 if anything is.
 set -euo pipefail
 
 me=install-deps.sh
 pkgs=(qemu-system-x86 binutils openssl tshark tinyproxy nftables iproute2 ca-certificates procps
-  python3-gi gir1.2-spiceclientglib-2.0 spice-client-gtk)
+  python3-gi gir1.2-spiceclientglib-2.0 spice-client-gtk dpkg-dev man-db systemd)
 check=0
 for a in "$@"; do
   case "$a" in
     --check) check=1 ;;
-    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "$me: unknown option $a (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -31,7 +33,7 @@ for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
 # The programs the tests run, in case a package is installed but broken or renamed.
-for c in qemu-system-x86_64 openssl tshark tinyproxy nft ip; do
+for c in qemu-system-x86_64 openssl tshark tinyproxy nft ip systemd-analyze man dpkg-shlibdeps; do
   command -v "$c" >/dev/null || PATH="$PATH:/usr/sbin:/sbin" command -v "$c" >/dev/null ||
     echo "$me: note: $c not found on PATH" >&2
 done

@@ -302,6 +302,21 @@ impl Config {
         Config::from_toml(&text, &path.display().to_string())
     }
 
+    /// [`Config::load`], except that a file that does not exist is `Ok(None)`:
+    /// the caller uses the defaults (`--config-if-exists`). Anything else that
+    /// stops the read (permissions, a directory) is an error, so a file that is
+    /// there is never silently ignored.
+    pub fn load_if_exists(path: &Path) -> Result<Option<Config>, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::from_toml(&text, &path.display().to_string()).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(ConfigError(format!(
+                "{}: cannot read config: {e}",
+                path.display()
+            ))),
+        }
+    }
+
     /// Ranges serde cannot express (documented next to each option in
     /// config/spiced.toml). The message names the key and the value; `from_toml`
     /// and `load` prefix the file.

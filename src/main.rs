@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use spiced::cli::{Cli, Command, RunArgs};
-use spiced::{config::Config, exit, vv};
+use spiced::{exit, vv};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -22,6 +22,7 @@ fn main() -> ExitCode {
     };
     let code = match cli.command {
         Some(Command::Report { file, json }) => spiced::report::cli_main(&file, json),
+        Some(Command::Manpage { out_dir }) => manpage(out_dir.as_deref()),
         None if cli.run.check => check(&cli.run),
         None => spiced::daemon::main(&cli.run),
     };
@@ -60,8 +61,15 @@ fn check(args: &RunArgs) -> u8 {
             None
         }
     };
-    if let Some(config) = &args.config {
-        if let Err(e) = Config::load(config) {
+    match args.load_config() {
+        Ok((_, Some(missing))) => {
+            eprintln!(
+                "note: no {}: every option has its default",
+                missing.display()
+            )
+        }
+        Ok((_, None)) => {}
+        Err(e) => {
             eprintln!("{e}");
             failed = true;
         }
@@ -74,4 +82,23 @@ fn check(args: &RunArgs) -> u8 {
     }
     println!("{}", vv::check_json(&parsed.settings));
     exit::OK
+}
+
+/// `spiced manpage [--out-dir DIR]` (hidden): spiced(1) in roff on stdout, or
+/// every page into DIR, for the .deb build.
+fn manpage(out_dir: Option<&std::path::Path>) -> u8 {
+    let r = match out_dir {
+        Some(dir) => spiced::cli::write_manpages(dir),
+        None => {
+            let mut out = std::io::stdout().lock();
+            spiced::cli::write_manpage(&mut out).and_then(|()| std::io::Write::flush(&mut out))
+        }
+    };
+    match r {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            eprintln!("spiced: cannot write the man page: {e}");
+            exit::FAILURE
+        }
+    }
 }

@@ -44,15 +44,12 @@ const WATCH_EVERY: Duration = Duration::from_secs(1);
 
 /// Runs spiced until it stops; returns the process exit code (see `exit`).
 pub fn main(args: &RunArgs) -> u8 {
-    let config = match &args.config {
-        Some(p) => match Config::load(p) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("spiced: {e}");
-                return exit::CONFIG;
-            }
-        },
-        None => Config::default(),
+    let (config, missing_config) = match args.load_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("spiced: {e}");
+            return exit::CONFIG;
+        }
     };
     let ring = LogRing::new(config.report.log_lines);
     crate::logging::init(&config.log.filter, Some(ring.clone()));
@@ -60,6 +57,10 @@ pub fn main(args: &RunArgs) -> u8 {
         error!("no --vv FILE given");
         return exit::CONFIG;
     };
+    if let Some(p) = missing_config {
+        // --config-if-exists: say so, since a misnamed file would look the same.
+        info!("no {}: every option has its default", p.display());
+    }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
