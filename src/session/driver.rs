@@ -25,6 +25,9 @@ use tracing::info;
 
 /// A write that cannot finish in this long means the peer stopped reading.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a polite stop waits for a freshly linked channel's first server
+/// message (see the stop branch in `run`).
+const SETTLE_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long a polite goodbye (DISCONNECTING, TLS close_notify) may take.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
 const READ_BUF: usize = 64 * 1024;
@@ -213,6 +216,25 @@ pub(super) async fn run(
             }
             s = super::stopped(&mut stop) => {
                 if s == Stop::Polite {
+                    // spice-server 0.15 can crash (the whole VM with it) when a
+                    // client leaves a channel it is still setting up on its worker
+                    // thread. The first server message says the setup is done.
+                    if state.counters().messages_in == 0 {
+                        let settle = async {
+                            while state.counters().messages_in == 0 {
+                                match stream.read(&mut buf).await {
+                                    Ok(n) if n > 0 => {
+                                        if state.on_bytes(&buf[..n], ctx.now()).is_err() {
+                                            break;
+                                        }
+                                    }
+                                    _ => break,
+                                }
+                            }
+                        };
+                        let _ = tokio::time::timeout(SETTLE_TIMEOUT, settle).await;
+                        // Answers owed (PONG, ACK_SYNC) go before the goodbye.
+                    }
                     state.close(crate::time::unix_millis());
                     let bye = async {
                         while let Some(b) = state.poll_transmit(ctx.now()) {
