@@ -106,6 +106,16 @@ struct SessionTask {
     capture: Option<SharedCapture>,
     /// Aborted at this time if it has not ended.
     abort_at: Option<Instant>,
+    /// Told to stop: a new session waits for its end.
+    stopping: bool,
+}
+
+/// A session start waiting for the previous session's end.
+struct PendingStart {
+    generation: u64,
+    settings: Arc<crate::vv::ConnectionSettings>,
+    config: Arc<Config>,
+    tls: Option<Arc<crate::link::TlsSetup>>,
 }
 
 struct Shell {
@@ -119,6 +129,7 @@ struct Shell {
     stuck_reads: Arc<AtomicUsize>,
     stat_in_flight: bool,
     stamp: Option<Stamp>,
+    pending_start: Option<PendingStart>,
 }
 
 /// The loop. `signals` carries SIGTERM/SIGINT/SIGHUP/SIGUSR1 (tests inject them).
@@ -139,6 +150,7 @@ pub async fn run(
         stuck_reads: Arc::new(AtomicUsize::new(0)),
         stat_in_flight: false,
         stamp: None,
+        pending_start: None,
     };
     // The first read, off the loop and bounded like every other.
     shell.stamp = (shell.env.stamp)(&shell.opts_vv);
@@ -189,7 +201,7 @@ pub async fn run(
                         }
                         shell.execute(e);
                     }
-                    shell.sessions.remove(&generation);
+                    shell.ended(generation);
                 }
                 Msg::Loaded(origin, result) => core.handle(Input::Loaded { origin, result }, Now::system()),
                 Msg::Report(r) => {
@@ -228,9 +240,33 @@ impl Shell {
                 settings,
                 config,
                 tls,
-            } => self.start_session(generation, settings, config, tls),
+            } => {
+                // One session at a time on the server: a new link while the old
+                // one is still being torn down races spice-server's own teardown
+                // (which crashed QEMU here). The start waits for the old end,
+                // bounded by STOP_GRACE.
+                let start = PendingStart {
+                    generation,
+                    settings,
+                    config,
+                    tls,
+                };
+                if self.sessions.values().any(|s| s.stopping) {
+                    self.pending_start = Some(start);
+                } else {
+                    self.start_session(start);
+                }
+            }
             Effect::StopSession { generation, how } => {
+                if self
+                    .pending_start
+                    .as_ref()
+                    .is_some_and(|p| p.generation == generation)
+                {
+                    self.pending_start = None;
+                }
                 if let Some(s) = self.sessions.get_mut(&generation) {
+                    s.stopping = true;
                     let _ = s.stop.send(how);
                     s.abort_at.get_or_insert(Instant::now() + STOP_GRACE);
                 }
@@ -286,13 +322,23 @@ impl Shell {
         }
     }
 
-    fn start_session(
-        &mut self,
-        generation: u64,
-        settings: Arc<crate::vv::ConnectionSettings>,
-        config: Arc<Config>,
-        tls: Option<Arc<crate::link::TlsSetup>>,
-    ) {
+    /// A session ended: a start that waited for it goes now.
+    fn ended(&mut self, generation: u64) {
+        self.sessions.remove(&generation);
+        if !self.sessions.values().any(|s| s.stopping) {
+            if let Some(p) = self.pending_start.take() {
+                self.start_session(p);
+            }
+        }
+    }
+
+    fn start_session(&mut self, p: PendingStart) {
+        let PendingStart {
+            generation,
+            settings,
+            config,
+            tls,
+        } = p;
         let (stop_tx, stop_rx) = watch::channel(Stop::Run);
         let capture = config
             .report
@@ -333,6 +379,7 @@ impl Shell {
                 abort,
                 capture,
                 abort_at: None,
+                stopping: false,
             },
         );
     }
