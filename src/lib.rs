@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod events;
 pub mod exit;
 pub mod failure;
+pub mod journal;
 pub mod keepalive;
 pub mod link;
 pub mod logging;

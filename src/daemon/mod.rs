@@ -55,7 +55,7 @@ pub fn main(args: &RunArgs) -> u8 {
         None => Config::default(),
     };
     let ring = LogRing::new(config.report.log_lines);
-    crate::logging::init(&config.log.filter, Some(ring.clone()));
+    crate::logging::init(&config.log, Some(ring.clone()));
     let Some(vv_path) = args.vv.clone() else {
         error!("no --vv FILE given");
         return exit::CONFIG;
