@@ -293,6 +293,7 @@ impl Shell {
                 .map(|c| c as Arc<dyn crate::tap::CaptureSink>),
             start: Instant::now(),
             start_unix: crate::time::unix_now(),
+            generation,
         };
         let tx = self.tx.clone();
         let emit_tx = tx.clone();

@@ -148,6 +148,8 @@ pub struct SessionCtx {
     pub start: Instant,
     /// The wall clock at `start` (ticket expiry).
     pub start_unix: f64,
+    /// The daemon's number for this session (`session` in log lines).
+    pub generation: u64,
 }
 
 impl SessionCtx {
@@ -222,7 +224,8 @@ pub async fn run(
         policy,
         TicketInfo::from_settings(&ctx.settings),
         ctx.start_unix,
-    );
+    )
+    .for_session(ctx.generation);
     orch.start();
     let mut how = Stop::Abort;
 
