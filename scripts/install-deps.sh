@@ -10,18 +10,20 @@
 #                     black hole), procps
 #   traffic reading:  tshark (SPICE dissector)
 #   reference client: python3-gi gir1.2-spiceclientglib-2.0 spice-client-gtk
+#   journal:          systemd (systemd-journald + journalctl for
+#                     scripts/journald-sandbox.sh)
 #   plus ca-certificates.
 # --check: install nothing, list what is missing, exit 1 if anything is.
 set -euo pipefail
 
 me=install-deps.sh
 pkgs=(qemu-system-x86 binutils openssl tshark tinyproxy nftables iproute2 ca-certificates procps
-  python3-gi gir1.2-spiceclientglib-2.0 spice-client-gtk)
+  python3-gi gir1.2-spiceclientglib-2.0 spice-client-gtk systemd)
 check=0
 for a in "$@"; do
   case "$a" in
     --check) check=1 ;;
-    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "$me: unknown option $a (see --help)" >&2; exit 2 ;;
   esac
 done
