@@ -175,6 +175,10 @@ fn a_lost_session_is_found_by_priority_channel_and_message_id() {
     let display = journal(&kept, &["SPICED_CHANNEL=display"]);
     let d = messages(&display);
     assert!(d.iter().any(|m| m.contains("channel display up")), "{d:#?}");
+    assert!(
+        d.iter().any(|m| m.contains("channel display totals:")),
+        "{d:#?}"
+    );
     assert!(d.iter().all(|m| m.contains("display")), "{d:#?}");
 
     // MESSAGE_ID=<session lost>: exactly one, with its cause and report.

@@ -293,6 +293,8 @@ pub async fn run(
     let mut out = orch.outcome();
     for (ch, c) in &out.counters {
         info!(
+            channel = %ch,
+            session = ctx.generation,
             "channel {ch} totals: in {} B / {} msgs, out {} B / {} msgs, pings {}, pongs {}, acks {}, keepalives {} (replies {})",
             c.bytes_in,
             c.messages_in,
