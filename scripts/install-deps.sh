@@ -11,7 +11,8 @@
 #   traffic reading:  tshark (SPICE dissector)
 #   reference client: python3-gi gir1.2-spiceclientglib-2.0 spice-client-gtk
 #   packaging:        dpkg-dev (dpkg-shlibdeps), man-db (`man spiced` after
-#                     dpkg -i), systemd (systemd-analyze: verify, security)
+#                     dpkg -i), systemd (systemd-analyze: verify, security;
+#                     journald + journalctl for scripts/journald-sandbox.sh)
 #   plus ca-certificates.
 # --check: install nothing, list what is missing, exit 1 if anything is.
 set -euo pipefail

@@ -24,14 +24,31 @@ pub struct Config {
 pub struct LogConfig {
     /// tracing filter (RUST_LOG syntax); the RUST_LOG environment variable wins.
     pub filter: String,
+    /// Where log lines go.
+    pub target: LogTarget,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             filter: "info".into(),
+            target: LogTarget::Auto,
         }
     }
+}
+
+/// `log.target`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogTarget {
+    /// journald's native protocol when stderr is the journal (JOURNAL_STREAM
+    /// names stderr), else plain stderr.
+    Auto,
+    /// journald's native protocol; a line the journal socket does not take goes
+    /// to stderr with a `<N>` priority prefix.
+    Journald,
+    /// Plain lines on stderr.
+    Stderr,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -567,6 +584,20 @@ mod tests {
     #[test]
     fn empty_file_is_the_defaults() {
         assert_eq!(Config::from_toml("", "x.toml").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn log_target_values() {
+        for (text, want) in [
+            ("auto", LogTarget::Auto),
+            ("journald", LogTarget::Journald),
+            ("stderr", LogTarget::Stderr),
+        ] {
+            let c = Config::from_toml(&format!("[log]\ntarget = \"{text}\"\n"), "x.toml").unwrap();
+            assert_eq!(c.log.target, want);
+        }
+        let e = Config::from_toml("[log]\ntarget = \"syslog\"\n", "x.toml").unwrap_err();
+        assert!(e.to_string().contains("target"), "{e}");
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod exit;
 pub mod failure;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod journal;
 pub mod keepalive;
 pub mod link;
 pub mod logging;

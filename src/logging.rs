@@ -1,36 +1,60 @@
-//! Log setup: one line per event on stderr, readable both in a terminal and in
-//! journald (no colours and no timestamps of our own when stderr is the journal,
-//! which adds both). RUST_LOG wins over the config's `log.filter`. A bounded ring
-//! of recent lines feeds `log.txt` in disconnect reports.
+//! Log setup. RUST_LOG wins over the config's `log.filter`. A bounded ring of
+//! recent lines feeds `log.txt` in disconnect reports, whatever the target.
+//!
+//! `log.target` picks the sink (see [`Sink`]): journald's native protocol
+//! ([`crate::journal`]), or one line per event on stderr, readable in a terminal
+//! and, without colours and timestamps of our own, in a journal stream.
 
+use crate::config::{LogConfig, LogTarget};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, EnvFilter, Layer};
 
+/// Where lines go, as decided from `log.target` and the process's stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sink {
+    /// The native protocol; refused lines go to stderr as `<N>text`.
+    Journal,
+    /// stderr, with timestamps (and colours on a terminal).
+    Stderr,
+    /// stderr that is a journal stream: no timestamps or colours (journald adds
+    /// the time). Only with `target = "stderr"`.
+    StderrToJournal,
+}
+
+/// The sink for `target` when stderr is (`stderr_is_journal`) or is not the journal.
+pub fn choose_sink(target: LogTarget, stderr_is_journal: bool) -> Sink {
+    match (target, stderr_is_journal) {
+        (LogTarget::Journald, _) | (LogTarget::Auto, true) => Sink::Journal,
+        (LogTarget::Stderr, true) => Sink::StderrToJournal,
+        (LogTarget::Auto | LogTarget::Stderr, false) => Sink::Stderr,
+    }
+}
+
 /// Installs the global subscriber. `ring` (if any) receives a copy of every line
 /// that passes the filter. Safe to call twice (the second call does nothing).
-pub fn init<L>(config_filter: &str, ring: Option<L>)
+pub fn init<L>(log: &LogConfig, ring: Option<L>)
 where
     L: Layer<tracing_subscriber::Registry> + Send + Sync + 'static,
 {
     let rust_log = std::env::var("RUST_LOG").ok();
-    let filter = EnvFilter::try_new(filter_string(rust_log.as_deref(), config_filter))
-        .or_else(|_| EnvFilter::try_new(config_filter))
+    let filter = EnvFilter::try_new(filter_string(rust_log.as_deref(), &log.filter))
+        .or_else(|_| EnvFilter::try_new(&log.filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let journal = crate::systemd::logging_to_journal();
-    let ansi = !journal && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let sink = choose_sink(log.target, crate::journal::stderr_is_journal());
+    let ansi = sink == Sink::Stderr && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let base = fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(ansi)
         .with_target(false);
-    let stderr_layer = if journal {
-        base.without_time().boxed()
-    } else {
-        base.boxed()
+    let out = match sink {
+        Sink::Journal => crate::journal::JournalLayer::stderr().boxed(),
+        Sink::StderrToJournal => base.without_time().boxed(),
+        Sink::Stderr => base.boxed(),
     };
     let _ = tracing_subscriber::registry()
         .with(ring)
-        .with(stderr_layer)
+        .with(out)
         .with(filter)
         .try_init();
 }
@@ -77,6 +101,17 @@ mod tests {
             escape_controls("a\x1b[31mb\r\n\t\0\x7f\u{9b}c"),
             "a\\x1b[31mb\\x0d\\x0a\\x09\\x00\\x7f\\u{9b}c"
         );
+    }
+
+    #[test]
+    fn target_and_journal_stream_pick_the_sink() {
+        use LogTarget::*;
+        assert_eq!(choose_sink(Auto, true), Sink::Journal);
+        assert_eq!(choose_sink(Auto, false), Sink::Stderr);
+        assert_eq!(choose_sink(Journald, false), Sink::Journal);
+        assert_eq!(choose_sink(Journald, true), Sink::Journal);
+        assert_eq!(choose_sink(Stderr, true), Sink::StderrToJournal);
+        assert_eq!(choose_sink(Stderr, false), Sink::Stderr);
     }
 
     #[test]

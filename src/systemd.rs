@@ -40,7 +40,7 @@ pub fn watchdog_interval() -> Option<Duration> {
     sd_notify::watchdog_enabled().map(|d| d / 2)
 }
 
-/// stderr goes to the journal: no colours and no timestamps (journald adds both).
+/// stderr goes to the journal (JOURNAL_STREAM names it, not merely is set).
 pub fn logging_to_journal() -> bool {
-    std::env::var_os("JOURNAL_STREAM").is_some()
+    crate::journal::stderr_is_journal()
 }

@@ -34,6 +34,18 @@ pub fn unix_now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// Unix seconds (as [`unix_now`] gives them) back to a `SystemTime`; nonsense
+/// (negative, NaN, beyond `SystemTime`) is the epoch.
+pub fn unix_to_system(unix: f64) -> SystemTime {
+    if !unix.is_finite() || unix <= 0.0 {
+        return SystemTime::UNIX_EPOCH;
+    }
+    Duration::try_from_secs_f64(unix)
+        .ok()
+        .and_then(|d| SystemTime::UNIX_EPOCH.checked_add(d))
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
 /// Wall-clock milliseconds since the epoch, for the DISCONNECTING message.
 pub fn unix_millis() -> u64 {
     SystemTime::now()
@@ -58,6 +70,15 @@ pub fn fmt_dur(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unix_seconds_to_system_time() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_250);
+        assert_eq!(unix_to_system(1_700_000_000.25), t);
+        for odd in [f64::NAN, -1.0, f64::INFINITY, 1e300] {
+            assert_eq!(unix_to_system(odd), SystemTime::UNIX_EPOCH);
+        }
+    }
 
     #[test]
     fn odd_seconds_never_panic() {

@@ -168,7 +168,11 @@ fn stop_cleanly(s: &mut Spiced, q: &Qemu) {
 fn up_lines(s: &Spiced) -> Vec<String> {
     s.lines_with("channel ")
         .into_iter()
-        .filter(|l| l.ends_with(" up") || l.ends_with(" up (TLS)"))
+        .filter(|l| {
+            // The text, without the fields that follow it (`channel=... session=...`).
+            let text = l.split(" channel=").next().unwrap_or(l);
+            text.ends_with(" up") || text.ends_with(" up (TLS)")
+        })
         .collect()
 }
 

@@ -680,6 +680,8 @@ fn retention_keeps_the_newest_reports() {
         .iter()
         .filter_map(|l| {
             let p = &l[l.find("written: ")? + 9..];
+            // The path, without the fields after it (` report=...`).
+            let p = p.split(" report=").next()?;
             Path::new(p.trim())
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())

@@ -10,6 +10,7 @@
 
 use super::idle_cut::IdleCuts;
 use crate::config::Config;
+use crate::events;
 use crate::failure::{Cause, Failure};
 use crate::link::TlsSetup;
 use crate::reconnect::{Action, Input as SupInput, Now, State, Supervisor, TicketInfo};
@@ -143,6 +144,15 @@ struct Running {
     connected: bool,
     start_unix: f64,
     channels: BTreeMap<ChannelId, ChanState>,
+}
+
+/// A report granted at a disconnect, before it is built.
+struct ReportSlot {
+    skipped: u32,
+    file_name: String,
+    wall: std::time::SystemTime,
+    /// `wall` as the daemon's clock read it.
+    unix: f64,
 }
 
 /// What a report is about: a session that ended (and the cause word to use
@@ -456,7 +466,9 @@ impl DaemonCore {
                 };
                 run.channels.insert(channel, ChanState::Lost(state));
                 let counters = BTreeMap::from([(channel, *counters)]);
-                self.report(generation, &failure, &counters, Ctx::Lost(&info), now);
+                if let Some(slot) = self.report_slot(&failure, now) {
+                    self.report(slot, generation, &failure, &counters, Ctx::Lost(&info));
+                }
                 self.send_status();
             }
             SessionEvent::ChannelDown { channel, reason } => {
@@ -527,8 +539,23 @@ impl DaemonCore {
         };
         self.last_failure = Some(format!("{}: {}", f.cause.as_str(), f.message));
         let mut cause = None;
+        // Named now so the session-lost line can say where its report goes.
+        let slot = self.report_slot(&f, now);
+        let report_path = slot
+            .as_ref()
+            .map(|s| self.reporter.dir().join(&s.file_name).display().to_string());
         if end.connected {
-            warn!(channel = %f.channel, cause = f.cause.as_str(), "session lost after {:.1} s: {} failed first: {}", end.uptime.as_secs_f64(), f.channel, f.message);
+            warn!(
+                channel = %f.channel,
+                cause = f.cause.as_str(),
+                session = generation,
+                report = report_path.as_deref(),
+                message_id = events::SESSION_LOST,
+                "session lost after {:.1} s: {} failed first: {}",
+                end.uptime.as_secs_f64(),
+                f.channel,
+                f.message
+            );
             let cut = self.idle_cuts.observe(&end, now.mono);
             if let Some(learned) = cut {
                 cause = Some(Cause::IdleCut);
@@ -560,7 +587,14 @@ impl DaemonCore {
                 ));
             }
         } else {
-            warn!(channel = %f.channel, cause = f.cause.as_str(), "connect failed: {}", f.message);
+            warn!(
+                channel = %f.channel,
+                cause = f.cause.as_str(),
+                session = generation,
+                report = report_path.as_deref(),
+                "connect failed: {}",
+                f.message
+            );
             actions.extend(self.sup.handle(
                 SupInput::ConnectFailed {
                     class: f.class,
@@ -572,32 +606,45 @@ impl DaemonCore {
         }
         // The report says what the supervisor decided, so it comes after it.
         self.running = Some(run);
-        self.report(generation, &f, &end.counters, Ctx::Ended(&end, cause), now);
+        if let Some(slot) = slot {
+            self.report(slot, generation, &f, &end.counters, Ctx::Ended(&end, cause));
+        }
         self.running = None;
         self.apply(actions, now);
     }
 
-    /// Queues a disconnect report (cooldown permitting).
+    /// Whether this disconnect gets a report (enabled, cooldown permitting), and
+    /// the file it goes to.
+    fn report_slot(&mut self, f: &Failure, now: Now) -> Option<ReportSlot> {
+        if !self.config.report.enabled {
+            return None;
+        }
+        let skipped = self
+            .reporter
+            .should_write(now.mono.saturating_duration_since(self.origin))?;
+        let wall = crate::time::unix_to_system(now.unix);
+        let file_name = self.reporter.next_file_name(&f.channel.to_string(), wall);
+        Some(ReportSlot {
+            skipped,
+            file_name,
+            wall,
+            unix: now.unix,
+        })
+    }
+
+    /// Queues the disconnect report `slot` was granted for.
     fn report(
         &mut self,
+        slot: ReportSlot,
         generation: u64,
         f: &Failure,
         counters: &BTreeMap<ChannelId, crate::channel::counters::ChannelCounters>,
         ctx: Ctx<'_>,
-        now: Now,
     ) {
+        let now_unix = slot.unix;
         let (end, cause, info) = match ctx {
             Ctx::Ended(e, cause) => (Some(e), cause, &e.info),
             Ctx::Lost(info) => (None, None, info),
-        };
-        if !self.config.report.enabled {
-            return;
-        }
-        let Some(skipped) = self
-            .reporter
-            .should_write(now.mono.saturating_duration_since(self.origin))
-        else {
-            return;
         };
         let run = self.running.as_ref();
         let channels_down = run
@@ -611,7 +658,7 @@ impl DaemonCore {
                     .collect()
             })
             .unwrap_or_default();
-        let start_unix = run.map_or(now.unix, |r| r.start_unix);
+        let start_unix = run.map_or(now_unix, |r| r.start_unix);
         let job = ReportJob::new(Facts {
             failure: f,
             cause,
@@ -619,18 +666,20 @@ impl DaemonCore {
             info,
             channels_down,
             uptime: end.map_or(
-                Duration::try_from_secs_f64(now.unix - start_unix).unwrap_or_default(),
+                Duration::try_from_secs_f64(now_unix - start_unix).unwrap_or_default(),
                 |e| e.uptime,
             ),
             settings: &self.settings,
             config: &self.config,
             reconnects: self.sup.reconnect_count(),
             reconnect_state: self.sup.describe(),
-            skipped,
+            skipped: slot.skipped,
             generation,
             start_unix,
             spool: self.reporter.dir(),
             session_goes_on: end.is_none(),
+            file_name: slot.file_name,
+            wall: slot.wall,
         });
         self.effects.push_back(Effect::WriteReport(Box::new(job)));
     }
@@ -649,7 +698,7 @@ impl DaemonCore {
             match a {
                 Action::ConnectNow { attempt } => self.connect(attempt, now),
                 Action::Transition(t) => {
-                    info!("reconnect: {t}");
+                    info!(state = t.to_state, "reconnect: {t}");
                     match self.sup.state() {
                         // `connect` says where to.
                         State::Connecting { .. } => {}
@@ -663,7 +712,7 @@ impl DaemonCore {
                     }
                 }
                 Action::Info(m) => info!("{m}"),
-                Action::Warn(m) => warn!("{m}"),
+                Action::Warn(w) => warn!(message_id = w.event, "{}", w.text),
                 Action::RunRefreshCommand => {
                     if !self.refreshing {
                         self.refreshing = true;
@@ -679,7 +728,12 @@ impl DaemonCore {
                         .as_deref()
                         .map(|l| format!("; last failure: {l}"))
                         .unwrap_or_default();
-                    error!("giving up: {reason} (exit status {code}){last}");
+                    error!(
+                        cause = reason.name(),
+                        state = "gave_up",
+                        message_id = events::GAVE_UP,
+                        "giving up: {reason} (exit status {code}){last}"
+                    );
                     self.status_line(format!("gave up: {reason}"));
                     self.exit(code);
                 }
@@ -696,10 +750,19 @@ impl DaemonCore {
         self.generation += 1;
         let host = self.settings.shown_host();
         if attempt > 0 {
-            info!("reconnect attempt {attempt} (session {})", self.generation);
+            info!(
+                attempt,
+                session = self.generation,
+                message_id = events::RECONNECT_ATTEMPT,
+                "reconnect attempt {attempt} (session {})",
+                self.generation
+            );
             self.status_line(format!("reconnecting to {host} (attempt {attempt})"));
         } else {
-            info!("connecting to {host} (session {})", self.generation);
+            info!(
+                session = self.generation,
+                "connecting to {host} (session {})", self.generation
+            );
             self.status_line(format!("connecting to {host}"));
         }
         self.running = Some(Running {

@@ -13,7 +13,6 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::SystemTime;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
@@ -61,6 +60,7 @@ impl Env {
             write_report: Arc::new(move |job, capture| {
                 let dir = job.spool.clone();
                 let cfg = job.report_config.clone();
+                let (name, wall) = (job.file_name.clone(), job.wall);
                 let capture = capture.and_then(|c| {
                     let mut g = c.lock().ok()?;
                     Some(if job.session_goes_on {
@@ -70,7 +70,7 @@ impl Env {
                     })
                 });
                 let input = job.into_input(capture, ring.snapshot());
-                crate::report::write_report(&dir, &cfg, &input, SystemTime::now())
+                crate::report::write_report_named(&dir, &cfg, &input, wall, &name)
                     .map_err(|e| e.to_string())
             }),
             refresh: Arc::new(|config, secrets| Box::pin(refresh(config, secrets))),

@@ -52,7 +52,7 @@ pub fn main(args: &RunArgs) -> u8 {
         }
     };
     let ring = LogRing::new(config.report.log_lines);
-    crate::logging::init(&config.log.filter, Some(ring.clone()));
+    crate::logging::init(&config.log, Some(ring.clone()));
     let Some(vv_path) = args.vv.clone() else {
         error!("no --vv FILE given");
         return exit::CONFIG;
@@ -353,6 +353,7 @@ impl Shell {
                 .map(|c| c as Arc<dyn crate::tap::CaptureSink>),
             start: Instant::now(),
             start_unix: crate::time::unix_now(),
+            generation,
         };
         let tx = self.tx.clone();
         let emit_tx = tx.clone();

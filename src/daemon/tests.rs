@@ -24,6 +24,8 @@ struct H {
     /// Every effect seen, in order, as text (sessions by generation).
     log: Vec<String>,
     generation: u64,
+    /// The file name of every report job queued.
+    reports: Vec<String>,
 }
 
 fn settings() -> ConnectionSettings {
@@ -58,6 +60,7 @@ impl H {
             t: Duration::ZERO,
             log: vec![],
             generation: 0,
+            reports: vec![],
         };
         h.core.start(now);
         h.drain();
@@ -103,7 +106,10 @@ impl H {
                 Effect::ReadVv { origin } => format!("read {origin:?}"),
                 Effect::RunRefresh { .. } => "refresh".into(),
                 Effect::PrepareMigration { settings } => format!("migrate {}", settings.host),
-                Effect::WriteReport(j) => format!("report {} {}", j.cause.channel, j.cause.cause),
+                Effect::WriteReport(j) => {
+                    self.reports.push(j.file_name.clone());
+                    format!("report {} {}", j.cause.channel, j.cause.cause)
+                }
                 Effect::Notify(Notice::Status(s)) => format!("status {s}"),
                 Effect::Notify(n) => format!("{n:?}"),
                 Effect::Exit(c) => format!("exit {c}"),
@@ -502,6 +508,45 @@ async fn a_panicked_session_is_a_loss_with_a_report_and_a_retry() {
         "{log:?}"
     );
     assert!(matches!(h.core.state(), State::Pending { attempt: 1, .. }));
+}
+
+/// The session-lost line names the file its report job then writes (the
+/// journal's SPICED_REPORT), stamped with the time of the loss.
+#[tokio::test(start_paused = true)]
+async fn the_session_lost_line_names_its_report_file() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let mut h = H::new();
+    h.connected();
+    h.take();
+    h.at(2.5);
+    let ring = crate::report::LogRing::new(50);
+    let sub = tracing_subscriber::registry().with(ring.clone());
+    tracing::subscriber::with_default(sub, || h.end(lost(eof(ChannelId::MAIN), 2.5)));
+    assert_eq!(h.reports, ["spiced-disconnect-main-20270115T080002Z.zip"]);
+    let lines = ring.snapshot();
+    let line = lines
+        .iter()
+        .find(|l| l.contains("session lost after"))
+        .expect("a session-lost line");
+    assert!(
+        line.contains("report=\"/var/spool/spiced/spiced-disconnect-main-20270115T080002Z.zip\"")
+            && line.contains(crate::events::SESSION_LOST)
+            && line.contains("session=1"),
+        "{line}"
+    );
+    // Within the cooldown: no report, so no path on the line.
+    h.at(10.0);
+    h.connected();
+    let ring = crate::report::LogRing::new(50);
+    let sub = tracing_subscriber::registry().with(ring.clone());
+    tracing::subscriber::with_default(sub, || h.end(lost(eof(ChannelId::MAIN), 5.0)));
+    assert_eq!(h.reports.len(), 1);
+    let lines = ring.snapshot();
+    let line = lines
+        .iter()
+        .find(|l| l.contains("session lost after"))
+        .expect("a second session-lost line");
+    assert!(!line.contains("report="), "{line}");
 }
 
 #[tokio::test(start_paused = true)]

@@ -14,6 +14,6 @@ mod tests;
 pub use policy::{Backoff, ReconnectPolicy};
 pub use reason::GiveUpReason;
 pub use supervisor::{
-    Action, FailClass, Input, Now, State, Supervisor, Transition, TAKEOVER_MIN_HEALTHY,
+    Action, FailClass, Input, Now, State, Supervisor, Transition, Warning, TAKEOVER_MIN_HEALTHY,
 };
 pub use ticket::{format_unix_utc, TicketInfo, EXPIRY_WARNING_SECS};

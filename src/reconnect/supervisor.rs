@@ -9,6 +9,7 @@ use super::policy::{Backoff, ReconnectPolicy};
 use super::reason::GiveUpReason;
 use super::ticket::{format_unix_utc, TicketInfo, TicketState};
 use crate::config::{OnTakeover, ReconnectConfig};
+use crate::events;
 use crate::time::{after, secs};
 use crate::wire::{ChannelId, ChannelType};
 use std::collections::VecDeque;
@@ -133,7 +134,7 @@ pub enum Action {
     /// A state change; log it at info level.
     Transition(Transition),
     Info(String),
-    Warn(String),
+    Warn(Warning),
     /// Run `refresh_command`; answer with `Input::Reload` or `Input::RefreshFailed`.
     RunRefreshCommand,
     /// Final: disconnect and exit with `reason.exit_code()`.
@@ -142,11 +143,34 @@ pub enum Action {
     Stop,
 }
 
+/// A warning for the log; `event` is the [`crate::events`] id an operator
+/// searches for, when it is one of those.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    pub text: String,
+    pub event: Option<&'static str>,
+}
+
+impl Warning {
+    fn plain(text: String) -> Action {
+        Action::Warn(Warning { text, event: None })
+    }
+
+    fn event(id: &'static str, text: String) -> Action {
+        Action::Warn(Warning {
+            text,
+            event: Some(id),
+        })
+    }
+}
+
 /// One state change, for the log: `connected -> pending: attempt 1 after 1s (main: EOF)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transition {
     pub from: &'static str,
     pub to: String,
+    /// The new state's [`State::name`] (`to` describes it for people).
+    pub to_state: &'static str,
     pub why: String,
 }
 
@@ -307,7 +331,7 @@ impl Supervisor {
         self.clock = Some(now);
         let (t, warn) = TicketState::load(self.ticket.info, now.unix, None);
         self.ticket = t;
-        out.extend(warn.map(Action::Warn));
+        out.extend(warn.map(|w| Warning::event(events::TICKET_EXPIRED, w)));
         self.connect_now(0, "start".into(), &mut out);
         out
     }
@@ -366,7 +390,11 @@ impl Supervisor {
             return out;
         }
         self.clock = Some(now);
-        out.extend(self.ticket.poll_warning(now.unix).map(Action::Warn));
+        out.extend(
+            self.ticket
+                .poll_warning(now.unix)
+                .map(|w| Warning::event(events::TICKET_EXPIRING, w)),
+        );
         match self.state.clone() {
             State::Pending {
                 attempt, next_at, ..
@@ -451,7 +479,8 @@ impl Supervisor {
         self.established = true;
         self.ticket.used = true;
         if self.ticket.past_at_load && !self.ticket.enforce_expiry {
-            out.push(Action::Warn(
+            out.push(Warning::event(
+                events::CLOCK_SKEW,
                 "the server accepted a ticket our clock calls expired: check the clock; \
                  ticket-valid-until is ignored for this ticket"
                     .into(),
@@ -541,7 +570,7 @@ impl Supervisor {
             return;
         }
         if let Some(reason) = self.ticket_forbids_retry(now) {
-            out.push(Action::Warn(format!(
+            out.push(Warning::plain(format!(
                 "reconnect requested, but the ticket forbids it ({}): a fresh .vv is needed",
                 reason.name()
             )));
@@ -580,7 +609,7 @@ impl Supervisor {
         let why = format!("{why}; another client appears to have taken the session over");
         match self.on_takeover {
             OnTakeover::Yield => {
-                out.push(Action::Warn(
+                out.push(Warning::plain(
                     "session taken over by another client; yielding (on_takeover = \"yield\")"
                         .into(),
                 ));
@@ -588,7 +617,7 @@ impl Supervisor {
                 self.ticket_give_up(GiveUpReason::TakenOver, why, now, out);
             }
             OnTakeover::Reclaim => {
-                out.push(Action::Warn(format!(
+                out.push(Warning::plain(format!(
                     "session taken over by another client; reclaiming it after {} \
                      (on_takeover = \"reclaim\")",
                     fmt_dur(self.policy.takeover_delay())
@@ -634,7 +663,7 @@ impl Supervisor {
             FailClass::PermissionDenied => {
                 self.ticket.used = true;
                 if let Some(v) = self.ticket.still_valid(now.unix) {
-                    out.push(Action::Warn(skew_warning(v)));
+                    out.push(Warning::event(events::CLOCK_SKEW, skew_warning(v)));
                 }
                 self.ticket_give_up(GiveUpReason::TicketRejected, why, now, out);
             }
@@ -663,7 +692,7 @@ impl Supervisor {
     fn on_reload(&mut self, info: TicketInfo, now: Now, out: &mut Vec<Action>) {
         let (t, warn) = TicketState::load(info, now.unix, Some(&self.ticket));
         self.ticket = t;
-        out.extend(warn.map(Action::Warn));
+        out.extend(warn.map(|w| Warning::event(events::TICKET_EXPIRED, w)));
         // Fresh settings are an operator's (or broker's) word: a fresh budget,
         // and the gate closes again until they have brought a session up.
         self.cluster = None;
@@ -705,7 +734,7 @@ impl Supervisor {
             return;
         };
         let why = format!("refresh command failed: {message}");
-        out.push(Action::Warn(why.clone()));
+        out.push(Warning::plain(why.clone()));
         if now.mono >= until {
             self.give_up(reason, why, out);
         } else {
@@ -790,7 +819,7 @@ impl Supervisor {
             }
             None => {
                 if let Some(v) = self.ticket.still_valid(now.unix) {
-                    out.push(Action::Warn(skew_warning(v)));
+                    out.push(Warning::event(events::CLOCK_SKEW, skew_warning(v)));
                 }
                 let used = self.cluster.as_ref().map_or(0, |c| c.backoff.used());
                 let gate = if budget.is_some() && self.policy.budget(true).is_none() {
@@ -815,6 +844,15 @@ impl Supervisor {
         now: Now,
         out: &mut Vec<Action>,
     ) {
+        if let GiveUpReason::TicketExpired { valid_until } = reason {
+            out.push(Warning::event(
+                events::TICKET_EXPIRED,
+                format!(
+                    "the ticket expired at {} by our clock: no retry with it; a fresh .vv is needed",
+                    format_unix_utc(valid_until)
+                ),
+            ));
+        }
         if !self.policy.enabled() {
             self.give_up(reason, why, out);
             return;
@@ -870,6 +908,7 @@ impl Supervisor {
         out.push(Action::Transition(Transition {
             from: self.state.name(),
             to: to.describe(),
+            to_state: to.name(),
             why,
         }));
         self.state = to;

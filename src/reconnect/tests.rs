@@ -134,7 +134,7 @@ fn gave_up(a: &[Action]) -> Option<GiveUpReason> {
 fn warns(a: &[Action]) -> Vec<String> {
     a.iter()
         .filter_map(|a| match a {
-            Action::Warn(w) => Some(w.clone()),
+            Action::Warn(w) => Some(w.text.clone()),
             _ => None,
         })
         .collect()
@@ -599,6 +599,66 @@ fn expiry_warning_comes_once_30s_before() {
     assert!(warns(&h.poll(169.0)).is_empty());
     assert_eq!(warns(&h.poll(170.0)).len(), 1);
     assert!(warns(&h.poll(171.0)).is_empty());
+}
+
+fn warn_events(a: &[Action]) -> Vec<Option<&'static str>> {
+    a.iter()
+        .filter_map(|a| match a {
+            Action::Warn(w) => Some(w.event),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The journal's MESSAGE_IDs come from these tags (see `DaemonCore::apply`).
+#[test]
+fn ticket_and_clock_warnings_carry_their_event_ids() {
+    use crate::events::{CLOCK_SKEW, TICKET_EXPIRED, TICKET_EXPIRING};
+    let t = TicketInfo {
+        single_use: false,
+        valid_until: Some(T0 + 100),
+    };
+    let mut h = H::new(ReconnectConfig::default(), t);
+    h.up(0.0);
+    assert_eq!(warn_events(&h.poll(70.0)), vec![Some(TICKET_EXPIRING)]);
+    // Expired by the disconnect: said once, before the give-up.
+    let a = h.down(150.0, false);
+    assert_eq!(warn_events(&a), vec![Some(TICKET_EXPIRED)]);
+    assert!(warns(&a)[0].contains("2023-11-14T22:15:00Z"), "{a:?}");
+    assert!(gave_up(&a).is_some());
+
+    // Already past at start, then accepted by the server: our clock is off.
+    let t = TicketInfo {
+        single_use: false,
+        valid_until: Some(T0 - 10),
+    };
+    let mut h = H::new(ReconnectConfig::default(), t);
+    assert_eq!(warn_events(&h.start(0.0)), vec![Some(TICKET_EXPIRED)]);
+    assert_eq!(warn_events(&h.connected(1.0)), vec![Some(CLOCK_SKEW)]);
+
+    // Refused although valid by our clock.
+    let t = TicketInfo {
+        single_use: false,
+        valid_until: Some(T0 + 3600),
+    };
+    let mut h = H::new(ReconnectConfig::default(), t);
+    h.up(0.0);
+    h.down(10.0, false);
+    h.poll(11.0);
+    let a = h.fail(11.0, FailClass::PermissionDenied);
+    assert_eq!(warn_events(&a), vec![Some(CLOCK_SKEW)]);
+
+    // Anything else is a plain warning.
+    let cfg = ReconnectConfig {
+        on_takeover: OnTakeover::Reclaim,
+        ..Default::default()
+    };
+    let mut h = H::new(cfg, TicketInfo::default());
+    h.up(0.0);
+    h.down(10.0, true);
+    h.poll(11.0);
+    h.connected(11.1);
+    assert_eq!(warn_events(&h.down(20.0, true)), vec![None]);
 }
 
 #[test]

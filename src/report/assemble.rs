@@ -14,7 +14,7 @@ use crate::wire::ChannelId;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// `session.json`.
 #[derive(Debug, Clone, Serialize)]
@@ -57,6 +57,10 @@ pub struct ReportJob {
     /// Where it goes, and the retention limits.
     pub spool: PathBuf,
     pub report_config: ReportConfig,
+    /// The file in `spool` (named at the disconnect, which logs it).
+    pub file_name: String,
+    /// The disconnect's wall-clock time: the report's `time` and file name.
+    pub wall: SystemTime,
 }
 
 /// What the disconnect was and where the daemon stands.
@@ -77,6 +81,8 @@ pub struct Facts<'a> {
     pub start_unix: f64,
     pub spool: &'a Path,
     pub session_goes_on: bool,
+    pub file_name: String,
+    pub wall: SystemTime,
 }
 
 impl ReportJob {
@@ -123,6 +129,8 @@ impl ReportJob {
             session_goes_on: f.session_goes_on,
             spool: f.spool.to_path_buf(),
             report_config: f.config.report.clone(),
+            file_name: f.file_name,
+            wall: f.wall,
         }
     }
 

@@ -33,9 +33,9 @@ pub use summary::{
 };
 pub use utc::Utc;
 pub use writer::{
-    enforce_retention, file_channel_name, report_file_name, resolve_spool_dir,
-    resolve_spool_dir_from, write_report, ReportInput, CAUSE_ENTRY, DEFAULT_SPOOL, LOG_ENTRY,
-    PCAP_ENTRY, SESSION_ENTRY,
+    enforce_retention, file_channel_name, numbered_file_name, report_file_name, resolve_spool_dir,
+    resolve_spool_dir_from, write_report, write_report_named, ReportInput, CAUSE_ENTRY,
+    DEFAULT_SPOOL, LOG_ENTRY, PCAP_ENTRY, SESSION_ENTRY,
 };
 
 use std::io::Write;

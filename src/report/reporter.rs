@@ -6,7 +6,7 @@
 use crate::config::ReportConfig;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 #[derive(Debug, Clone)]
 pub struct Reporter {
@@ -15,6 +15,8 @@ pub struct Reporter {
     last_written: Option<Duration>,
     skipped: u32,
     failing: bool,
+    /// The last file name handed out, and its collision number.
+    last_name: Option<(String, u32)>,
 }
 
 impl Reporter {
@@ -26,6 +28,7 @@ impl Reporter {
             last_written: None,
             skipped: 0,
             failing: false,
+            last_name: None,
         }
     }
 
@@ -61,6 +64,20 @@ impl Reporter {
         }
     }
 
+    /// The file name for a report of `channel` made at `wall`: numbered when
+    /// this process already named one so (a second report within a second), so
+    /// the name logged at the disconnect is the one the file gets.
+    pub fn next_file_name(&mut self, channel: &str, wall: SystemTime) -> String {
+        let base = super::writer::report_file_name(channel, wall);
+        let n = match &self.last_name {
+            Some((last, n)) if *last == base => n.saturating_add(1),
+            _ => 1,
+        };
+        let name = super::writer::numbered_file_name(&base, n);
+        self.last_name = Some((base, n));
+        name
+    }
+
     /// Logs the outcome of [`super::write_report`]. Returns true when a warning
     /// was logged: only for the first failure after a success (or start).
     pub fn record_result(&mut self, res: &io::Result<PathBuf>) -> bool {
@@ -70,7 +87,12 @@ impl Reporter {
                     tracing::info!(dir = %self.dir.display(), "report spool writable again");
                 }
                 self.failing = false;
-                tracing::info!("disconnect report written: {}", path.display());
+                tracing::info!(
+                    report = %path.display(),
+                    message_id = crate::events::REPORT_WRITTEN,
+                    "disconnect report written: {}",
+                    path.display()
+                );
                 false
             }
             Err(e) if !self.failing => {
@@ -125,6 +147,24 @@ mod tests {
         let mut r = Reporter::new("/x".into(), &zero);
         assert_eq!(r.should_write(s(1)), Some(0));
         assert_eq!(r.should_write(s(1)), Some(0));
+    }
+
+    #[test]
+    fn file_names_within_one_second_are_numbered() {
+        let mut r = Reporter::new("/x".into(), &ReportConfig::default());
+        let t = SystemTime::UNIX_EPOCH + s(1_709_210_096);
+        let main = "spiced-disconnect-main-20240229T123456Z";
+        assert_eq!(r.next_file_name("main", t), format!("{main}.zip"));
+        assert_eq!(r.next_file_name("main", t), format!("{main}-2.zip"));
+        assert_eq!(r.next_file_name("main", t), format!("{main}-3.zip"));
+        assert_eq!(
+            r.next_file_name("display", t),
+            "spiced-disconnect-display-20240229T123456Z.zip"
+        );
+        assert_eq!(
+            r.next_file_name("main", t + s(1)),
+            "spiced-disconnect-main-20240229T123457Z.zip"
+        );
     }
 
     #[test]

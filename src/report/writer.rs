@@ -107,6 +107,16 @@ pub fn report_file_name(channel: &str, wall: SystemTime) -> String {
     )
 }
 
+/// `name` with a collision number: `n` 1 is `name` itself, 2 and up go before
+/// the suffix (`...Z.zip` → `...Z-2.zip`).
+pub fn numbered_file_name(name: &str, n: u32) -> String {
+    if n <= 1 {
+        return name.to_string();
+    }
+    let stem = name.strip_suffix(FILE_SUFFIX).unwrap_or(name);
+    format!("{stem}-{n}{FILE_SUFFIX}")
+}
+
 /// Builds the zip for `input` into `dir` (created if missing), fsyncs it,
 /// renames it into place and applies retention. `wall` names the file and
 /// fills `time`. On error nothing is left behind in `dir`.
@@ -115,6 +125,20 @@ pub fn write_report(
     cfg: &ReportConfig,
     input: &ReportInput,
     wall: SystemTime,
+) -> io::Result<PathBuf> {
+    let name = report_file_name(&input.cause.channel, wall);
+    write_report_named(dir, cfg, input, wall, &name)
+}
+
+/// [`write_report`] to the file `name` (chosen in advance, so the log line of the
+/// disconnect can name it); only if another file already has that name does it
+/// get a collision number.
+pub fn write_report_named(
+    dir: &Path,
+    cfg: &ReportConfig,
+    input: &ReportInput,
+    wall: SystemTime,
+    name: &str,
 ) -> io::Result<PathBuf> {
     fs::create_dir_all(dir)?;
     let entries = build_entries(input, wall)?;
@@ -130,16 +154,9 @@ pub fn write_report(
     tmp.as_file_mut().flush()?;
     tmp.as_file().sync_all()?;
 
-    let base = report_file_name(&input.cause.channel, wall);
-    let stem = base.trim_end_matches(FILE_SUFFIX).to_string();
     let mut n = 1;
     let path = loop {
-        let name = if n == 1 {
-            base.clone()
-        } else {
-            format!("{stem}-{n}{FILE_SUFFIX}")
-        };
-        let path = dir.join(name);
+        let path = dir.join(numbered_file_name(name, n));
         match tmp.persist_noclobber(&path) {
             Ok(_) => break path,
             Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists && n < 100 => {
@@ -349,6 +366,14 @@ mod tests {
         assert_eq!(
             report_file_name("usbredir:1", t),
             "spiced-disconnect-usbredir-1-20240229T123456Z.zip"
+        );
+        assert_eq!(
+            numbered_file_name("spiced-disconnect-main-20240229T123456Z.zip", 1),
+            "spiced-disconnect-main-20240229T123456Z.zip"
+        );
+        assert_eq!(
+            numbered_file_name("spiced-disconnect-main-20240229T123456Z.zip", 3),
+            "spiced-disconnect-main-20240229T123456Z-3.zip"
         );
         assert_eq!(file_channel_name("../x"), "---x");
         assert_eq!(file_channel_name(""), "unknown");

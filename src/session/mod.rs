@@ -161,6 +161,8 @@ pub struct SessionCtx {
     pub start: Instant,
     /// The wall clock at `start` (ticket expiry).
     pub start_unix: f64,
+    /// The daemon's number for this session (`session` in log lines).
+    pub generation: u64,
 }
 
 impl SessionCtx {
@@ -235,7 +237,8 @@ pub async fn run(
         policy,
         TicketInfo::from_settings(&ctx.settings),
         ctx.start_unix,
-    );
+    )
+    .for_session(ctx.generation);
     orch.start();
     let mut how = Stop::Abort;
 
@@ -303,6 +306,8 @@ pub async fn run(
     let mut out = orch.outcome();
     for (ch, c) in &out.counters {
         info!(
+            channel = %ch,
+            session = ctx.generation,
             "channel {ch} totals: in {} B / {} msgs, out {} B / {} msgs, pings {}, pongs {}, acks {}, keepalives {} (replies {})",
             c.bytes_in,
             c.messages_in,

@@ -12,6 +12,7 @@
 use super::{ChannelLinkInfo, SessionEvent, SessionInfo};
 use crate::channel::counters::ChannelCounters;
 use crate::channel::ChannelEvent;
+use crate::events;
 use crate::failure::{Cause, Failure};
 use crate::reconnect::{Backoff, ReconnectPolicy, TicketInfo};
 use crate::wire::link::LinkErrorCode;
@@ -116,6 +117,8 @@ pub struct Orchestrator {
     ending: Option<Ending>,
     finished: bool,
     out: VecDeque<Command>,
+    /// The daemon's session number, for the `session` field of log lines.
+    generation: u64,
 }
 
 /// The session's end, as the orchestrator saw it.
@@ -147,7 +150,14 @@ impl Orchestrator {
             ending: None,
             finished: false,
             out: VecDeque::new(),
+            generation: 0,
         }
+    }
+
+    /// Tags this session's log lines with the daemon's number for it.
+    pub fn for_session(mut self, generation: u64) -> Self {
+        self.generation = generation;
+        self
     }
 
     /// Links main first, always with connection id 0 (a non-zero id makes the
@@ -211,7 +221,7 @@ impl Orchestrator {
             .collect();
         for ch in due {
             if let Some(sid) = self.session_id {
-                info!(channel = %ch, "channel {ch}: relinking now");
+                info!(channel = %ch, session = self.generation, "channel {ch}: relinking now");
                 self.spawn(ch, sid);
             }
         }
@@ -222,7 +232,12 @@ impl Orchestrator {
         if self.finished || self.ending.is_some() {
             return;
         }
-        info!("channel {ch} up{}", if link.tls { " (TLS)" } else { "" });
+        info!(
+            channel = %ch,
+            session = self.generation,
+            "channel {ch} up{}",
+            if link.tls { " (TLS)" } else { "" }
+        );
         self.emit(SessionEvent::ChannelUp {
             channel: ch,
             tls: link.tls,
@@ -246,7 +261,12 @@ impl Orchestrator {
                 }
                 self.session_id = Some(init.session_id);
                 self.info.session_id = Some(init.session_id);
-                info!("session established (session id {:#x})", init.session_id);
+                info!(
+                    session = self.generation,
+                    message_id = events::SESSION_ESTABLISHED,
+                    "session established (session id {:#x})",
+                    init.session_id
+                );
                 self.emit(SessionEvent::Connected {
                     session_id: init.session_id,
                 });
@@ -346,7 +366,7 @@ impl Orchestrator {
             }
             if was_up {
                 if let Some(f) = &failure {
-                    info!(channel = %ch, "channel {ch} down: {} ({})", f.message, f.cause.as_str());
+                    info!(channel = %ch, cause = f.cause.as_str(), session = self.generation, "channel {ch} down: {} ({})", f.message, f.cause.as_str());
                 }
             }
             if self.all_ended() {
@@ -362,7 +382,7 @@ impl Orchestrator {
         };
         if self.rules.required(ch) {
             if was_up {
-                info!(channel = %ch, "channel {ch} down: {} ({})", f.message, f.cause.as_str());
+                info!(channel = %ch, cause = f.cause.as_str(), session = self.generation, "channel {ch} down: {} ({})", f.message, f.cause.as_str());
             }
             if let Some(s) = self.slots.get_mut(&ch) {
                 s.state = SlotState::Down;
@@ -405,6 +425,8 @@ impl Orchestrator {
         warn!(
             channel = %ch,
             cause = f.cause.as_str(),
+            session = self.generation,
+            message_id = events::CHANNEL_LOST,
             "channel {ch} lost: {} ({}); the session continues without it",
             f.message,
             f.cause.as_str()
@@ -419,13 +441,13 @@ impl Orchestrator {
         });
         match decision {
             Ok(delay) => {
-                info!(channel = %ch, "channel {ch}: relinking in {}", crate::time::fmt_dur(delay));
+                info!(channel = %ch, session = self.generation, "channel {ch}: relinking in {}", crate::time::fmt_dur(delay));
                 if let Some(s) = self.slots.get_mut(&ch) {
                     s.state = SlotState::Waiting(now + delay);
                 }
             }
             Err(reason) => {
-                warn!(channel = %ch, "channel {ch} stays down: {reason}");
+                warn!(channel = %ch, session = self.generation, "channel {ch} stays down: {reason}");
                 if f.link_code == Some(LinkErrorCode::ChannelNotAvailable) {
                     // Remembered: the next CHANNELS_LIST does not bring it back.
                     self.info.not_linked.insert(ch.to_string(), reason.clone());
@@ -553,10 +575,15 @@ impl Orchestrator {
         self.last_settled = Some((up.clone(), down.clone()));
         if down.is_empty() {
             self.all_linked = true;
-            info!("session fully linked: {} channels", up.len());
+            info!(
+                session = self.generation,
+                "session fully linked: {} channels",
+                up.len()
+            );
         } else {
             let names: Vec<String> = down.iter().map(|c| c.to_string()).collect();
             warn!(
+                session = self.generation,
                 "session linked degraded: {} channels up; degraded: {} down",
                 up.len(),
                 names.join(", ")
