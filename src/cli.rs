@@ -1,5 +1,6 @@
 //! Command line: `spiced --vv FILE [--config FILE.toml] [--spool DIR] [--check]`
-//! and `spiced report FILE.zip [--json]`.
+//! and `spiced report FILE.zip [--json]` and
+//! `spiced status [--json] [--socket PATH | INSTANCE]`.
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -45,5 +46,16 @@ pub enum Command {
         /// Print the raw disconnect-cause.json instead of the summary.
         #[arg(long)]
         json: bool,
+    },
+    /// Ask a running spiced what it is doing (its control socket, docs/control.md).
+    Status {
+        /// Print the daemon's JSON answer (protocol v1) instead of the summary.
+        #[arg(long)]
+        json: bool,
+        /// The control socket (default: /run/spiced/INSTANCE.sock).
+        #[arg(long, value_name = "PATH", conflicts_with = "instance")]
+        socket: Option<PathBuf>,
+        /// The instance (spiced@INSTANCE); default: $SPICED_INSTANCE, else "default".
+        instance: Option<String>,
     },
 }

@@ -217,6 +217,7 @@ fn ctx(fault: Fault, cfg: Config) -> (SessionCtx, Arc<Fake>) {
         capture: None,
         start: tokio::time::Instant::now(),
         start_unix: 1_700_000_000.0,
+        traffic: Default::default(),
     };
     (c, fake)
 }

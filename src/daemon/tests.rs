@@ -594,6 +594,138 @@ async fn sigusr1_relinks_now_unless_the_ticket_forbids_it() {
     let _ = Stop::Run;
 }
 
+fn reset(ch: ChannelId) -> Failure {
+    Failure::io(ch, &std::io::ErrorKind::ConnectionReset.into(), false)
+}
+
+#[tokio::test(start_paused = true)]
+async fn status_while_connecting_connected_pending_and_waiting() {
+    let mut cfg = Config::default();
+    cfg.reconnect.wait_for_ticket_secs = 600.0;
+    let s = ConnectionSettings {
+        ticket_valid_until: Some(UNIX0 as i64 + 3600),
+        ..settings()
+    };
+    let mut h = H::with(cfg, s);
+    let st = h.core.status();
+    assert_eq!(st.state, "connecting");
+    assert_eq!(st.since, Some(UNIX0));
+    assert_eq!((st.attempt, st.attempt_budget), (None, Some(3)));
+    assert_eq!(st.ticket_valid_until, Some(UNIX0 as i64 + 3600));
+    assert_eq!(st.host, "vm.example");
+    assert_eq!(h.core.status(), st, "no input, no change");
+
+    h.at(2.0);
+    h.connected();
+    h.settled(3, &[]);
+    let st = h.core.status();
+    assert_eq!(st.state, "connected");
+    assert_eq!(
+        (st.since, st.established),
+        (Some(UNIX0 + 2.0), Some(UNIX0 + 2.0))
+    );
+    assert_eq!((st.channels_up, st.channels_total), (3, 3));
+    // A channel other than main is lost: degraded, counted.
+    h.event(SessionEvent::ChannelLost {
+        channel: ChannelId::new(ChannelType::Usbredir, 1),
+        failure: Box::new(reset(ChannelId::new(ChannelType::Usbredir, 1))),
+        counters: Box::default(),
+        relink_in: None,
+        info: Box::default(),
+    });
+    let st = h.core.status();
+    assert_eq!((st.channels_up, st.channels_total), (2, 3));
+    assert_eq!(
+        st.channels_down.get("usbredir:1").map(String::as_str),
+        Some("reset")
+    );
+    assert_eq!(st.counts.channel_losses.get("reset"), Some(&1));
+    assert_eq!(st.counts.reports_written, 0, "queued, not written yet");
+
+    // Main is lost at t=10: pending attempt 1 after 1 s.
+    h.at(10.0);
+    h.end(lost(reset(ChannelId::MAIN), 8.0));
+    let st = h.core.status();
+    assert_eq!(st.state, "pending");
+    assert_eq!((st.attempt, st.attempt_budget), (Some(1), Some(3)));
+    assert_eq!(st.since, Some(UNIX0 + 10.0));
+    assert_eq!(st.next_attempt_at, Some(UNIX0 + 11.0));
+    assert_eq!((st.established, st.channels_up), (None, 0));
+    let d = st.last_disconnect.clone().unwrap();
+    assert_eq!(
+        (d.at, d.channel.as_str(), d.cause.as_str()),
+        (UNIX0 + 10.0, "main", "reset")
+    );
+    assert_eq!(st.counts.disconnects.get("reset"), Some(&1));
+    // The channel loss's report was written first, then this one's (cooldown:
+    // this one is skipped).
+    assert_eq!(st.counts.reports_skipped, 1);
+    h.input(Input::ReportDone(Ok("/spool/a.zip".into())));
+    let st = h.core.status();
+    assert_eq!(st.counts.reports_written, 1);
+    assert_eq!(
+        st.last_disconnect.unwrap().report,
+        None,
+        "that report was the channel loss's"
+    );
+
+    // Attempt 1 starts and fails: connecting 1/3, then pending 2.
+    h.at(11.0);
+    let st = h.core.status();
+    assert_eq!((st.state, st.attempt), ("connecting", Some(1)));
+    assert_eq!(st.next_attempt_at, None);
+    assert_eq!(st.counts.reconnect_attempts, 1);
+    h.end(failed(refused()));
+    let st = h.core.status();
+    assert_eq!((st.state, st.attempt), ("pending", Some(2)));
+    assert_eq!(st.counts.connect_failures.get("connect_failed"), Some(&1));
+
+    // Attempt 2 links: connected again, one reconnect.
+    h.at(20.0);
+    h.connected();
+    let st = h.core.status();
+    assert_eq!((st.state, st.reconnects), ("connected", 1));
+    assert_eq!(st.established, Some(UNIX0 + 20.0));
+
+    // A single-use ticket used up: waiting for a fresh one.
+    let single = ConnectionSettings {
+        delete_this_file: true,
+        ..settings()
+    };
+    let mut cfg = Config::default();
+    cfg.reconnect.wait_for_ticket_secs = 600.0;
+    let mut h = H::with(cfg, single);
+    h.connected();
+    h.at(5.0);
+    h.end(lost(reset(ChannelId::MAIN), 5.0));
+    let st = h.core.status();
+    assert_eq!(st.state, "waiting_for_ticket");
+    assert_eq!(st.since, Some(UNIX0 + 5.0));
+    assert_eq!(st.counts.reports_written, 0);
+    h.input(Input::ReportDone(Ok("/spool/b.zip".into())));
+    let st = h.core.status();
+    assert_eq!(
+        st.last_disconnect.unwrap().report.as_deref(),
+        Some("/spool/b.zip"),
+        "the report of the last disconnect is named"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn status_counts_failed_reports_and_gave_up() {
+    let mut cfg = Config::default();
+    cfg.reconnect.enabled = false;
+    let mut h = H::with(cfg, settings());
+    h.connected();
+    h.end(lost(reset(ChannelId::MAIN), 1.0));
+    h.input(Input::ReportDone(Err("disk full".into())));
+    let st = h.core.status();
+    assert_eq!(st.state, "gave_up");
+    assert_eq!(st.counts.reports_failed, 1);
+    assert_eq!(st.counts.reconnect_attempts, 0);
+    assert_eq!(st.last_disconnect.unwrap().report, None);
+}
+
 /// The shell, run for real (real time: blocking work does not let paused time
 /// advance) against fakes that never answer.
 mod shell {
@@ -683,6 +815,8 @@ mod shell {
             write_report,
             refresh,
             stamp: |_| None,
+            hub: crate::control::Hub::default(),
+            instance: "test".into(),
         };
         (env, f)
     }

@@ -148,6 +148,8 @@ pub struct SessionCtx {
     pub start: Instant,
     /// The wall clock at `start` (ticket expiry).
     pub start_unix: f64,
+    /// Live per-channel traffic totals (metrics); outlives the session.
+    pub traffic: crate::channel::counters::Traffic,
 }
 
 impl SessionCtx {
