@@ -10,18 +10,20 @@
 #                     black hole), procps
 #   traffic reading:  tshark (SPICE dissector)
 #   reference client: python3-gi gir1.2-spiceclientglib-2.0 spice-client-gtk
+#   metrics reader:   prometheus-node-exporter (its textfile collector parses
+#                     spiced's metrics file in tests/qemu_control.rs)
 #   plus ca-certificates.
 # --check: install nothing, list what is missing, exit 1 if anything is.
 set -euo pipefail
 
 me=install-deps.sh
 pkgs=(qemu-system-x86 binutils openssl tshark tinyproxy nftables iproute2 ca-certificates procps
-  python3-gi gir1.2-spiceclientglib-2.0 spice-client-gtk)
+  python3-gi gir1.2-spiceclientglib-2.0 spice-client-gtk prometheus-node-exporter)
 check=0
 for a in "$@"; do
   case "$a" in
     --check) check=1 ;;
-    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "$me: unknown option $a (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -31,7 +33,7 @@ for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
 # The programs the tests run, in case a package is installed but broken or renamed.
-for c in qemu-system-x86_64 openssl tshark tinyproxy nft ip; do
+for c in qemu-system-x86_64 openssl tshark tinyproxy nft ip prometheus-node-exporter; do
   command -v "$c" >/dev/null || PATH="$PATH:/usr/sbin:/sbin" command -v "$c" >/dev/null ||
     echo "$me: note: $c not found on PATH" >&2
 done
@@ -45,7 +47,7 @@ if [ "$check" = 1 ]; then echo "$me: missing: ${missing[*]}"; exit 1; fi
 export DEBIAN_FRONTEND=noninteractive
 # tshark asks whether non-root users may capture: answer "no" up front.
 echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
-# Packages with daemons (tinyproxy) must not start them: the tests run their own.
+# Packages with daemons (tinyproxy, prometheus-node-exporter) must not start them: the tests run their own.
 # Only when the image has no policy of its own, and removed again afterwards.
 policy=/usr/sbin/policy-rc.d
 if [ ! -e "$policy" ]; then
