@@ -149,7 +149,12 @@ pub async fn run(
     mut signals: mpsc::UnboundedReceiver<Signal>,
 ) -> u8 {
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let (status_tx, status_rx) = watch::channel(Arc::new(status::Status::default()));
+    // Until the core exists (the first .vv read), `status` says so.
+    let (status_tx, status_rx) = watch::channel(Arc::new(status::Status {
+        state: "idle",
+        describe: "starting: reading the .vv".into(),
+        ..status::Status::default()
+    }));
     // The control socket first: a path that cannot be used is a config error.
     let (reconnect_tx, mut reconnect_rx) = mpsc::channel::<()>(4);
     let _control = match &config.control.socket {

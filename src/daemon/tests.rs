@@ -888,6 +888,89 @@ mod shell {
         })
     }
 
+    /// Waits (yielding, bounded) until `cond` holds.
+    async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+        let waited = tokio::time::timeout(Duration::from_secs(5), async {
+            while !cond() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        assert!(waited.is_ok(), "never: {what}");
+    }
+
+    /// The control socket answers while the loop runs and `reconnect` relinks;
+    /// the metrics file shows the final state; the socket file goes with the
+    /// loop.
+    #[test]
+    fn the_control_socket_and_the_metrics_file_follow_the_loop_to_its_end() {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        in_rt(async {
+            let dir = tempfile::tempdir().unwrap();
+            let sock = dir.path().join("c.sock");
+            let prom = dir.path().join("m.prom");
+            let mut cfg = Config::default();
+            cfg.control.socket = Some(sock.clone());
+            cfg.metrics.textfile = Some(prom.clone());
+            // Connects are refused and retried only after an hour: a second
+            // connect can only be the `reconnect` request's.
+            cfg.reconnect.initial_delay_secs = 3600.0;
+            cfg.reconnect.max_delay_secs = 3600.0;
+            let (env, f) = env(false, false, false);
+            let connects = f.connects.clone();
+            let path = sock.clone();
+            let (code, _) = drive(cfg, env, move |tx| {
+                tokio::spawn(async move {
+                    until("the socket is bound", || path.exists()).await;
+                    let s = tokio::net::UnixStream::connect(&path).await.unwrap();
+                    let (r, mut w) = s.into_split();
+                    let mut r = tokio::io::BufReader::new(r);
+                    let mut line = String::new();
+                    let mut states = Vec::new();
+                    // "idle" until the .vv is read, "connecting", then "pending".
+                    let v = loop {
+                        line.clear();
+                        w.write_all(b"{\"cmd\":\"status\"}\n").await.unwrap();
+                        r.read_line(&mut line).await.unwrap();
+                        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+                        states.push(v["state"].to_string());
+                        if v["state"] == "pending" || states.len() > 1000 {
+                            break v;
+                        }
+                        tokio::task::yield_now().await;
+                    };
+                    let allowed = ["\"idle\"", "\"connecting\"", "\"pending\""];
+                    assert!(
+                        states.iter().all(|s| allowed.contains(&s.as_str())),
+                        "{states:?}"
+                    );
+                    assert_eq!(v["version"], 1);
+                    assert_eq!(v["instance"], "test");
+                    assert_eq!(v["state"], "pending", "{states:?}");
+                    assert_eq!(v["attempt"], 1);
+                    assert_eq!(v["attempt_budget"], 3);
+                    assert_eq!(v["counts"]["connect_failures"]["connect_failed"], 1);
+                    assert_eq!(v["host"], "vm.example");
+                    line.clear();
+                    w.write_all(b"{\"cmd\":\"reconnect\"}\n").await.unwrap();
+                    r.read_line(&mut line).await.unwrap();
+                    assert!(line.contains("\"ok\""), "{line}");
+                    until("a second connect", || connects.load(Ordering::SeqCst) == 2).await;
+                    tx.send(Signal::Terminate).unwrap();
+                })
+            })
+            .await;
+            assert_eq!(code, 0);
+            let text = std::fs::read_to_string(&prom).unwrap();
+            assert!(
+                text.contains(r#"spiced_state{spiced_instance="test",state="stopped"} 1"#),
+                "{text}"
+            );
+            assert!(!sock.exists(), "the socket file is removed");
+            assert_eq!(f.connects.load(Ordering::SeqCst), 2);
+        })
+    }
+
     #[test]
     fn sigterm_during_the_backoff() {
         in_rt(async {
