@@ -317,3 +317,83 @@ fn the_summary_escapes_what_the_daemon_says() {
     assert!(out.contains("2027-01-15T08:00:00Z (1m 5s ago)"), "{out}");
     assert_eq!(out.lines().count(), 7, "{out}");
 }
+
+/// Another user is refused by the daemon itself (SO_PEERCRED), even if the
+/// socket's mode is loosened by hand. Needs root to switch users.
+#[tokio::test]
+async fn another_user_is_refused_even_through_a_loosened_mode() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP: needs root to connect as another user");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = dir.path().join("c.sock");
+    let listener = bind(&path).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let (c, _stx, _r) = ctx(Status::default());
+    let server = tokio::spawn(serve(listener, c));
+    let answer = tokio::task::spawn_blocking(move || read_as(65534, &path))
+        .await
+        .unwrap();
+    assert!(answer.contains("permission denied"), "{answer:?}");
+    server.abort();
+}
+
+/// Connects to `sock` as `uid` from a forked child, sends a status request
+/// and returns the first bytes of the answer.
+fn read_as(uid: u32, sock: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in addr.sun_path.iter_mut().zip(sock.as_os_str().as_bytes()) {
+        *d = *s as libc::c_char;
+    }
+    let req = b"{\"cmd\":\"status\"}\n";
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe(2) into a local array; the child only makes
+    // async-signal-safe system calls on memory prepared before the fork.
+    unsafe {
+        assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
+        let pid = libc::fork();
+        assert!(pid >= 0);
+        if pid == 0 {
+            libc::close(fds[0]);
+            if libc::setgid(uid) != 0 || libc::setuid(uid) != 0 {
+                libc::_exit(100);
+            }
+            let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+            let rc = libc::connect(
+                fd,
+                &addr as *const libc::sockaddr_un as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+            );
+            if rc != 0 {
+                libc::_exit(101);
+            }
+            libc::write(fd, req.as_ptr().cast(), req.len());
+            let mut buf = [0u8; 512];
+            let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+            if n > 0 {
+                libc::write(fds[1], buf.as_ptr().cast(), n as usize);
+            }
+            libc::_exit(0);
+        }
+        libc::close(fds[1]);
+        let mut out = Vec::new();
+        let mut buf = [0u8; 512];
+        loop {
+            let n = libc::read(fds[0], buf.as_mut_ptr().cast(), buf.len());
+            if n <= 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n as usize]);
+        }
+        libc::close(fds[0]);
+        let mut st = 0;
+        libc::waitpid(pid, &mut st, 0);
+        assert_eq!(libc::WEXITSTATUS(st), 0, "the child could not connect");
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}

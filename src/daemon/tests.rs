@@ -711,6 +711,28 @@ async fn status_while_connecting_connected_pending_and_waiting() {
     );
 }
 
+/// Neither the ticket nor a ticket-bearing host nor proxy credentials reach
+/// the status (hence the control socket and the metrics file).
+#[tokio::test(start_paused = true)]
+async fn status_carries_no_secret() {
+    let s = ConnectionSettings {
+        host: "pvespiceproxy:6560a1f2:100:pve1::ticketsecret".into(),
+        password: Some(crate::secret::Secret::new("s3cr3t-ticket")),
+        proxy: Some("http://user:proxypass@proxy.example:3128".into()),
+        ..settings()
+    };
+    let mut h = H::with(Config::default(), s);
+    h.connected();
+    h.settled(2, &[]);
+    h.end(lost(reset(ChannelId::MAIN), 1.0));
+    let st = h.core.status();
+    assert_eq!(st.host, "pvespiceproxy:...");
+    let line = crate::control::status_line("k", &st, UNIX0);
+    for secret in ["ticketsecret", "s3cr3t-ticket", "proxypass", "6560a1f2"] {
+        assert!(!line.contains(secret), "{secret} in {line}");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn status_counts_failed_reports_and_gave_up() {
     let mut cfg = Config::default();
