@@ -499,7 +499,6 @@ impl DaemonCore {
             }
         } else {
             warn!(channel = %f.channel, cause = f.cause.as_str(), "connect failed: {}", f.message);
-            Counts::bump(&mut self.obs.counts.connect_failures, f.cause.as_str());
             actions.extend(self.sup.handle(
                 SupInput::ConnectFailed {
                     class: f.class,
@@ -508,6 +507,7 @@ impl DaemonCore {
                 },
                 now,
             ));
+            Counts::bump(&mut self.obs.counts.connect_failures, f.cause.as_str());
         }
         // The report says what the supervisor decided, so it comes after it.
         self.running = Some(run);

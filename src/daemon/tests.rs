@@ -564,6 +564,14 @@ async fn an_idle_cut_seen_twice_is_learnt_not_taken_for_a_takeover() {
     assert!(log.iter().any(|l| l == "report main idle_cut"), "{log:?}");
     assert!(matches!(h.core.state(), State::Connecting { attempt: 0 }));
     assert_eq!(h.core.idle_secs(), 2.5);
+    // The metrics and the control socket count the second as what it was.
+    let d = h.core.status().counts.disconnects;
+    assert_eq!(
+        (d.get("server_closed"), d.get("idle_cut")),
+        (Some(&1), Some(&1)),
+        "{d:?}"
+    );
+    assert_eq!(h.core.status().last_disconnect.unwrap().cause, "idle_cut");
 }
 
 #[tokio::test(start_paused = true)]
