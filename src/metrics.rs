@@ -334,7 +334,7 @@ impl Schedule {
 }
 
 /// Writes `text` to `path` atomically: a temp file in the same directory
-/// (mode 0644: node_exporter runs as its own user), flushed, renamed over
+/// (mode 0644: node_exporter runs as its own user), written, renamed over
 /// `path`. A reader sees the old file or the new one, never half of one.
 /// Blocking: run it off the event loop.
 pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
@@ -358,7 +358,11 @@ pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
             .mode(0o644)
             .open(&tmp)?;
         f.write_all(text.as_bytes())?;
-        f.sync_data()?;
+        // No fsync: the rename alone makes the switch atomic for readers, and
+        // after a power loss the next write (spiced starts again) replaces
+        // whatever survived; an fsync every 15 s would only wear a kiosk's
+        // flash.
+        drop(f);
         std::fs::rename(&tmp, path)
     })();
     if r.is_err() {
