@@ -13,13 +13,16 @@
 #   packaging:        dpkg-dev (dpkg-shlibdeps), man-db (`man spiced` after
 #                     dpkg -i), systemd (systemd-analyze: verify, security;
 #                     journald + journalctl for scripts/journald-sandbox.sh)
+#   metrics reader:   prometheus-node-exporter (its textfile collector parses
+#                     spiced's metrics file in tests/qemu_control.rs)
 #   plus ca-certificates.
 # --check: install nothing, list what is missing, exit 1 if anything is.
 set -euo pipefail
 
 me=install-deps.sh
 pkgs=(qemu-system-x86 binutils openssl tshark tinyproxy nftables iproute2 ca-certificates procps
-  python3-gi gir1.2-spiceclientglib-2.0 spice-client-gtk dpkg-dev man-db systemd)
+  python3-gi gir1.2-spiceclientglib-2.0 spice-client-gtk dpkg-dev man-db systemd
+  prometheus-node-exporter)
 check=0
 for a in "$@"; do
   case "$a" in
@@ -34,7 +37,7 @@ for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
 # The programs the tests run, in case a package is installed but broken or renamed.
-for c in qemu-system-x86_64 openssl tshark tinyproxy nft ip systemd-analyze man dpkg-shlibdeps; do
+for c in qemu-system-x86_64 openssl tshark tinyproxy nft ip systemd-analyze man dpkg-shlibdeps prometheus-node-exporter; do
   command -v "$c" >/dev/null || PATH="$PATH:/usr/sbin:/sbin" command -v "$c" >/dev/null ||
     echo "$me: note: $c not found on PATH" >&2
 done
@@ -48,7 +51,7 @@ if [ "$check" = 1 ]; then echo "$me: missing: ${missing[*]}"; exit 1; fi
 export DEBIAN_FRONTEND=noninteractive
 # tshark asks whether non-root users may capture: answer "no" up front.
 echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
-# Packages with daemons (tinyproxy) must not start them: the tests run their own.
+# Packages with daemons (tinyproxy, prometheus-node-exporter) must not start them: the tests run their own.
 # Only when the image has no policy of its own, and removed again afterwards.
 policy=/usr/sbin/policy-rc.d
 if [ ! -e "$policy" ]; then

@@ -1,5 +1,6 @@
 //! Command line: `spiced --vv FILE [--config FILE.toml | --config-if-exists
-//! FILE.toml] [--spool DIR] [--check]` and `spiced report FILE.zip [--json]`.
+//! FILE.toml] [--spool DIR] [--check]`, `spiced report FILE.zip [--json]` and
+//! `spiced status [--json] [--socket PATH | INSTANCE]`.
 
 use crate::config::{Config, ConfigError};
 use clap::{Args, CommandFactory, Parser, Subcommand};
@@ -58,6 +59,17 @@ pub enum Command {
         /// Write spiced.1 and a page per subcommand (spiced-report.1, ...) here.
         #[arg(long, value_name = "DIR")]
         out_dir: Option<PathBuf>,
+    },
+    /// Ask a running spiced what it is doing (its control socket, docs/control.md).
+    Status {
+        /// Print the daemon's JSON answer (protocol v1) instead of the summary.
+        #[arg(long)]
+        json: bool,
+        /// The control socket (default: /run/spiced/INSTANCE.sock).
+        #[arg(long, value_name = "PATH", conflicts_with = "instance")]
+        socket: Option<PathBuf>,
+        /// The instance (spiced@INSTANCE); default: $SPICED_INSTANCE, else "default".
+        instance: Option<String>,
     },
 }
 

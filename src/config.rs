@@ -17,6 +17,8 @@ pub struct Config {
     pub report: ReportConfig,
     pub tls: TlsConfig,
     pub channels: ChannelsConfig,
+    pub metrics: MetricsConfig,
+    pub control: ControlConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -291,6 +293,25 @@ impl ChannelsConfig {
     }
 }
 
+/// `[metrics]`: a Prometheus text-format file for node_exporter's textfile
+/// collector (docs/metrics.md).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Absolute path of the `.prom` file, rewritten atomically on every state
+    /// change and at least every 15 s. Unset: no metrics file.
+    pub textfile: Option<PathBuf>,
+}
+
+/// `[control]`: the local status and control socket (docs/control.md).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// Absolute path of the unix socket (mode 0600), conventionally
+    /// `/run/spiced/INSTANCE.sock`. Unset: no control socket.
+    pub socket: Option<PathBuf>,
+}
+
 /// A config file that could not be used. Displays as one line naming the file.
 #[derive(Debug)]
 pub struct ConfigError(pub String);
@@ -464,6 +485,15 @@ impl Config {
         )?;
         int("report.log_lines", p.log_lines, ON, 0, 100_000, "")?;
 
+        for (key, path) in [
+            ("metrics.textfile", &self.metrics.textfile),
+            ("control.socket", &self.control.socket),
+        ] {
+            if let Some(p) = path {
+                abs_file(key, p)?;
+            }
+        }
+
         let c = &self.channels;
         for (key, names) in [
             ("channels.skip", &c.skip),
@@ -486,6 +516,36 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// An absolute path naming a file (not a directory, not empty, no control
+/// characters, within the 108-byte limit of a unix socket address for sockets).
+fn abs_file(key: &str, p: &Path) -> Result<(), String> {
+    let shown = crate::logging::escape_controls(&p.display().to_string());
+    if !p.is_absolute() {
+        return Err(format!("{key} = {shown:?}: must be an absolute path"));
+    }
+    if p.file_name().is_none() || p.as_os_str().to_string_lossy().ends_with('/') {
+        return Err(format!(
+            "{key} = {shown:?}: must name a file, not a directory"
+        ));
+    }
+    if p.as_os_str()
+        .to_string_lossy()
+        .chars()
+        .any(char::is_control)
+    {
+        return Err(format!(
+            "{key} = {shown:?}: control characters are not allowed"
+        ));
+    }
+    // sockaddr_un.sun_path holds 108 bytes with the terminating NUL.
+    if key == "control.socket" && p.as_os_str().len() > 107 {
+        return Err(format!(
+            "{key} = {shown:?}: longer than 107 bytes (the limit of a unix socket path)"
+        ));
+    }
+    Ok(())
 }
 
 /// For error messages: the names `ChannelType::from_name` knows.
@@ -564,6 +624,12 @@ mod tests {
             report: ReportConfig {
                 spool_dir: Some("/var/spool/spiced".into()),
                 ..ReportConfig::default()
+            },
+            metrics: MetricsConfig {
+                textfile: Some("/var/lib/prometheus/node-exporter/spiced-default.prom".into()),
+            },
+            control: ControlConfig {
+                socket: Some("/run/spiced/default.sock".into()),
             },
             ..Config::default()
         };
@@ -872,6 +938,43 @@ mod tests {
         assert_eq!(cfg.reconnect.on_takeover, OnTakeover::Yield);
         assert_eq!(cfg.reconnect.refresh_command, ["a", "b"]);
         assert_eq!(cfg.channels.skip, ["usbredir"]);
+    }
+
+    #[test]
+    fn metrics_and_control_paths_are_absolute_files() {
+        let c = Config::from_toml(
+            "[metrics]\ntextfile = \"/var/lib/prometheus/node-exporter/spiced-a.prom\"\n\
+             [control]\nsocket = \"/run/spiced/a.sock\"\n",
+            "x.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            c.metrics.textfile.as_deref(),
+            Some(Path::new("/var/lib/prometheus/node-exporter/spiced-a.prom"))
+        );
+        assert_eq!(
+            c.control.socket.as_deref(),
+            Some(Path::new("/run/spiced/a.sock"))
+        );
+        assert_eq!(Config::default().metrics.textfile, None);
+        assert_eq!(Config::default().control.socket, None);
+        let e = range_err("[metrics]\ntextfile = \"spiced.prom\"\n");
+        assert_eq!(
+            e,
+            "x.toml: metrics.textfile = \"spiced.prom\": must be an absolute path"
+        );
+        let e = range_err("[control]\nsocket = \"/run/spiced/\"\n");
+        assert!(
+            e.contains("control.socket") && e.contains("not a directory"),
+            "{e}"
+        );
+        let e = range_err("[control]\nsocket = \"/run/a\\u001b.sock\"\n");
+        assert!(
+            e.contains("control characters") && !e.contains('\x1b'),
+            "{e}"
+        );
+        let long = format!("[control]\nsocket = \"/{}\"\n", "a".repeat(120));
+        assert!(range_err(&long).contains("107 bytes"));
     }
 
     #[test]

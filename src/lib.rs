@@ -7,6 +7,7 @@
 pub mod channel;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod events;
 pub mod exit;
@@ -17,6 +18,7 @@ pub mod journal;
 pub mod keepalive;
 pub mod link;
 pub mod logging;
+pub mod metrics;
 pub mod reconnect;
 pub mod refresh;
 pub mod report;

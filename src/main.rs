@@ -23,6 +23,11 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Some(Command::Report { file, json }) => spiced::report::cli_main(&file, json),
         Some(Command::Manpage { out_dir }) => manpage(out_dir.as_deref()),
+        Some(Command::Status {
+            json,
+            socket,
+            instance,
+        }) => spiced::control::client_main(json, socket.as_deref(), instance.as_deref()),
         None if cli.run.check => check(&cli.run),
         None => spiced::daemon::main(&cli.run),
     };

@@ -218,6 +218,7 @@ fn ctx(fault: Fault, cfg: Config) -> (SessionCtx, Arc<Fake>) {
         start: tokio::time::Instant::now(),
         start_unix: 1_700_000_000.0,
         generation: 1,
+        traffic: Default::default(),
     };
     (c, fake)
 }

@@ -9,6 +9,7 @@
 //! paused-time unit test (`daemon/tests.rs`).
 
 use super::idle_cut::IdleCuts;
+use super::status::{Counts, LastDisconnect, Observed, Status};
 use crate::config::Config;
 use crate::events;
 use crate::failure::{Cause, Failure};
@@ -192,6 +193,8 @@ pub struct DaemonCore {
     exited: bool,
     status: String,
     effects: VecDeque<Effect>,
+    /// For [`DaemonCore::status`].
+    obs: Observed,
 }
 
 impl DaemonCore {
@@ -227,6 +230,7 @@ impl DaemonCore {
             exited: false,
             status: String::new(),
             effects: VecDeque::new(),
+            obs: Observed::default(),
         }
     }
 
@@ -234,6 +238,7 @@ impl DaemonCore {
     pub fn start(&mut self, now: Now) {
         let actions = self.sup.start(now);
         self.apply(actions, now);
+        self.observe(now);
     }
 
     pub fn poll_effect(&mut self) -> Option<Effect> {
@@ -297,6 +302,7 @@ impl DaemonCore {
             let actions = self.sup.poll(now);
             self.apply(actions, now);
         }
+        self.observe(now);
     }
 
     pub fn handle(&mut self, input: Input, now: Now) {
@@ -330,6 +336,7 @@ impl DaemonCore {
             Input::SessionEnded { generation, end } => self.on_session_end(generation, *end, now),
             Input::ReportDone(r) => self.report_done(r),
         }
+        self.observe(now);
     }
 
     fn read_vv(&mut self, origin: Origin) {
@@ -465,6 +472,7 @@ impl DaemonCore {
                     None => failure.cause.as_str().to_string(),
                 };
                 run.channels.insert(channel, ChanState::Lost(state));
+                Counts::bump(&mut self.obs.counts.channel_losses, failure.cause.as_str());
                 let counters = BTreeMap::from([(channel, *counters)]);
                 if let Some(slot) = self.report_slot(&failure, now) {
                     self.report(slot, generation, &failure, &counters, Ctx::Lost(&info));
@@ -557,6 +565,20 @@ impl DaemonCore {
                 f.message
             );
             let cut = self.idle_cuts.observe(&end, now.mono);
+            let word = if cut.is_some() {
+                Cause::IdleCut
+            } else {
+                f.cause
+            };
+            Counts::bump(&mut self.obs.counts.disconnects, word.as_str());
+            self.obs.last_disconnect = Some(LastDisconnect {
+                at: now.unix,
+                channel: f.channel.to_string(),
+                cause: word.as_str().to_string(),
+                message: f.message.clone(),
+                report: None,
+                report_seq: None,
+            });
             if let Some(learned) = cut {
                 cause = Some(Cause::IdleCut);
                 let mut cfg = (*self.session_config).clone();
@@ -603,6 +625,7 @@ impl DaemonCore {
                 },
                 now,
             ));
+            Counts::bump(&mut self.obs.counts.connect_failures, f.cause.as_str());
         }
         // The report says what the supervisor decided, so it comes after it.
         self.running = Some(run);
@@ -619,9 +642,13 @@ impl DaemonCore {
         if !self.config.report.enabled {
             return None;
         }
-        let skipped = self
+        let Some(skipped) = self
             .reporter
-            .should_write(now.mono.saturating_duration_since(self.origin))?;
+            .should_write(now.mono.saturating_duration_since(self.origin))
+        else {
+            self.obs.counts.reports_skipped += 1;
+            return None;
+        };
         let wall = crate::time::unix_to_system(now.unix);
         let file_name = self.reporter.next_file_name(&f.channel.to_string(), wall);
         Some(ReportSlot {
@@ -646,6 +673,12 @@ impl DaemonCore {
             Ctx::Ended(e, cause) => (Some(e), cause, &e.info),
             Ctx::Lost(info) => (None, None, info),
         };
+        self.obs.reports_queued += 1;
+        if let (Some(e), Some(last)) = (end, self.obs.last_disconnect.as_mut()) {
+            if e.connected {
+                last.report_seq = Some(self.obs.reports_queued);
+            }
+        }
         let run = self.running.as_ref();
         let channels_down = run
             .map(|r| {
@@ -685,6 +718,18 @@ impl DaemonCore {
     }
 
     fn report_done(&mut self, r: Result<PathBuf, String>) {
+        self.obs.reports_done += 1;
+        match &r {
+            Ok(path) => {
+                self.obs.counts.reports_written += 1;
+                if let Some(last) = self.obs.last_disconnect.as_mut() {
+                    if last.report_seq == Some(self.obs.reports_done) {
+                        last.report = Some(path.display().to_string());
+                    }
+                }
+            }
+            Err(_) => self.obs.counts.reports_failed += 1,
+        }
         self.reporter
             .record_result(&r.map_err(std::io::Error::other));
     }
@@ -696,7 +741,12 @@ impl DaemonCore {
                 return;
             }
             match a {
-                Action::ConnectNow { attempt } => self.connect(attempt, now),
+                Action::ConnectNow { attempt } => {
+                    if attempt > 0 {
+                        self.obs.counts.reconnect_attempts += 1;
+                    }
+                    self.connect(attempt, now)
+                }
                 Action::Transition(t) => {
                     info!(state = t.to_state, "reconnect: {t}");
                     match self.sup.state() {
@@ -799,6 +849,80 @@ impl DaemonCore {
         if !self.ready_sent {
             self.ready_sent = true;
             self.effects.push_back(Effect::Notify(Notice::Ready));
+        }
+    }
+
+    /// What the daemon is doing now (control socket, metrics). Pure: built from
+    /// what the inputs said, so two calls without an input between are equal.
+    pub fn status(&self) -> Status {
+        let state = self.sup.state();
+        let attempt = match state {
+            State::Connecting { attempt } if *attempt > 0 => Some(*attempt),
+            State::Pending { attempt, .. } => Some(*attempt),
+            _ => None,
+        };
+        let run = self
+            .running
+            .as_ref()
+            .filter(|_| matches!(state, State::Connected { .. }));
+        let (up, total, down) = match run {
+            Some(r) => (
+                r.channels.values().filter(|c| **c == ChanState::Up).count(),
+                r.channels.len(),
+                r.channels
+                    .iter()
+                    .filter_map(|(c, st)| match st {
+                        ChanState::Up => None,
+                        ChanState::Lost(w) | ChanState::Down(w) => Some((c.to_string(), w.clone())),
+                    })
+                    .collect(),
+            ),
+            None => (0, 0, BTreeMap::new()),
+        };
+        Status {
+            state: state.name(),
+            describe: state.describe(),
+            host: self.settings.shown_host(),
+            since: self.obs.since,
+            established: self.obs.established.filter(|_| run.is_some()),
+            channels_up: up,
+            channels_total: total,
+            channels_down: down,
+            attempt,
+            attempt_budget: self.sup.attempt_budget(),
+            next_attempt_at: self
+                .obs
+                .next_attempt_at
+                .filter(|_| matches!(state, State::Pending { .. })),
+            reconnects: self.sup.reconnect_count(),
+            last_disconnect: self.obs.last_disconnect.clone(),
+            ticket_valid_until: self.sup.ticket_valid_until(),
+            counts: self.obs.counts.clone(),
+        }
+    }
+
+    /// Notes when the state (or the attempt) changed, for `status`.
+    fn observe(&mut self, now: Now) {
+        let state = self.sup.state();
+        let key = (
+            state.name(),
+            match state {
+                State::Connecting { attempt } | State::Pending { attempt, .. } => Some(*attempt),
+                _ => None,
+            },
+        );
+        if self.obs.key == Some(key) {
+            return;
+        }
+        self.obs.key = Some(key);
+        self.obs.since = Some(now.unix);
+        match state {
+            State::Connected { .. } => self.obs.established = Some(now.unix),
+            State::Pending { next_at, .. } => {
+                let ahead = next_at.saturating_duration_since(now.mono);
+                self.obs.next_attempt_at = Some(now.unix + ahead.as_secs_f64());
+            }
+            _ => {}
         }
     }
 

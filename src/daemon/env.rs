@@ -42,11 +42,16 @@ pub struct Env {
     pub write_report: WriteReport,
     pub refresh: Refresh,
     pub stamp: fn(&Path) -> Option<Stamp>,
+    /// Where subscribe lines go (the log layer feeds the same hub).
+    pub hub: crate::control::Hub,
+    /// The instance name (`SPICED_INSTANCE`): status and metrics labels.
+    pub instance: String,
 }
 
 impl Env {
-    /// The real world. `ring` feeds `log.txt` in reports.
-    pub fn real(ring: LogRing) -> Env {
+    /// The real world. `ring` feeds `log.txt` in reports; `hub` is the one the
+    /// log layer forwards key events to.
+    pub fn real(ring: LogRing, hub: crate::control::Hub) -> Env {
         Env {
             notifier: Arc::new(SdNotify),
             connector: Arc::new(|settings, config, tls| {
@@ -75,6 +80,10 @@ impl Env {
             }),
             refresh: Arc::new(|config, secrets| Box::pin(refresh(config, secrets))),
             stamp: file_stamp,
+            hub,
+            instance: crate::metrics::instance_name(
+                std::env::var(crate::metrics::INSTANCE_ENV).ok().as_deref(),
+            ),
         }
     }
 }

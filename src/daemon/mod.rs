@@ -9,6 +9,7 @@
 pub mod core;
 mod env;
 mod idle_cut;
+pub mod status;
 #[cfg(test)]
 mod tests;
 
@@ -52,7 +53,12 @@ pub fn main(args: &RunArgs) -> u8 {
         }
     };
     let ring = LogRing::new(config.report.log_lines);
-    crate::logging::init(&config.log, Some(ring.clone()));
+    let hub = crate::control::Hub::default();
+    let events = crate::control::EventLayer::new(hub.clone());
+    crate::logging::init(
+        &config.log,
+        Some(tracing_subscriber::Layer::and_then(ring.clone(), events)),
+    );
     let Some(vv_path) = args.vv.clone() else {
         error!("no --vv FILE given");
         return exit::CONFIG;
@@ -83,7 +89,7 @@ pub fn main(args: &RunArgs) -> u8 {
             watchdog: crate::systemd::watchdog_interval(),
             spool,
         };
-        run(Arc::new(config), opts, Env::real(ring), sig_rx).await
+        run(Arc::new(config), opts, Env::real(ring, hub), sig_rx).await
     });
     // Blocking work still running (a stuck read, a slow disk) is abandoned.
     rt.shutdown_timeout(Duration::from_millis(300));
@@ -98,6 +104,8 @@ enum Msg {
     Loaded(Origin, Result<Box<Loaded>, String>),
     Report(Result<PathBuf, String>),
     Stamp(Option<Stamp>),
+    /// A metrics file write finished.
+    Metrics(Result<(), String>),
 }
 
 struct SessionTask {
@@ -130,6 +138,19 @@ struct Shell {
     stat_in_flight: bool,
     stamp: Option<Stamp>,
     pending_start: Option<PendingStart>,
+    /// Live traffic totals every session adds to (metrics).
+    traffic: crate::channel::counters::Traffic,
+    /// What `status` answers; sent on every change.
+    status_tx: watch::Sender<Arc<status::Status>>,
+    /// The metrics file and when to write it.
+    metrics: Option<MetricsFile>,
+}
+
+struct MetricsFile {
+    path: Arc<PathBuf>,
+    schedule: crate::metrics::Schedule,
+    /// The last write failed (one warning per failing streak).
+    failing: bool,
 }
 
 /// The loop. `signals` carries SIGTERM/SIGINT/SIGHUP/SIGUSR1 (tests inject them).
@@ -140,6 +161,36 @@ pub async fn run(
     mut signals: mpsc::UnboundedReceiver<Signal>,
 ) -> u8 {
     let (tx, mut rx) = mpsc::unbounded_channel();
+    // Until the core exists (the first .vv read), `status` says so.
+    let (status_tx, status_rx) = watch::channel(Arc::new(status::Status {
+        state: "idle",
+        describe: "starting: reading the .vv".into(),
+        ..status::Status::default()
+    }));
+    // The control socket first: a path that cannot be used is a config error.
+    let (reconnect_tx, mut reconnect_rx) = mpsc::channel::<()>(4);
+    let _control = match &config.control.socket {
+        Some(path) => match crate::control::bind(path) {
+            Ok(listener) => {
+                let ctx = crate::control::ServerCtx {
+                    instance: Arc::from(env.instance.as_str()),
+                    status: status_rx,
+                    hub: env.hub.clone(),
+                    reconnect: reconnect_tx,
+                };
+                info!("control socket listening on {}", path.display());
+                Some(ControlGuard {
+                    task: tokio::spawn(crate::control::serve(listener, ctx)),
+                    path: path.clone(),
+                })
+            }
+            Err(e) => {
+                error!("{e}");
+                return exit::CONFIG;
+            }
+        },
+        None => None,
+    };
     let mut shell = Shell {
         config: config.clone(),
         opts_vv: opts.vv_path.clone(),
@@ -151,6 +202,13 @@ pub async fn run(
         stat_in_flight: false,
         stamp: None,
         pending_start: None,
+        traffic: Default::default(),
+        status_tx,
+        metrics: config.metrics.textfile.clone().map(|p| MetricsFile {
+            path: Arc::new(p),
+            schedule: crate::metrics::Schedule::new(Instant::now()),
+            failing: false,
+        }),
     };
     // The first read, off the loop and bounded like every other.
     shell.stamp = (shell.env.stamp)(&shell.opts_vv);
@@ -175,19 +233,30 @@ pub async fn run(
     core.start(Now::system());
     let mut watch_tick = tokio::time::interval(WATCH_EVERY);
     watch_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_status: Option<status::Status> = None;
     loop {
         while let Some(e) = core.poll_effect() {
             if let Effect::Exit(code) = e {
+                shell.observe(&core, &mut last_status);
                 shell.finish(&mut core, &mut rx).await;
                 return code;
             }
             shell.execute(e);
         }
+        shell.observe(&core, &mut last_status);
         let abort_at = shell.sessions.values().filter_map(|s| s.abort_at).min();
         let watching = core.watching_vv();
+        let metrics_at = shell
+            .metrics
+            .as_ref()
+            .and_then(|m| m.schedule.poll_timeout());
         tokio::select! {
             biased;
             Some(sig) = signals.recv() => core.handle(Input::Signal(sig), Now::system()),
+            Some(()) = reconnect_rx.recv() => {
+                info!("control socket: reconnect requested");
+                core.handle(Input::Signal(Signal::Reconnect), Now::system());
+            }
             Some(m) = rx.recv() => match m {
                 Msg::Session(generation, event) => core.handle(Input::Session { generation, event }, Now::system()),
                 Msg::Ended(generation, end) => {
@@ -215,7 +284,10 @@ pub async fn run(
                         core.handle(Input::VvChanged, Now::system());
                     }
                 }
+                Msg::Metrics(r) => shell.metrics_written(r),
             },
+            // The write itself starts in `observe` at the top of the loop.
+            _ = crate::time::sleep_until_opt(metrics_at) => {}
             _ = crate::time::sleep_until_opt(core.poll_timeout()) => core.handle_timeout(Now::system()),
             _ = crate::time::sleep_until_opt(abort_at) => shell.abort_overdue(),
             _ = watch_tick.tick(), if watching => shell.stat_vv(),
@@ -223,7 +295,100 @@ pub async fn run(
     }
 }
 
+/// The control socket's accept loop, ended (and its socket file removed)
+/// with the daemon loop.
+struct ControlGuard {
+    task: tokio::task::JoinHandle<()>,
+    path: PathBuf,
+}
+
+impl Drop for ControlGuard {
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 impl Shell {
+    /// After every input: a changed status goes to `status` readers and
+    /// subscribers and marks the metrics file for a rewrite; a due rewrite
+    /// starts (off the loop, one at a time).
+    fn observe(&mut self, core: &DaemonCore, last: &mut Option<status::Status>) {
+        let st = core.status();
+        if last.as_ref() != Some(&st) {
+            let now = crate::time::unix_now();
+            if self.env.hub.subscribers() > 0 {
+                self.env
+                    .hub
+                    .publish(crate::control::status_line(&self.env.instance, &st, now));
+            }
+            self.status_tx.send_replace(Arc::new(st.clone()));
+            if let Some(m) = &mut self.metrics {
+                m.schedule.changed();
+            }
+            *last = Some(st);
+        }
+        self.write_metrics_if_due();
+    }
+
+    fn write_metrics_if_due(&mut self) {
+        let Some(m) = &mut self.metrics else {
+            return;
+        };
+        if !m.schedule.poll_write(Instant::now()) {
+            return;
+        }
+        let traffic = self.traffic.snapshot();
+        let status = self.status_tx.borrow().clone();
+        let text = crate::metrics::render(&crate::metrics::Snapshot {
+            instance: &self.env.instance,
+            version: env!("CARGO_PKG_VERSION"),
+            status: &status,
+            traffic: &traffic,
+            now: crate::time::unix_now(),
+        });
+        let path = m.path.clone();
+        let tx = self.tx.clone();
+        let job = tokio::task::spawn_blocking(move || {
+            crate::metrics::write_atomic(&path, &text).map_err(|e| e.to_string())
+        });
+        tokio::spawn(async move {
+            let r = match job.await {
+                Ok(r) => r,
+                Err(e) => Err(format!("the metrics writer failed: {e}")),
+            };
+            let _ = tx.send(Msg::Metrics(r));
+        });
+    }
+
+    /// The metrics file still has a write running or due (the exit waits).
+    fn metrics_pending(&self) -> bool {
+        self.metrics.as_ref().is_some_and(|m| m.schedule.pending())
+    }
+
+    fn metrics_written(&mut self, r: Result<(), String>) {
+        let Some(m) = &mut self.metrics else {
+            return;
+        };
+        m.schedule.written();
+        match r {
+            Ok(()) => {
+                if m.failing {
+                    info!("metrics file {} written again", m.path.display());
+                }
+                m.failing = false;
+            }
+            Err(e) if !m.failing => {
+                m.failing = true;
+                warn!(
+                    "cannot write the metrics file {}: {e} (further failures are logged at debug level)",
+                    m.path.display()
+                );
+            }
+            Err(e) => tracing::debug!("metrics file {} not written: {e}", m.path.display()),
+        }
+    }
+
     fn read_job(&self) -> ReadJob {
         ReadJob {
             path: self.opts_vv.clone(),
@@ -354,6 +519,7 @@ impl Shell {
             start: Instant::now(),
             start_unix: crate::time::unix_now(),
             generation,
+            traffic: self.traffic.clone(),
         };
         let tx = self.tx.clone();
         let emit_tx = tx.clone();
@@ -421,11 +587,18 @@ impl Shell {
         for s in self.sessions.values() {
             let _ = s.stop.send(Stop::Polite);
         }
+        // The final state (stopped, gave up) reaches the metrics file too.
+        self.write_metrics_if_due();
         let wait = async {
-            while !self.sessions.is_empty() || self.reports_in_flight > 0 {
+            while !self.sessions.is_empty() || self.reports_in_flight > 0 || self.metrics_pending()
+            {
                 match rx.recv().await {
                     Some(Msg::Ended(g, _)) => {
                         self.sessions.remove(&g);
+                    }
+                    Some(Msg::Metrics(r)) => {
+                        self.metrics_written(r);
+                        self.write_metrics_if_due();
                     }
                     Some(Msg::Report(r)) => {
                         self.reports_in_flight = self.reports_in_flight.saturating_sub(1);

@@ -610,6 +610,14 @@ async fn an_idle_cut_seen_twice_is_learnt_not_taken_for_a_takeover() {
     assert!(log.iter().any(|l| l == "report main idle_cut"), "{log:?}");
     assert!(matches!(h.core.state(), State::Connecting { attempt: 0 }));
     assert_eq!(h.core.idle_secs(), 2.5);
+    // The metrics and the control socket count the second as what it was.
+    let d = h.core.status().counts.disconnects;
+    assert_eq!(
+        (d.get("server_closed"), d.get("idle_cut")),
+        (Some(&1), Some(&1)),
+        "{d:?}"
+    );
+    assert_eq!(h.core.status().last_disconnect.unwrap().cause, "idle_cut");
 }
 
 #[tokio::test(start_paused = true)]
@@ -638,6 +646,160 @@ async fn sigusr1_relinks_now_unless_the_ticket_forbids_it() {
         "a used single-use ticket cannot relink"
     );
     let _ = Stop::Run;
+}
+
+fn reset(ch: ChannelId) -> Failure {
+    Failure::io(ch, &std::io::ErrorKind::ConnectionReset.into(), false)
+}
+
+#[tokio::test(start_paused = true)]
+async fn status_while_connecting_connected_pending_and_waiting() {
+    let mut cfg = Config::default();
+    cfg.reconnect.wait_for_ticket_secs = 600.0;
+    let s = ConnectionSettings {
+        ticket_valid_until: Some(UNIX0 as i64 + 3600),
+        ..settings()
+    };
+    let mut h = H::with(cfg, s);
+    let st = h.core.status();
+    assert_eq!(st.state, "connecting");
+    assert_eq!(st.since, Some(UNIX0));
+    assert_eq!((st.attempt, st.attempt_budget), (None, Some(3)));
+    assert_eq!(st.ticket_valid_until, Some(UNIX0 as i64 + 3600));
+    assert_eq!(st.host, "vm.example");
+    assert_eq!(h.core.status(), st, "no input, no change");
+
+    h.at(2.0);
+    h.connected();
+    h.settled(3, &[]);
+    let st = h.core.status();
+    assert_eq!(st.state, "connected");
+    assert_eq!(
+        (st.since, st.established),
+        (Some(UNIX0 + 2.0), Some(UNIX0 + 2.0))
+    );
+    assert_eq!((st.channels_up, st.channels_total), (3, 3));
+    // A channel other than main is lost: degraded, counted.
+    h.event(SessionEvent::ChannelLost {
+        channel: ChannelId::new(ChannelType::Usbredir, 1),
+        failure: Box::new(reset(ChannelId::new(ChannelType::Usbredir, 1))),
+        counters: Box::default(),
+        relink_in: None,
+        info: Box::default(),
+    });
+    let st = h.core.status();
+    assert_eq!((st.channels_up, st.channels_total), (2, 3));
+    assert_eq!(
+        st.channels_down.get("usbredir:1").map(String::as_str),
+        Some("reset")
+    );
+    assert_eq!(st.counts.channel_losses.get("reset"), Some(&1));
+    assert_eq!(st.counts.reports_written, 0, "queued, not written yet");
+
+    // Main is lost at t=10: pending attempt 1 after 1 s.
+    h.at(10.0);
+    h.end(lost(reset(ChannelId::MAIN), 8.0));
+    let st = h.core.status();
+    assert_eq!(st.state, "pending");
+    assert_eq!((st.attempt, st.attempt_budget), (Some(1), Some(3)));
+    assert_eq!(st.since, Some(UNIX0 + 10.0));
+    assert_eq!(st.next_attempt_at, Some(UNIX0 + 11.0));
+    assert_eq!((st.established, st.channels_up), (None, 0));
+    let d = st.last_disconnect.clone().unwrap();
+    assert_eq!(
+        (d.at, d.channel.as_str(), d.cause.as_str()),
+        (UNIX0 + 10.0, "main", "reset")
+    );
+    assert_eq!(st.counts.disconnects.get("reset"), Some(&1));
+    // The channel loss's report was written first, then this one's (cooldown:
+    // this one is skipped).
+    assert_eq!(st.counts.reports_skipped, 1);
+    h.input(Input::ReportDone(Ok("/spool/a.zip".into())));
+    let st = h.core.status();
+    assert_eq!(st.counts.reports_written, 1);
+    assert_eq!(
+        st.last_disconnect.unwrap().report,
+        None,
+        "that report was the channel loss's"
+    );
+
+    // Attempt 1 starts and fails: connecting 1/3, then pending 2.
+    h.at(11.0);
+    let st = h.core.status();
+    assert_eq!((st.state, st.attempt), ("connecting", Some(1)));
+    assert_eq!(st.next_attempt_at, None);
+    assert_eq!(st.counts.reconnect_attempts, 1);
+    h.end(failed(refused()));
+    let st = h.core.status();
+    assert_eq!((st.state, st.attempt), ("pending", Some(2)));
+    assert_eq!(st.counts.connect_failures.get("connect_failed"), Some(&1));
+
+    // Attempt 2 links: connected again, one reconnect.
+    h.at(20.0);
+    h.connected();
+    let st = h.core.status();
+    assert_eq!((st.state, st.reconnects), ("connected", 1));
+    assert_eq!(st.established, Some(UNIX0 + 20.0));
+
+    // A single-use ticket used up: waiting for a fresh one.
+    let single = ConnectionSettings {
+        delete_this_file: true,
+        ..settings()
+    };
+    let mut cfg = Config::default();
+    cfg.reconnect.wait_for_ticket_secs = 600.0;
+    let mut h = H::with(cfg, single);
+    h.connected();
+    h.at(5.0);
+    h.end(lost(reset(ChannelId::MAIN), 5.0));
+    let st = h.core.status();
+    assert_eq!(st.state, "waiting_for_ticket");
+    assert_eq!(st.since, Some(UNIX0 + 5.0));
+    assert_eq!(st.counts.reports_written, 0);
+    h.input(Input::ReportDone(Ok("/spool/b.zip".into())));
+    let st = h.core.status();
+    assert_eq!(
+        st.last_disconnect.unwrap().report.as_deref(),
+        Some("/spool/b.zip"),
+        "the report of the last disconnect is named"
+    );
+}
+
+/// Neither the ticket nor a ticket-bearing host nor proxy credentials reach
+/// the status (hence the control socket and the metrics file).
+#[tokio::test(start_paused = true)]
+async fn status_carries_no_secret() {
+    let s = ConnectionSettings {
+        host: "pvespiceproxy:6560a1f2:100:pve1::ticketsecret".into(),
+        password: Some(crate::secret::Secret::new("s3cr3t-ticket")),
+        proxy: Some("http://user:proxypass@proxy.example:3128".into()),
+        ..settings()
+    };
+    let mut h = H::with(Config::default(), s);
+    h.connected();
+    h.settled(2, &[]);
+    h.end(lost(reset(ChannelId::MAIN), 1.0));
+    let st = h.core.status();
+    assert_eq!(st.host, "pvespiceproxy:...");
+    let line = crate::control::status_line("k", &st, UNIX0);
+    for secret in ["ticketsecret", "s3cr3t-ticket", "proxypass", "6560a1f2"] {
+        assert!(!line.contains(secret), "{secret} in {line}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn status_counts_failed_reports_and_gave_up() {
+    let mut cfg = Config::default();
+    cfg.reconnect.enabled = false;
+    let mut h = H::with(cfg, settings());
+    h.connected();
+    h.end(lost(reset(ChannelId::MAIN), 1.0));
+    h.input(Input::ReportDone(Err("disk full".into())));
+    let st = h.core.status();
+    assert_eq!(st.state, "gave_up");
+    assert_eq!(st.counts.reports_failed, 1);
+    assert_eq!(st.counts.reconnect_attempts, 0);
+    assert_eq!(st.last_disconnect.unwrap().report, None);
 }
 
 /// The shell, run for real (real time: blocking work does not let paused time
@@ -729,6 +891,8 @@ mod shell {
             write_report,
             refresh,
             stamp: |_| None,
+            hub: crate::control::Hub::default(),
+            instance: "test".into(),
         };
         (env, f)
     }
@@ -797,6 +961,89 @@ mod shell {
             assert_eq!(f.connects.load(Ordering::SeqCst), 1);
             let n = f.notices.0.lock().unwrap().clone();
             assert!(n.contains(&Notice::Stopping), "{n:?}");
+        })
+    }
+
+    /// Waits (yielding, bounded) until `cond` holds.
+    async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+        let waited = tokio::time::timeout(Duration::from_secs(5), async {
+            while !cond() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        assert!(waited.is_ok(), "never: {what}");
+    }
+
+    /// The control socket answers while the loop runs and `reconnect` relinks;
+    /// the metrics file shows the final state; the socket file goes with the
+    /// loop.
+    #[test]
+    fn the_control_socket_and_the_metrics_file_follow_the_loop_to_its_end() {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        in_rt(async {
+            let dir = tempfile::tempdir().unwrap();
+            let sock = dir.path().join("c.sock");
+            let prom = dir.path().join("m.prom");
+            let mut cfg = Config::default();
+            cfg.control.socket = Some(sock.clone());
+            cfg.metrics.textfile = Some(prom.clone());
+            // Connects are refused and retried only after an hour: a second
+            // connect can only be the `reconnect` request's.
+            cfg.reconnect.initial_delay_secs = 3600.0;
+            cfg.reconnect.max_delay_secs = 3600.0;
+            let (env, f) = env(false, false, false);
+            let connects = f.connects.clone();
+            let path = sock.clone();
+            let (code, _) = drive(cfg, env, move |tx| {
+                tokio::spawn(async move {
+                    until("the socket is bound", || path.exists()).await;
+                    let s = tokio::net::UnixStream::connect(&path).await.unwrap();
+                    let (r, mut w) = s.into_split();
+                    let mut r = tokio::io::BufReader::new(r);
+                    let mut line = String::new();
+                    let mut states = Vec::new();
+                    // "idle" until the .vv is read, "connecting", then "pending".
+                    let v = loop {
+                        line.clear();
+                        w.write_all(b"{\"cmd\":\"status\"}\n").await.unwrap();
+                        r.read_line(&mut line).await.unwrap();
+                        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+                        states.push(v["state"].to_string());
+                        if v["state"] == "pending" || states.len() > 1000 {
+                            break v;
+                        }
+                        tokio::task::yield_now().await;
+                    };
+                    let allowed = ["\"idle\"", "\"connecting\"", "\"pending\""];
+                    assert!(
+                        states.iter().all(|s| allowed.contains(&s.as_str())),
+                        "{states:?}"
+                    );
+                    assert_eq!(v["version"], 1);
+                    assert_eq!(v["instance"], "test");
+                    assert_eq!(v["state"], "pending", "{states:?}");
+                    assert_eq!(v["attempt"], 1);
+                    assert_eq!(v["attempt_budget"], 3);
+                    assert_eq!(v["counts"]["connect_failures"]["connect_failed"], 1);
+                    assert_eq!(v["host"], "vm.example");
+                    line.clear();
+                    w.write_all(b"{\"cmd\":\"reconnect\"}\n").await.unwrap();
+                    r.read_line(&mut line).await.unwrap();
+                    assert!(line.contains("\"ok\""), "{line}");
+                    until("a second connect", || connects.load(Ordering::SeqCst) == 2).await;
+                    tx.send(Signal::Terminate).unwrap();
+                })
+            })
+            .await;
+            assert_eq!(code, 0);
+            let text = std::fs::read_to_string(&prom).unwrap();
+            assert!(
+                text.contains(r#"spiced_state{spiced_instance="test",state="stopped"} 1"#),
+                "{text}"
+            );
+            assert!(!sock.exists(), "the socket file is removed");
+            assert_eq!(f.connects.load(Ordering::SeqCst), 2);
         })
     }
 

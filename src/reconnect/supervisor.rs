@@ -345,6 +345,17 @@ impl Supervisor {
         self.connects.saturating_sub(1)
     }
 
+    /// Attempts one disconnect cluster may use now; `None`: unlimited (status
+    /// and metrics: "reconnecting 2/3").
+    pub fn attempt_budget(&self) -> Option<u32> {
+        self.policy.budget(self.established)
+    }
+
+    /// The current ticket's `ticket-valid-until` (unix seconds), if any.
+    pub fn ticket_valid_until(&self) -> Option<i64> {
+        self.ticket.info.valid_until
+    }
+
     /// `state().describe()` plus counters: for systemd STATUS.
     pub fn describe(&self) -> String {
         match self.reconnect_count() {

@@ -172,7 +172,9 @@ pub(super) async fn run(
     }
     let mut buf = vec![0u8; READ_BUF];
     let mut aborted = false;
+    let mut traffic = ctx.traffic.publisher(ch);
     let failure = loop {
+        traffic.publish(state.counters());
         // Flush answers first (they are tiny; the server always reads).
         let mut werr = None;
         while let Some(bytes) = state.poll_transmit(ctx.now()) {
@@ -258,6 +260,7 @@ pub(super) async fn run(
         None => "local_shutdown",
     };
     state.mark_closed(ctx.now(), reason);
+    traffic.publish(state.counters());
     if let Some(c) = &ctx.capture {
         c.closed(ch);
     }

@@ -163,6 +163,8 @@ pub struct SessionCtx {
     pub start_unix: f64,
     /// The daemon's number for this session (`session` in log lines).
     pub generation: u64,
+    /// Live per-channel traffic totals (metrics); outlives the session.
+    pub traffic: crate::channel::counters::Traffic,
 }
 
 impl SessionCtx {
