@@ -345,10 +345,7 @@ fn tinyproxy_tunnels_to_qemu() {
     );
 }
 
-/// SPICE channel types the firewall tests name.
-const MAIN: u8 = 1;
-const PORT: u8 = 10;
-const WEBDAV: u8 = 11;
+use common::channel_types::{MAIN, PORT, WEBDAV};
 
 #[test]
 fn firewall_tunnels_to_qemu_and_learns_the_channel() {

@@ -34,17 +34,7 @@ const KILL_AFTER: Duration = Duration::from_secs(1);
 /// A timer may fire a little late, never early.
 const EARLY_SLACK: f64 = 0.05;
 
-/// SPICE channel type numbers.
-const MAIN: u8 = 1;
-const DISPLAY: u8 = 2;
-const INPUTS: u8 = 3;
-const CURSOR: u8 = 4;
-const PLAYBACK: u8 = 5;
-const RECORD: u8 = 6;
-const SMARTCARD: u8 = 8;
-const USBREDIR: u8 = 9;
-const PORT: u8 = 10;
-const WEBDAV: u8 = 11;
+use common::channel_types::*;
 
 const PASSWORD: &str = "degraded-ticket-4b7e";
 

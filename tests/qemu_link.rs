@@ -22,17 +22,7 @@ const ALL: usize = 11;
 /// loaded 2-core CI machine.
 const LINK_BOUND: Duration = Duration::from_secs(20);
 
-/// SPICE channel type numbers (query-spice `channel-type`).
-const MAIN: u8 = 1;
-const DISPLAY: u8 = 2;
-const INPUTS: u8 = 3;
-const CURSOR: u8 = 4;
-const PLAYBACK: u8 = 5;
-const RECORD: u8 = 6;
-const SMARTCARD: u8 = 8;
-const USBREDIR: u8 = 9;
-const PORT: u8 = 10;
-const WEBDAV: u8 = 11;
+use common::channel_types::*;
 
 /// A test's private directory: the .vv, the report spool, certificates.
 struct Scratch {

@@ -12,6 +12,20 @@
 //! hence the module-wide `dead_code` allowance.
 #![allow(dead_code, unused_imports)]
 
+/// SPICE channel type numbers (query-spice `channel-type`, the link message).
+pub mod channel_types {
+    pub const MAIN: u8 = 1;
+    pub const DISPLAY: u8 = 2;
+    pub const INPUTS: u8 = 3;
+    pub const CURSOR: u8 = 4;
+    pub const PLAYBACK: u8 = 5;
+    pub const RECORD: u8 = 6;
+    pub const SMARTCARD: u8 = 8;
+    pub const USBREDIR: u8 = 9;
+    pub const PORT: u8 = 10;
+    pub const WEBDAV: u8 = 11;
+}
+
 pub mod certs;
 pub mod firewall;
 pub mod guest;
