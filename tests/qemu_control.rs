@@ -119,11 +119,12 @@ impl Subscriber {
     }
 }
 
-/// Every log line with a `message_id` (the journal's key events) must have
-/// reached the subscriber, as many times per id.
-fn key_events_match(log: &str, seen: &[serde_json::Value]) -> usize {
+/// Every log line with a `message_id` (the journal's key events) logged after
+/// the first `skip` lines (once the subscription was live) must have reached
+/// the subscriber, as many times per id.
+fn key_events_match(log: &str, skip: usize, seen: &[serde_json::Value]) -> usize {
     let mut logged: BTreeMap<String, usize> = BTreeMap::new();
-    for line in log.lines() {
+    for line in log.lines().skip(skip) {
         if let Some(rest) = line.split("message_id=").nth(1) {
             let id = rest
                 .trim_start_matches('"')
@@ -375,6 +376,8 @@ fn status_subscribe_reconnect_and_metrics_against_real_qemu() {
     sub.wait(Duration::from_secs(5), "the first snapshot", |v| {
         v["type"] == "status"
     });
+    // Key events logged from here on must all reach the subscriber.
+    let subscribed_at = s.log().lines().count();
     let t = Instant::now();
     assert_eq!(ask(&sock, "reconnect")["type"], "ok");
     sub.wait(LINK_TIMEOUT, "connecting", |v| v["state"] == "connecting");
@@ -573,7 +576,7 @@ fn status_subscribe_reconnect_and_metrics_against_real_qemu() {
                 .collect::<Vec<_>>()
         );
     }
-    let key = key_events_match(&s.log(), &sub.seen);
+    let key = key_events_match(&s.log(), subscribed_at, &sub.seen);
     println!(
         "{key} key log events (message_id) all seen by subscribe; {} lines in all",
         sub.seen.len()
