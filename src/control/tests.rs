@@ -1,3 +1,4 @@
+//! Test code only: the parent declares this module under #[cfg(test)].
 use super::*;
 use std::os::unix::fs::PermissionsExt;
 use tokio::io::AsyncReadExt;

@@ -1,3 +1,4 @@
+//! Test code only: the parent declares this module under #[cfg(test)].
 //! The daemon's decisions, driven through `DaemonCore` with hand-made inputs and
 //! injected time: no sockets, no files, no sleeps.
 

@@ -1,3 +1,4 @@
+//! Test code only: the parent declares this module under #[cfg(test)].
 use super::*;
 use crate::failure::Failure;
 use crate::wire::msg::MainInit;
