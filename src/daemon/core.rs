@@ -427,6 +427,7 @@ impl DaemonCore {
                             channel: ChannelId::MAIN,
                             cause: format!("live migration not followed: {e}"),
                             clean_close: false,
+                            server_gone: false,
                         },
                         now,
                     );
@@ -604,6 +605,7 @@ impl DaemonCore {
                         },
                         cause: format!("{}: {}", f.cause.as_str(), f.message),
                         clean_close: f.cause == Cause::ServerClosed,
+                        server_gone: end.server_gone,
                     },
                     now,
                 ));

@@ -161,6 +161,7 @@ mod tests {
             connected: true,
             all_linked: true,
             server_closed_session: true,
+            server_gone: false,
             info: SessionInfo::default(),
         }
     }

@@ -158,6 +158,7 @@ impl H {
 fn lost(f: Failure, uptime: f64) -> SessionEnd {
     SessionEnd {
         server_closed_session: f.channel == ChannelId::MAIN && f.cause == Cause::ServerClosed,
+        server_gone: false,
         failure: Some(f),
         counters: BTreeMap::new(),
         uptime: Duration::from_secs_f64(uptime),

@@ -3,7 +3,7 @@
 //! proxy, TLS from [`super::transport`]); tests put in-process servers behind the
 //! same trait.
 
-use super::{Stream, Target, TlsSetup, TransportError};
+use super::{Probe, Stream, Target, TlsSetup, TransportError};
 use crate::config::Config;
 use crate::vv::ConnectionSettings;
 use std::future::Future;
@@ -13,9 +13,19 @@ use std::sync::Arc;
 pub type ConnectFuture<'a> =
     Pin<Box<dyn Future<Output = Result<Stream, TransportError>> + Send + 'a>>;
 
+pub type ProbeFuture<'a> = Pin<Box<dyn Future<Output = Probe> + Send + 'a>>;
+
 /// Opens the byte stream for one channel: plain or TLS, direct or through a proxy.
 pub trait Connector: Send + Sync {
     fn connect(&self, target: Target) -> ConnectFuture<'_>;
+
+    /// Whether `target` accepts connections right now, within `within`: a TCP
+    /// connect (through the proxy: its CONNECT answer), closed at once, never a
+    /// SPICE link. Connectors that cannot tell say `Unknown`.
+    fn probe(&self, target: Target, within: std::time::Duration) -> ProbeFuture<'_> {
+        let _ = (target, within);
+        Box::pin(async { Probe::Unknown })
+    }
 }
 
 /// Connects with the settings of one .vv.
@@ -30,6 +40,12 @@ impl Connector for TransportConnector {
     fn connect(&self, target: Target) -> ConnectFuture<'_> {
         Box::pin(async move {
             super::connect(&self.settings, &self.config, self.tls.as_deref(), &target).await
+        })
+    }
+
+    fn probe(&self, target: Target, within: std::time::Duration) -> ProbeFuture<'_> {
+        Box::pin(async move {
+            super::transport::probe(&self.settings, &self.config, &target, within).await
         })
     }
 }

@@ -12,7 +12,7 @@ pub mod subject;
 pub mod tls;
 pub mod transport;
 
-pub use connector::{ConnectFuture, Connector, TransportConnector};
+pub use connector::{ConnectFuture, Connector, ProbeFuture, TransportConnector};
 pub use error::{TransportClass, TransportError};
 pub use tls::TlsSetup;
-pub use transport::{connect, Io, Stream, Target};
+pub use transport::{connect, probe, Io, Probe, Stream, Target};

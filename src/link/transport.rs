@@ -95,6 +95,50 @@ pub async fn connect(
         .await
 }
 
+/// What a readiness probe saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// The TCP connect (or the proxy's CONNECT) succeeded.
+    Listening,
+    /// Refused: nothing listens there (or the proxy answered 502/503/504).
+    Refused,
+    /// No answer in time, or a failure that says nothing about the server.
+    Unknown,
+}
+
+/// Connects to `target`'s first hop as a channel would (resolve, TCP, the
+/// proxy's CONNECT) within `within`, and closes at once: no TLS, no SPICE link,
+/// so the server sees a connection end before its link header (spice-server
+/// 0.15 logs nothing for that on a plain port, but warns on a TLS port: callers
+/// probe plain ports only).
+pub async fn probe(
+    settings: &ConnectionSettings,
+    config: &Config,
+    target: &Target,
+    within: Duration,
+) -> Probe {
+    let mut cfg = config.clone();
+    cfg.keepalive.connect_timeout_secs = within.as_secs_f64().max(0.01);
+    let plain = Target {
+        tls: false,
+        ..target.clone()
+    };
+    match connect(settings, &cfg, None, &plain).await {
+        Ok(stream) => {
+            drop(stream);
+            Probe::Listening
+        }
+        Err(TransportError::Connect {
+            kind: std::io::ErrorKind::ConnectionRefused,
+            ..
+        }) => Probe::Refused,
+        Err(TransportError::ProxyStatus {
+            status: 502..=504, ..
+        }) => Probe::Refused,
+        Err(_) => Probe::Unknown,
+    }
+}
+
 fn connect_budget(k: &KeepaliveConfig) -> Duration {
     // Config::validate keeps it finite and > 0; guard anyway (no panic on input).
     Duration::try_from_secs_f64(k.connect_timeout_secs)

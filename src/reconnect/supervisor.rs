@@ -98,6 +98,9 @@ pub enum Input {
         cause: String,
         /// EOF with no error (the server closed the socket cleanly).
         clean_close: bool,
+        /// Right after the close, the server's address refused a connection:
+        /// it went away, so the close was no takeover.
+        server_gone: bool,
     },
     /// Session `generation` ended because a middlebox cuts idle flows (every
     /// channel closed after the same silence, seen twice). Not a takeover: the
@@ -460,7 +463,15 @@ impl Supervisor {
                 channel,
                 cause,
                 clean_close,
-            } => self.on_disconnected(generation, channel, &cause, clean_close, now, &mut out),
+                server_gone,
+            } => self.on_disconnected(
+                generation,
+                channel,
+                &cause,
+                (clean_close, server_gone),
+                now,
+                &mut out,
+            ),
             Input::IdleCut { generation, idle } => {
                 self.on_idle_cut(generation, idle, now, &mut out)
             }
@@ -523,7 +534,7 @@ impl Supervisor {
         generation: u64,
         channel: ChannelId,
         cause: &str,
-        clean_close: bool,
+        (clean_close, server_gone): (bool, bool),
         now: Now,
         out: &mut Vec<Action>,
     ) {
@@ -538,7 +549,11 @@ impl Supervisor {
             return;
         }
         let healthy = now.mono.saturating_duration_since(since);
-        let clean = if clean_close { ", clean close" } else { "" };
+        let clean = match (clean_close, server_gone) {
+            (true, true) => ", clean close, then the server's address refused connections",
+            (true, false) => ", clean close",
+            _ => "",
+        };
         let why = format!("{channel}: {cause}{clean}, after {} up", fmt_dur(healthy));
 
         if self.no_retry(&why, now, out) {
@@ -549,9 +564,12 @@ impl Supervisor {
         // EOF may be read first (measured: inputs, usbredir:1...). The session
         // waits for main's own EOF and the daemon then reports the close on main,
         // so "main closed cleanly" means "the server ended the whole session";
-        // one secondary channel closing alone is not a takeover.
-        let takeover_like =
-            clean_close && channel.ty == ChannelType::Main && healthy >= TAKEOVER_MIN_HEALTHY;
+        // one secondary channel closing alone is not a takeover. Nor is a close
+        // after which the server stopped listening: it went away.
+        let takeover_like = clean_close
+            && !server_gone
+            && channel.ty == ChannelType::Main
+            && healthy >= TAKEOVER_MIN_HEALTHY;
         self.suspect_close = takeover_like.then_some(now.mono);
         if takeover_like {
             let window = self.policy.cluster_window();

@@ -66,6 +66,19 @@ impl H {
                 "connection reset by peer".into()
             },
             clean_close: clean,
+            server_gone: false,
+        };
+        self.handle(i, s)
+    }
+
+    /// A clean close after which the server's address refused a probe.
+    fn gone(&mut self, s: f64) -> Vec<Action> {
+        let i = Input::Disconnected {
+            generation: self.generation,
+            channel: ChannelId::MAIN,
+            cause: "EOF".into(),
+            clean_close: true,
+            server_gone: true,
         };
         self.handle(i, s)
     }
@@ -386,6 +399,7 @@ fn channel_down_storm_of_one_session_counts_once() {
                 channel: ChannelId::new(ChannelType::Display, 0),
                 cause: format!("reset {i}"),
                 clean_close: false,
+                server_gone: false,
             },
             10.0 + i as f64 * 0.01,
         );
@@ -409,6 +423,7 @@ impl H {
                 channel: ChannelId::MAIN,
                 cause: "EOF".into(),
                 clean_close: false,
+                server_gone: false,
             },
             s,
         )
@@ -471,6 +486,7 @@ fn transition_names_channel_and_cause() {
             channel: ChannelId::new(ChannelType::Usbredir, 1),
             cause: "keepalive_timeout".into(),
             clean_close: false,
+            server_gone: false,
         },
         7.0,
     );
@@ -1019,6 +1035,7 @@ fn a_secondary_channel_closing_alone_is_not_a_takeover() {
             channel: ch,
             cause: "server_closed: server closed the connection".into(),
             clean_close: true,
+            server_gone: false,
         };
         h.handle(i, s)
     };
@@ -1080,6 +1097,31 @@ fn not_a_takeover_when_unhealthy_dirty_or_server_unreachable() {
     let a = h.down(30.0, true);
     assert!(warns(&a).is_empty());
     assert_eq!(h.pending(), (3, d(16.0), 46.0));
+}
+
+#[test]
+fn a_server_that_went_away_took_no_session_over() {
+    // A restart (the port refused a probe right after the close) before or after
+    // a clean close is not the takeover pattern: plain retries.
+    for order in [[true, false], [false, true], [true, true]] {
+        let mut h = H::default();
+        h.up(0.0);
+        let a = if order[0] {
+            h.gone(10.0)
+        } else {
+            h.down(10.0, true)
+        };
+        assert!(warns(&a).is_empty());
+        h.poll(11.0);
+        h.connected(11.1);
+        let a = if order[1] {
+            h.gone(20.0)
+        } else {
+            h.down(20.0, true)
+        };
+        assert!(warns(&a).is_empty(), "{order:?}: {a:?}");
+        assert_eq!(h.pending(), (2, d(4.0), 24.0), "{order:?}");
+    }
 }
 
 // ---- stop and describe ----
@@ -1182,6 +1224,7 @@ async fn paused_loop_sleeps_1_4_16_then_gives_up() {
                 channel: ChannelId::MAIN,
                 cause: "connection reset by peer".into(),
                 clean_close: false,
+                server_gone: false,
             };
             actions = sup.handle(i, now());
         } else if let Some(dl) = sup.next_deadline() {

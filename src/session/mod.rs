@@ -124,6 +124,9 @@ pub struct SessionEnd {
     /// Main was closed cleanly by the server: the server (or a middlebox) ended
     /// the whole session, not just one channel.
     pub server_closed_session: bool,
+    /// After that clean close, main's address refused a connection: the server
+    /// went away (stopped, killed, restarting), so nobody took the session over.
+    pub server_gone: bool,
     pub info: SessionInfo,
 }
 
@@ -145,6 +148,7 @@ impl SessionEnd {
             connected: false,
             all_linked: false,
             server_closed_session: false,
+            server_gone: false,
             info: SessionInfo::default(),
         }
     }
@@ -323,6 +327,7 @@ pub async fn run(
         );
     }
     out.info.dropped_events = outlets.dropped.load(Ordering::Relaxed);
+    let server_gone = out.server_closed_session && out.connected && went_away(&ctx).await;
     SessionEnd {
         failure: out.failure,
         counters: out.counters,
@@ -330,8 +335,39 @@ pub async fn run(
         connected: out.connected,
         all_linked: out.all_linked,
         server_closed_session: out.server_closed_session,
+        server_gone,
         info: out.info,
     }
+}
+
+/// How long the probe after a clean close may take.
+const GONE_PROBE: Duration = Duration::from_secs(1);
+
+/// Right after the server closed the whole session cleanly: does main's address
+/// still accept connections? A takeover leaves the server listening; a server
+/// that was stopped or killed does not (its restart takes longer than this).
+///
+/// Only the plain port is probed: spice-server logs a warning for every TLS
+/// connection that ends before its link message, so a TLS-only server is not
+/// asked (its restarts may then look like takeovers, docs/reconnect.md).
+async fn went_away(ctx: &SessionCtx) -> bool {
+    let s = &ctx.settings;
+    let Some(port) = s.port else {
+        return false;
+    };
+    let target = crate::link::Target {
+        host: s.host.clone(),
+        port,
+        tls: false,
+    };
+    let seen = ctx.connector.probe(target, GONE_PROBE).await;
+    if seen == crate::link::Probe::Refused {
+        info!(
+            session = ctx.generation,
+            "the server's address refused a connection right after the close: the server went away (no takeover)"
+        );
+    }
+    seen == crate::link::Probe::Refused
 }
 
 fn on_msg(orch: &mut Orchestrator, m: ChannelMsg) {

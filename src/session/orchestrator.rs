@@ -5,9 +5,17 @@
 //! [`Command`]s it returns and sleeps until [`Orchestrator::poll_timeout`].
 //!
 //! What ends a session: losing main (or a channel listed in
-//! `channels.required`). Losing any other channel does not: the session carries
-//! on degraded, and the channel is relinked on its own with the reconnect
-//! back-off while the ticket allows it, or left down when the server refused it.
+//! `channels.required`), or any channel to a dead path (`dead_peer`). Losing any
+//! other channel does not: the session carries on degraded, and the channel is
+//! relinked on its own with the reconnect back-off while the ticket allows it,
+//! or left down when the server refused it.
+//!
+//! Why a dead path ends the session: the server never saw that connection end,
+//! so it still holds the channel for this client and refuses a relink of it as a
+//! duplicate (spice-server 0.15: "Failed to create channel client: ... duplicate
+//! channel type 2 id 0", then closes the new connection), until it drops the
+//! whole client as unresponsive (30 s). A new main link replaces the server's
+//! client, channels included, at once.
 
 use super::{ChannelLinkInfo, SessionEvent, SessionInfo};
 use crate::channel::counters::ChannelCounters;
@@ -380,8 +388,12 @@ impl Orchestrator {
             }
             return;
         };
-        if self.rules.required(ch) {
-            if was_up {
+        let dead_path = f.cause == Cause::DeadPeer && !self.rules.required(ch);
+        if dead_path {
+            info!(channel = %ch, session = self.generation, "channel {ch}: the path to the server is dead ({}); the server still holds the channel and would refuse it as a duplicate: relinking the whole session", f.message);
+        }
+        if self.rules.required(ch) || dead_path {
+            if was_up && !dead_path {
                 info!(channel = %ch, cause = f.cause.as_str(), session = self.generation, "channel {ch} down: {} ({})", f.message, f.cause.as_str());
             }
             if let Some(s) = self.slots.get_mut(&ch) {

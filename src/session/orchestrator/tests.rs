@@ -224,6 +224,29 @@ fn a_required_channel_ends_the_session() {
 }
 
 #[test]
+fn a_channel_on_a_dead_path_ends_the_session() {
+    // The server still holds a black-holed channel; a relink of it alone would
+    // be refused as a duplicate, so the whole session is relinked.
+    let mut o = linked(Rules::default(), TicketInfo::default());
+    let display = ch(ChannelType::Display);
+    let dead = Failure::io(display, &std::io::ErrorKind::TimedOut.into(), false);
+    assert_eq!(dead.cause, Cause::DeadPeer);
+    lost(&mut o, display, dead, Duration::from_secs(1));
+    o.handle_timeout(Duration::from_secs(2));
+    let cmds = drain(&mut o);
+    assert_eq!(cmds.last(), Some(&Command::Finish), "{cmds:?}");
+    assert!(
+        !events(cmds)
+            .iter()
+            .any(|e| matches!(e, SessionEvent::ChannelLost { .. })),
+        "not a channel loss the session survives"
+    );
+    let out = o.outcome();
+    let f = out.failure.expect("a failure");
+    assert_eq!((f.channel, f.cause), (display, Cause::DeadPeer));
+}
+
+#[test]
 fn refused_channels_stay_down_and_are_not_asked_for_again() {
     let mut o = linked(Rules::default(), TicketInfo::default());
     let webdav = ch(ChannelType::Webdav);
