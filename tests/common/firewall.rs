@@ -4,8 +4,14 @@
 //! chosen channel types a set time after the server answered the link (Kerbside's
 //! default firewall ends port and webdav ~1 s after they link).
 //!
+//! Like Proxmox's spiceproxy it can send every CONNECT to one address whatever
+//! the target names (a `pvespiceproxy:<ticket>...` host) and demand proxy
+//! credentials (`FirewallOpts`); like a NAT or proxy with an idle timeout it can
+//! start cutting idle tunnels at any time (`set_idle_cut`).
+//!
 //! Plain Rust on std threads, in the test process: a thread accepts, each tunnel
-//! has a thread per direction, a listed tunnel has a timer thread. Every tunnel is
+//! has a thread per direction, a listed tunnel has a timer thread, a reaper
+//! enforces the idle cut. Every tunnel is
 //! recorded (`tunnels()`); dropping the `Firewall` closes the listener and every
 //! tunnel through it. Only plain (non-TLS) SPICE can be inspected: through TLS the
 //! link message is ciphertext and the channel stays unknown.
@@ -38,6 +44,20 @@ pub enum EndedBy {
     Server,
     /// The firewall was dropped or `close_all` was called.
     Stopped,
+    /// Nothing crossed it in either direction for the idle-cut time.
+    IdleCut,
+}
+
+/// How a firewall behaves besides relaying.
+#[derive(Debug, Clone, Default)]
+pub struct FirewallOpts {
+    /// Close tunnels of these channel types this long after the link reply.
+    pub terminate: Vec<(u8, Duration)>,
+    /// Connect every tunnel here, whatever the CONNECT target says.
+    pub route: Option<std::net::SocketAddr>,
+    /// Demand `Proxy-Authorization: Basic base64(USER:PASSWORD)` (this value is
+    /// `USER:PASSWORD`); anything else is answered 407.
+    pub basic_auth: Option<String>,
 }
 
 /// One CONNECT tunnel as the firewall saw it.
@@ -62,6 +82,8 @@ pub struct Tunnel {
     /// Bytes relayed client -> server and server -> client (tunnel payload only).
     pub bytes_up: u64,
     pub bytes_down: u64,
+    /// When a byte last crossed, either way (the idle cut's clock).
+    pub last_active: Instant,
 }
 
 impl Tunnel {
@@ -78,6 +100,7 @@ impl Tunnel {
             ended_by: None,
             bytes_up: 0,
             bytes_down: 0,
+            last_active: opened_at,
         }
     }
 
@@ -108,7 +131,8 @@ impl Tunnel {
 
 /// State shared by the accept thread, the tunnel threads and the test.
 struct Shared {
-    terminate: Vec<(u8, Duration)>,
+    opts: FirewallOpts,
+    idle_cut: Mutex<Option<Duration>>,
     tunnels: Mutex<Vec<Tunnel>>,
     /// Both sockets of every tunnel that got that far, by tunnel index, to close
     /// them all on drop.
@@ -165,10 +189,19 @@ impl Firewall {
     /// (e.g. `vec![(10, 1s), (11, 1s)]`: Kerbside's treatment of port and webdav).
     /// Returns once it listens.
     pub fn start(terminate: Vec<(u8, Duration)>) -> Firewall {
+        Firewall::with(FirewallOpts {
+            terminate,
+            ..FirewallOpts::default()
+        })
+    }
+
+    /// Starts a firewall with these options; returns once it listens.
+    pub fn with(opts: FirewallOpts) -> Firewall {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the firewall");
         let port = listener.local_addr().expect("firewall address").port();
         let shared = Arc::new(Shared {
-            terminate,
+            opts,
+            idle_cut: Mutex::new(None),
             tunnels: Mutex::new(Vec::new()),
             sockets: Mutex::new(Vec::new()),
             stopping: AtomicBool::new(false),
@@ -178,6 +211,11 @@ impl Firewall {
             .name("firewall-accept".into())
             .spawn(move || accept_loop(listener, sh))
             .expect("start the firewall's accept thread");
+        let sh = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("firewall-reaper".into())
+            .spawn(move || reap_idle(&sh))
+            .expect("start the firewall's reaper thread");
         Firewall {
             port,
             shared,
@@ -193,6 +231,16 @@ impl Firewall {
     /// `http://127.0.0.1:PORT`, as a .vv `proxy=` value.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// From now on, close every tunnel idle (no byte either way) for `after`;
+    /// `None` stops cutting.
+    pub fn set_idle_cut(&self, after: Option<Duration>) {
+        *self
+            .shared
+            .idle_cut
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = after;
     }
 
     /// A snapshot of every tunnel so far, in the order they were accepted.
@@ -269,9 +317,29 @@ impl std::fmt::Debug for Firewall {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Firewall")
             .field("port", &self.port)
-            .field("terminate", &self.shared.terminate)
+            .field("opts", &self.shared.opts)
             .field("tunnels", &*self.shared.tunnels())
             .finish()
+    }
+}
+
+/// Ends idle tunnels while an idle cut is set, checking 5 times a second, until
+/// the firewall stops.
+fn reap_idle(shared: &Shared) {
+    while !shared.stopping.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(200));
+        let cut = *shared.idle_cut.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(cut) = cut else { continue };
+        let idle: Vec<usize> = shared
+            .tunnels()
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.is_open() && t.last_active.elapsed() >= cut)
+            .map(|(i, _)| i)
+            .collect();
+        for i in idle {
+            shared.end(i, EndedBy::IdleCut);
+        }
     }
 }
 
@@ -339,9 +407,29 @@ fn serve(mut client: TcpStream, i: usize, shared: Arc<Shared>) {
         shared.end(i, EndedBy::Stopped);
         return;
     }
-    let addr = std::net::ToSocketAddrs::to_socket_addrs(target)
-        .ok()
-        .and_then(|mut a| a.next());
+    if let Some(want) = &shared.opts.basic_auth {
+        let token = base64(want.as_bytes());
+        let ok = head.lines().any(|l| {
+            let Some((k, v)) = l.split_once(':') else {
+                return false;
+            };
+            let mut v = v.split_whitespace();
+            k.trim().eq_ignore_ascii_case("proxy-authorization")
+                && v.next().is_some_and(|s| s.eq_ignore_ascii_case("basic"))
+                && v.next() == Some(token.as_str())
+        });
+        if !ok {
+            answer(&mut client, 407, "Proxy Authentication Required");
+            shared.end(i, EndedBy::Stopped);
+            return;
+        }
+    }
+    let addr = match shared.opts.route {
+        Some(a) => Some(a),
+        None => std::net::ToSocketAddrs::to_socket_addrs(target)
+            .ok()
+            .and_then(|mut a| a.next()),
+    };
     let Some(addr) = addr else {
         answer(&mut client, 400, "Bad Request");
         shared.end(i, EndedBy::Stopped);
@@ -428,7 +516,11 @@ fn relay_up(mut from: TcpStream, mut to: TcpStream, i: usize, shared: Arc<Shared
             }
         }
         // Recorded before forwarding: the server can only reply after this write.
-        shared.tunnels()[i].bytes_up += n as u64;
+        {
+            let mut t = shared.tunnels();
+            t[i].bytes_up += n as u64;
+            t[i].last_active = Instant::now();
+        }
         if to.write_all(&buf[..n]).is_err() {
             shared.end(i, EndedBy::Server);
             return;
@@ -459,6 +551,7 @@ fn relay_down(
             let mut t = shared.tunnels();
             // Counted as the bytes pass, before they are forwarded.
             t[i].bytes_down += n as u64;
+            t[i].last_active = Instant::now();
             let first = t[i].replied_at.is_none();
             if first {
                 t[i].replied_at = Some(Instant::now());
@@ -469,7 +562,7 @@ fn relay_down(
             shared.end(i, EndedBy::Client);
             return;
         }
-        let rule = first.and_then(|ty| shared.terminate.iter().find(|(t, _)| *t == ty));
+        let rule = first.and_then(|ty| shared.opts.terminate.iter().find(|(t, _)| *t == ty));
         if let (Some(&(_, after)), Some(rx)) = (rule, ended.take()) {
             let sh = Arc::clone(&shared);
             let _ = std::thread::Builder::new()
@@ -483,4 +576,26 @@ fn relay_down(
                 });
         }
     }
+}
+
+/// RFC 4648 base64 with padding (the Basic credentials' encoding).
+fn base64(data: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for k in 0..4 {
+            if k <= chunk.len() {
+                out.push(char::from(ABC[(n >> (18 - 6 * k) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }

@@ -122,6 +122,8 @@ pub struct Qemu {
     pid: Mutex<u32>,
     qmp: Mutex<Option<Qmp>>,
     start_time: Mutex<Duration>,
+    /// The password `restart_same_ports` starts QEMU with, once changed.
+    restart_password: Mutex<Option<String>>,
 }
 
 impl Qemu {
@@ -169,6 +171,7 @@ impl Qemu {
                         pid: Mutex::new(pid),
                         qmp: Mutex::new(Some(qmp)),
                         start_time: Mutex::new(elapsed),
+                        restart_password: Mutex::new(None),
                     };
                 }
                 Err(StartError::AddrInUse) => last = "port taken".into(),
@@ -221,6 +224,13 @@ impl Qemu {
         qmp.expire_password("never").expect("expire_password never");
     }
 
+    /// From now on `restart_same_ports` starts QEMU with `password` (a server
+    /// restarted after its password changed keeps the new one, as a broker would
+    /// configure it), so no client can link with the old one in between.
+    pub fn set_restart_password(&self, password: &str) {
+        *lock(&self.restart_password) = Some(password.to_owned());
+    }
+
     /// The QMP socket path (only one client at a time: `Qemu` already holds one).
     pub fn qmp_path(&self) -> PathBuf {
         self.dir.path().join("qmp.sock")
@@ -241,6 +251,12 @@ impl Qemu {
                 self.stderr_text()
             )
         })
+    }
+
+    /// The SPICE channels connected right now; None while QEMU is down, frozen
+    /// or its QMP fails (never panics: for monitors that run through faults).
+    pub fn try_channels(&self) -> Option<Vec<SpiceChannel>> {
+        lock(&self.qmp).as_mut()?.try_query_spice()
     }
 
     /// How many SPICE channels are connected right now.
@@ -342,14 +358,12 @@ impl Qemu {
         self.kill();
         let t0 = Instant::now();
         let deadline = t0 + START_TIMEOUT;
+        let mut launch = self.launch.clone();
+        if let Some(pw) = lock(&self.restart_password).clone() {
+            launch.password = Some(pw);
+        }
         loop {
-            match spawn(
-                &self.launch,
-                self.dir.path(),
-                self.port,
-                self.tls_port,
-                deadline,
-            ) {
+            match spawn(&launch, self.dir.path(), self.port, self.tls_port, deadline) {
                 Ok((child, qmp)) => {
                     *lock(&self.pid) = child.id();
                     *lock(&self.child) = Some(child);

@@ -159,14 +159,21 @@ impl Qmp {
 
     /// Every SPICE channel currently connected, sorted by (type, id).
     pub fn query_spice(&mut self) -> Vec<SpiceChannel> {
-        let ret = self.query_spice_raw();
+        self.try_query_spice()
+            .unwrap_or_else(|| panic!("query-spice failed"))
+    }
+
+    /// `query_spice` that says None instead of panicking when QMP fails (a
+    /// frozen or dying QEMU).
+    pub fn try_query_spice(&mut self) -> Option<Vec<SpiceChannel>> {
+        let ret = self.execute("query-spice", None).ok()?;
         let mut out: Vec<SpiceChannel> = ret
             .get("channels")
             .and_then(Value::as_array)
             .map(|chans| chans.iter().filter_map(parse_channel).collect())
             .unwrap_or_default();
         out.sort_by_key(|c| (c.channel_type, c.channel_id));
-        out
+        Some(out)
     }
 
     /// How many SPICE channels are connected right now.

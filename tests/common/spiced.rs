@@ -54,7 +54,7 @@ impl Spiced {
             .env("RUST_LOG", "info")
             .envs(env.iter().copied())
             .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
+            .stdout(std::fs::File::create(dir.path().join("stdout.log")).expect("stdout file"))
             .stderr(logf);
         let child = super::spawn_tied(cmd).expect("start spiced");
         Spiced {
@@ -72,6 +72,16 @@ impl Spiced {
     /// The whole log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Everything spiced wrote to stdout so far.
+    pub fn stdout_bytes(&self) -> Vec<u8> {
+        std::fs::read(self._dir.path().join("stdout.log")).unwrap_or_default()
+    }
+
+    /// Everything spiced wrote to stderr (its log) so far, as bytes.
+    pub fn stderr_bytes(&self) -> Vec<u8> {
+        std::fs::read(&self.log).unwrap_or_default()
     }
 
     /// Lines of the log containing `needle`.
