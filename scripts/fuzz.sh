@@ -11,7 +11,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
-targets=$(sed -n 's/^name = "\(.*\)"$/\1/p' fuzz/Cargo.toml | grep -v '^spiced-fuzz$')
+# SPICED_FUZZ_TARGETS="a b" runs only those (cargo-fuzz mode).
+targets=${SPICED_FUZZ_TARGETS:-$(sed -n 's/^name = "\(.*\)"$/\1/p' fuzz/Cargo.toml | grep -v '^spiced-fuzz$')}
 
 if [ "${SPICED_FUZZ_STABLE:-0}" != 1 ] && cargo +nightly --version >/dev/null 2>&1 \
   && cargo +nightly fuzz --version >/dev/null 2>&1; then
