@@ -3,7 +3,10 @@
 //!
 //! * [`IdleTimer`]: a channel silent in both directions for `idle` sends one
 //!   keepalive (ACK_SYNC echoing the current ACK generation — see
-//!   docs/keepalive.md for why that message and no other).
+//!   docs/keepalive.md for why that message and no other). Deadlines are
+//!   coalesced: moved earlier onto a grid of `idle / 2` counted from the
+//!   session's start, which every channel of a session shares, so the channels
+//!   of an idle session send on the same few wakeups instead of one each.
 //! * [`Backstop`]: no inbound byte on main for `timeout` ends the session: the
 //!   server PINGs main every 15 s, so silence there means a frozen or wedged
 //!   server — something TCP cannot see, since the server's kernel keeps ACKing.
@@ -34,14 +37,30 @@ impl IdleTimer {
         self.last_activity = self.last_activity.max(now);
     }
 
-    /// When a keepalive is due, if ever.
+    /// When a keepalive is due, if ever: `idle` after the last byte, moved
+    /// back to the grid (never later, and never before `idle / 2` of silence).
     pub fn deadline(&self) -> Option<Duration> {
-        self.idle.map(|i| self.last_activity + i)
+        self.idle.map(|i| coalesce(self.last_activity + i, i / 2))
     }
 
     pub fn due(&self, now: Duration) -> bool {
         self.deadline().is_some_and(|d| now >= d)
     }
+}
+
+/// `due` rounded down to a multiple of `grid` (unchanged for a zero grid).
+fn coalesce(due: Duration, grid: Duration) -> Duration {
+    let g = grid.as_nanos();
+    if g == 0 {
+        return due;
+    }
+    let n = due.as_nanos() / g;
+    // n * g <= due, which fits a Duration.
+    let nanos = n * g;
+    Duration::new(
+        u64::try_from(nanos / 1_000_000_000).unwrap_or(u64::MAX),
+        (nanos % 1_000_000_000) as u32,
+    )
 }
 
 /// Ends the session when main has been silent inbound for `timeout`.
@@ -98,11 +117,44 @@ mod tests {
     #[test]
     fn traffic_either_way_postpones_it() {
         let mut t = IdleTimer::new(Some(S(15)), S(0));
-        t.on_traffic(S(10)); // inbound
+        t.on_traffic(S(10)); // inbound: due at 25, on the 7.5 s grid 22.5
         assert!(!t.due(S(15)));
-        t.on_traffic(S(20)); // outbound
-        assert!(!t.due(S(34)));
-        assert!(t.due(S(35)));
+        assert_eq!(t.deadline(), Some(Duration::from_millis(22_500)));
+        t.on_traffic(S(20)); // outbound: due at 35, on the grid 30
+        assert!(!t.due(S(29)));
+        assert!(t.due(S(30)));
+    }
+
+    #[test]
+    fn deadlines_are_coalesced_never_late_never_before_half_the_interval() {
+        let idle = S(15);
+        let mut deadlines = std::collections::BTreeSet::new();
+        // Channels whose last byte came anywhere in one 7.5 s slot share one.
+        for ms in (7_500..15_000).step_by(250) {
+            let last = Duration::from_millis(ms);
+            let t = IdleTimer::new(Some(idle), last);
+            let d = t.deadline().expect("enabled");
+            assert!(d <= last + idle, "late: {last:?} -> {d:?}");
+            assert!(d >= last + idle / 2, "early: {last:?} -> {d:?}");
+            deadlines.insert(d);
+        }
+        assert_eq!(deadlines.len(), 1, "{deadlines:?}");
+        // Any idle and any moment: the same bounds.
+        for idle_ms in [1_000u64, 1_500, 4_300, 15_000, 3_600_000] {
+            for last_ms in [0u64, 1, 999, 7_499, 123_456_789] {
+                let (idle, last) = (
+                    Duration::from_millis(idle_ms),
+                    Duration::from_millis(last_ms),
+                );
+                let d = IdleTimer::new(Some(idle), last)
+                    .deadline()
+                    .expect("enabled");
+                assert!(
+                    d <= last + idle && d >= last + idle / 2,
+                    "{idle:?} {last:?} {d:?}"
+                );
+            }
+        }
     }
 
     #[test]

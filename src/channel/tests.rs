@@ -151,7 +151,8 @@ fn keepalive_is_ack_sync_with_current_generation_after_two_way_silence() {
     ch.on_bytes(&server_msg(101, &[]), S(25)).unwrap();
     ch.handle_timeout(S(30)).unwrap();
     assert!(sent(&mut ch, S(30)).is_empty());
-    assert_eq!(ch.poll_timeout(), Some(S(40)));
+    // 40 s, coalesced onto the 7.5 s grid.
+    assert_eq!(ch.poll_timeout(), Some(Duration::from_millis(37_500)));
     // The ACK window was not touched by the keepalive: 19 more messages, no ACK yet.
     let many: Vec<u8> = (0..18).flat_map(|_| server_msg(101, &[])).collect();
     ch.on_bytes(&many, S(31)).unwrap();
@@ -180,9 +181,10 @@ fn outbound_traffic_postpones_the_keepalive() {
     let mut ch = Channel::new(ChannelId::MAIN, HeaderKind::Mini, &cfg(15.0, 0.0), S(0));
     ch.on_bytes(&ping(1, 1), S(1)).unwrap();
     sent(&mut ch, S(10)); // PONG written at 10 s
-    ch.handle_timeout(S(24)).unwrap();
-    assert!(sent(&mut ch, S(24)).is_empty());
-    assert_eq!(ch.poll_timeout(), Some(S(25)));
+    ch.handle_timeout(S(22)).unwrap();
+    assert!(sent(&mut ch, S(22)).is_empty());
+    // Due 15 s after the PONG, coalesced onto the 7.5 s grid: 22.5 s.
+    assert_eq!(ch.poll_timeout(), Some(Duration::from_millis(22_500)));
 }
 
 #[test]
