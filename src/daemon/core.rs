@@ -428,6 +428,7 @@ impl DaemonCore {
                             cause: format!("live migration not followed: {e}"),
                             clean_close: false,
                             server_gone: false,
+                            idle_shaped: false,
                         },
                         now,
                     );
@@ -606,6 +607,7 @@ impl DaemonCore {
                         cause: format!("{}: {}", f.cause.as_str(), f.message),
                         clean_close: f.cause == Cause::ServerClosed,
                         server_gone: end.server_gone,
+                        idle_shaped: super::idle_cut::pattern(&end).is_some(),
                     },
                     now,
                 ));

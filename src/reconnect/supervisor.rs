@@ -101,6 +101,9 @@ pub enum Input {
         /// Right after the close, the server's address refused a connection:
         /// it went away, so the close was no takeover.
         server_gone: bool,
+        /// Every channel had been silent about as long when it closed: what a
+        /// middlebox's idle cut looks like (and a takeover of an idle session).
+        idle_shaped: bool,
     },
     /// Session `generation` ended because a middlebox cuts idle flows (every
     /// channel closed after the same silence, seen twice). Not a takeover: the
@@ -276,11 +279,12 @@ pub struct Supervisor {
     ticket: TicketState,
     cluster: Option<Cluster>,
     /// Clean closes of healthy sessions that were followed by an immediately
-    /// successful link (confirmed takeover-like closes), newest last.
-    takeover_closes: VecDeque<Instant>,
-    /// The last disconnect was a clean close of a healthy session; confirmed if the
-    /// next attempt links at once.
-    suspect_close: Option<Instant>,
+    /// successful link (confirmed takeover-like closes), newest last, with
+    /// whether each was idle-shaped.
+    takeover_closes: VecDeque<(Instant, bool)>,
+    /// The last disconnect was a clean close of a healthy session (and whether
+    /// it was idle-shaped); confirmed if the next attempt links at once.
+    suspect_close: Option<(Instant, bool)>,
     /// Refresh command starts, newest last (bounded per cluster window).
     refresh_runs: VecDeque<Instant>,
     /// A Reload arrived during a connect attempt: its failure gets a fresh try.
@@ -464,11 +468,12 @@ impl Supervisor {
                 cause,
                 clean_close,
                 server_gone,
+                idle_shaped,
             } => self.on_disconnected(
                 generation,
                 channel,
                 &cause,
-                (clean_close, server_gone),
+                (clean_close, server_gone, idle_shaped),
                 now,
                 &mut out,
             ),
@@ -534,7 +539,7 @@ impl Supervisor {
         generation: u64,
         channel: ChannelId,
         cause: &str,
-        (clean_close, server_gone): (bool, bool),
+        (clean_close, server_gone, idle_shaped): (bool, bool, bool),
         now: Now,
         out: &mut Vec<Action>,
     ) {
@@ -570,17 +575,29 @@ impl Supervisor {
             && !server_gone
             && channel.ty == ChannelType::Main
             && healthy >= TAKEOVER_MIN_HEALTHY;
-        self.suspect_close = takeover_like.then_some(now.mono);
+        self.suspect_close = takeover_like.then_some((now.mono, idle_shaped));
         if takeover_like {
             let window = self.policy.cluster_window();
             while self
                 .takeover_closes
                 .front()
-                .is_some_and(|&t| now.mono.saturating_duration_since(t) >= window)
+                .is_some_and(|&(t, _)| now.mono.saturating_duration_since(t) >= window)
             {
                 self.takeover_closes.pop_front();
             }
-            if !self.takeover_closes.is_empty() {
+            // A close after the same silence on every channel may be the first
+            // of a middlebox's idle cuts (the second, with the same silence, is
+            // learnt as one): it confirms a takeover only after two earlier
+            // takeover-like closes, or one that was not idle-shaped. A takeover
+            // of an idle session then costs the other client one more kick.
+            let earlier = self.takeover_closes.len();
+            let shaped = self.takeover_closes.iter().filter(|c| c.1).count();
+            let confirmed = if idle_shaped {
+                earlier >= 2 || earlier > shaped
+            } else {
+                earlier >= 1
+            };
+            if confirmed {
                 self.on_takeover(why, now, out);
                 return;
             }

@@ -67,6 +67,20 @@ impl H {
             },
             clean_close: clean,
             server_gone: false,
+            idle_shaped: false,
+        };
+        self.handle(i, s)
+    }
+
+    /// A clean close after the same silence on every channel.
+    fn idle(&mut self, s: f64) -> Vec<Action> {
+        let i = Input::Disconnected {
+            generation: self.generation,
+            channel: ChannelId::MAIN,
+            cause: "EOF".into(),
+            clean_close: true,
+            server_gone: false,
+            idle_shaped: true,
         };
         self.handle(i, s)
     }
@@ -79,6 +93,7 @@ impl H {
             cause: "EOF".into(),
             clean_close: true,
             server_gone: true,
+            idle_shaped: false,
         };
         self.handle(i, s)
     }
@@ -400,6 +415,7 @@ fn channel_down_storm_of_one_session_counts_once() {
                 cause: format!("reset {i}"),
                 clean_close: false,
                 server_gone: false,
+                idle_shaped: false,
             },
             10.0 + i as f64 * 0.01,
         );
@@ -424,6 +440,7 @@ impl H {
                 cause: "EOF".into(),
                 clean_close: false,
                 server_gone: false,
+                idle_shaped: false,
             },
             s,
         )
@@ -487,6 +504,7 @@ fn transition_names_channel_and_cause() {
             cause: "keepalive_timeout".into(),
             clean_close: false,
             server_gone: false,
+            idle_shaped: false,
         },
         7.0,
     );
@@ -1036,6 +1054,7 @@ fn a_secondary_channel_closing_alone_is_not_a_takeover() {
             cause: "server_closed: server closed the connection".into(),
             clean_close: true,
             server_gone: false,
+            idle_shaped: false,
         };
         h.handle(i, s)
     };
@@ -1097,6 +1116,33 @@ fn not_a_takeover_when_unhealthy_dirty_or_server_unreachable() {
     let a = h.down(30.0, true);
     assert!(warns(&a).is_empty());
     assert_eq!(h.pending(), (3, d(16.0), 46.0));
+}
+
+#[test]
+fn idle_shaped_closes_need_one_more_close_to_be_a_takeover() {
+    // Live session closed, then a close after the same silence everywhere (a
+    // middlebox may have started cutting idle flows): takeover, as before.
+    let mut h = H::default();
+    h.up(0.0);
+    h.down(10.0, true);
+    h.poll(11.0);
+    h.connected(11.1);
+    assert!(warns(&h.idle(20.0))[0].contains("taken over"));
+
+    // An idle-shaped close after an idle-shaped one: not yet (the second of a
+    // middlebox's cuts is learnt as an idle cut before it gets here).
+    let mut h = H::default();
+    h.up(0.0);
+    h.idle(10.0);
+    h.poll(11.0);
+    h.connected(11.1);
+    let a = h.idle(20.0);
+    assert!(warns(&a).is_empty(), "{a:?}");
+    assert_eq!(h.pending(), (2, d(4.0), 24.0));
+    // A third takeover-like close in the window is a takeover whatever its shape.
+    h.poll(24.0);
+    h.connected(24.1);
+    assert!(warns(&h.idle(40.0))[0].contains("taken over"));
 }
 
 #[test]
@@ -1225,6 +1271,7 @@ async fn paused_loop_sleeps_1_4_16_then_gives_up() {
                 cause: "connection reset by peer".into(),
                 clean_close: false,
                 server_gone: false,
+                idle_shaped: false,
             };
             actions = sup.handle(i, now());
         } else if let Some(dl) = sup.next_deadline() {
