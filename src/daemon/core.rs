@@ -67,6 +67,10 @@ pub struct Loaded {
     pub tls: Option<Arc<TlsSetup>>,
 }
 
+/// How often a waiting retry checks whether the server is back (one TCP connect
+/// each: a server that stays down costs one SYN a second).
+pub const PROBE_EVERY: Duration = Duration::from_secs(1);
+
 /// What the shell tells the core.
 pub enum Input {
     Signal(Signal),
@@ -87,6 +91,8 @@ pub enum Input {
     },
     /// A [`Effect::WriteReport`] finished.
     ReportDone(Result<PathBuf, String>),
+    /// A [`Effect::Probe`] finished: did the server accept a connection?
+    Probed(crate::link::Probe),
 }
 
 /// What the core asks the shell to do, in order.
@@ -118,6 +124,13 @@ pub enum Effect {
     },
     /// Write a disconnect report off the loop; answer with `Input::ReportDone`.
     WriteReport(Box<ReportJob>),
+    /// Check whether the server accepts connections (a TCP connect to its plain
+    /// port, through the proxy if any; never a link), within [`PROBE_EVERY`];
+    /// answer with `Input::Probed`.
+    Probe {
+        settings: Arc<ConnectionSettings>,
+        config: Arc<Config>,
+    },
     Notify(Notice),
     /// The loop is over: exit with this code (within a bounded time).
     Exit(u8),
@@ -195,6 +208,13 @@ pub struct DaemonCore {
     effects: VecDeque<Effect>,
     /// For [`DaemonCore::status`].
     obs: Observed,
+    /// The next readiness check, while a retry waits out its back-off.
+    probe_at: Option<Instant>,
+    probing: bool,
+    /// The server was seen not accepting connections since the last session
+    /// came up: only then may a readiness check bring a retry forward (a server
+    /// that listens but fails links keeps its back-off).
+    server_down: bool,
 }
 
 impl DaemonCore {
@@ -231,6 +251,9 @@ impl DaemonCore {
             status: String::new(),
             effects: VecDeque::new(),
             obs: Observed::default(),
+            probe_at: None,
+            probing: false,
+            server_down: false,
         }
     }
 
@@ -255,6 +278,7 @@ impl DaemonCore {
             self.sup.next_deadline(),
             self.ready_by.filter(|_| !self.ready_sent),
             self.next_watchdog,
+            self.probe_at.filter(|_| !self.probing),
         ]
         .into_iter()
         .flatten()
@@ -302,7 +326,41 @@ impl DaemonCore {
             let actions = self.sup.poll(now);
             self.apply(actions, now);
         }
+        if !self.probing && self.probe_at.is_some_and(|t| now.mono >= t) && self.sup.wants_probe() {
+            self.probing = true;
+            self.probe_at = Some(crate::time::after(now.mono, PROBE_EVERY));
+            self.effects.push_back(Effect::Probe {
+                settings: self.settings.clone(),
+                config: self.config.clone(),
+            });
+        }
+        self.schedule_probe(now);
         self.observe(now);
+    }
+
+    /// Readiness checks run once per [`PROBE_EVERY`] while a retry waits out
+    /// its back-off and the server has a plain port to ask.
+    fn schedule_probe(&mut self, now: Now) {
+        let wanted = !self.stopping && self.settings.port.is_some() && self.sup.wants_probe();
+        if !wanted {
+            self.probe_at = None;
+        } else if self.probe_at.is_none() {
+            self.probe_at = Some(crate::time::after(now.mono, PROBE_EVERY));
+        }
+    }
+
+    fn on_probed(&mut self, seen: crate::link::Probe, now: Now) {
+        self.probing = false;
+        if seen != crate::link::Probe::Listening {
+            self.server_down = true;
+            return;
+        }
+        if self.server_down && self.sup.wants_probe() {
+            self.server_down = false;
+            info!("the server accepts connections again: retrying now");
+            let actions = self.sup.handle(SupInput::ServerReady, now);
+            self.apply(actions, now);
+        }
     }
 
     pub fn handle(&mut self, input: Input, now: Now) {
@@ -335,7 +393,9 @@ impl DaemonCore {
             Input::Session { generation, event } => self.on_session_event(generation, event, now),
             Input::SessionEnded { generation, end } => self.on_session_end(generation, *end, now),
             Input::ReportDone(r) => self.report_done(r),
+            Input::Probed(seen) => self.on_probed(seen, now),
         }
+        self.schedule_probe(now);
         self.observe(now);
     }
 
@@ -452,6 +512,7 @@ impl DaemonCore {
                         crate::time::secs(self.config.keepalive.connect_timeout_secs),
                     ));
                 }
+                self.server_down = false;
                 let actions = self.sup.handle(SupInput::Connected { generation }, now);
                 self.apply(actions, now);
             }
@@ -548,6 +609,9 @@ impl DaemonCore {
             return;
         };
         self.last_failure = Some(format!("{}: {}", f.cause.as_str(), f.message));
+        if end.server_gone || f.cause == Cause::ConnectFailed {
+            self.server_down = true;
+        }
         let mut cause = None;
         // Named now so the session-lost line can say where its report goes.
         let slot = self.report_slot(&f, now);

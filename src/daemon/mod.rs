@@ -106,6 +106,8 @@ enum Msg {
     Stamp(Option<Stamp>),
     /// A metrics file write finished.
     Metrics(Result<(), String>),
+    /// A readiness check finished.
+    Probed(crate::link::Probe),
 }
 
 struct SessionTask {
@@ -273,6 +275,7 @@ pub async fn run(
                     shell.ended(generation);
                 }
                 Msg::Loaded(origin, result) => core.handle(Input::Loaded { origin, result }, Now::system()),
+                Msg::Probed(seen) => core.handle(Input::Probed(seen), Now::system()),
                 Msg::Report(r) => {
                     shell.reports_in_flight = shell.reports_in_flight.saturating_sub(1);
                     core.handle(Input::ReportDone(r), Now::system());
@@ -480,6 +483,24 @@ impl Shell {
                         Err(e) => Err(format!("the report writer failed: {e}")),
                     };
                     let _ = tx.send(Msg::Report(r));
+                });
+            }
+            Effect::Probe { settings, config } => {
+                let tx = self.tx.clone();
+                let connector = (self.env.connector)(settings.clone(), config, None);
+                tokio::spawn(async move {
+                    let seen = match settings.port {
+                        Some(port) => {
+                            let target = crate::link::Target {
+                                host: settings.host.clone(),
+                                port,
+                                tls: false,
+                            };
+                            connector.probe(target, self::core::PROBE_EVERY).await
+                        }
+                        None => crate::link::Probe::Unknown,
+                    };
+                    let _ = tx.send(Msg::Probed(seen));
                 });
             }
             Effect::Notify(n) => self.env.notifier.notify(n),

@@ -27,6 +27,8 @@ struct H {
     generation: u64,
     /// The file name of every report job queued.
     reports: Vec<String>,
+    /// When each readiness check was asked for (seconds); kept out of `log`.
+    probes: Vec<f64>,
 }
 
 fn settings() -> ConnectionSettings {
@@ -62,6 +64,7 @@ impl H {
             log: vec![],
             generation: 0,
             reports: vec![],
+            probes: vec![],
         };
         h.core.start(now);
         h.drain();
@@ -114,6 +117,10 @@ impl H {
                 Effect::Notify(Notice::Status(s)) => format!("status {s}"),
                 Effect::Notify(n) => format!("{n:?}"),
                 Effect::Exit(c) => format!("exit {c}"),
+                Effect::Probe { .. } => {
+                    self.probes.push(self.t.as_secs_f64());
+                    continue;
+                }
             };
             self.log.push(line);
         }
@@ -1212,4 +1219,95 @@ async fn a_live_migration_is_followed_without_spending_an_attempt() {
         result: Ok(Box::new(loaded(settings()))),
     });
     assert_eq!(h.count("start"), 0, "{:?}", h.log);
+}
+
+// ---- readiness checks during the back-off ----
+
+fn gone() -> SessionEnd {
+    SessionEnd {
+        server_gone: true,
+        ..lost(eof(ChannelId::MAIN), 30.0)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_server_back_early_is_retried_at_once_with_one_probe_a_second() {
+    use crate::link::Probe;
+    let mut h = H::new();
+    h.connected();
+    h.settled(10, &[]);
+    h.end(gone()); // killed: the retry waits 1 s
+    h.at(1.0);
+    assert_eq!(h.count("start 2"), 1);
+    h.end(failed(refused())); // still down: the next retry waits 4 s (5 s)
+    h.take();
+    h.at(2.0);
+    assert_eq!(h.probes, [2.0], "one check a second while waiting");
+    h.input(Input::Probed(Probe::Refused));
+    h.at(3.0);
+    assert_eq!(h.probes, [2.0, 3.0]);
+    assert_eq!(h.count("start"), 0, "still down: no attempt");
+    h.input(Input::Probed(Probe::Listening));
+    assert_eq!(h.count("start 3"), 1, "back: attempt 2 now, not at 5 s");
+    assert!(matches!(h.core.state(), State::Connecting { attempt: 2 }));
+    // While connecting: no checks.
+    h.at(6.0);
+    assert_eq!(h.probes.len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_server_that_listens_but_fails_keeps_its_back_off() {
+    use crate::link::Probe;
+    let mut h = H::new();
+    h.connected();
+    h.settled(10, &[]);
+    // Lost without the server going away (a reset), relinked, then the link
+    // itself fails while the port listens: no shortcut.
+    h.end(lost(
+        Failure::io(
+            ChannelId::MAIN,
+            &std::io::ErrorKind::ConnectionReset.into(),
+            false,
+        ),
+        30.0,
+    ));
+    h.at(1.0);
+    h.end(failed(Failure::link(
+        ChannelId::MAIN,
+        crate::link::handshake::LinkError::Refused(crate::wire::link::LinkErrorCode::Error),
+    )));
+    h.take();
+    h.at(2.0);
+    assert_eq!(h.probes, [2.0]);
+    h.input(Input::Probed(Probe::Listening));
+    assert_eq!(h.count("start"), 0, "it listened all along");
+    h.at(4.9);
+    assert_eq!(h.count("start"), 0);
+    h.at(5.0);
+    assert_eq!(h.count("start 3"), 1, "attempt 2 on its back-off");
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_checks_shorten_a_takeover_delay_or_a_tls_only_server() {
+    let mut h = H::new();
+    h.connected();
+    h.settled(10, &[]);
+    h.at(10.0);
+    h.end(lost(eof(ChannelId::MAIN), 10.0));
+    h.at(11.0);
+    h.connected();
+    h.at(21.0);
+    h.end(lost(eof(ChannelId::MAIN), 10.0)); // a takeover: 60 s delay
+    h.at(70.0);
+    assert!(h.probes.is_empty(), "{:?}", h.probes);
+
+    let tls_only = ConnectionSettings {
+        port: None,
+        tls_port: Some(5901),
+        ..settings()
+    };
+    let mut h = H::with(Config::default(), tls_only);
+    h.end(failed(refused()));
+    h.at(0.9);
+    assert!(h.probes.is_empty(), "a TLS port is never probed");
 }

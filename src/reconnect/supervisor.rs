@@ -127,6 +127,10 @@ pub enum Input {
     /// An operator asks for a fresh link now (SIGUSR1): a fresh budget, the same
     /// ticket rules.
     ReconnectNow,
+    /// A readiness check (a TCP connect, never a link) found the server
+    /// accepting connections again: a retry that is waiting out a back-off
+    /// delay starts now. The attempt counts as usual.
+    ServerReady,
 }
 
 /// What the supervisor asks of the daemon, in order.
@@ -285,6 +289,8 @@ pub struct Supervisor {
     /// The last disconnect was a clean close of a healthy session (and whether
     /// it was idle-shaped); confirmed if the next attempt links at once.
     suspect_close: Option<(Instant, bool)>,
+    /// The pending retry may be brought forward by [`Input::ServerReady`].
+    advance_ok: bool,
     /// Refresh command starts, newest last (bounded per cluster window).
     refresh_runs: VecDeque<Instant>,
     /// A Reload arrived during a connect attempt: its failure gets a fresh try.
@@ -316,6 +322,7 @@ impl Supervisor {
             cluster: None,
             takeover_closes: VecDeque::new(),
             suspect_close: None,
+            advance_ok: false,
             refresh_runs: VecDeque::new(),
             reload_pending: false,
             established: false,
@@ -487,6 +494,20 @@ impl Supervisor {
             } => self.on_connect_failed(class, channel, &message, now, &mut out),
             Input::Reload { ticket } => self.on_reload(ticket, now, &mut out),
             Input::ReconnectNow => self.on_reconnect_now(now, &mut out),
+            Input::ServerReady => {
+                if let State::Pending {
+                    attempt, next_at, ..
+                } = self.state
+                {
+                    if self.advance_ok && now.mono < next_at {
+                        self.connect_now(
+                            attempt,
+                            "the server accepts connections again".into(),
+                            &mut out,
+                        );
+                    }
+                }
+            }
             Input::Migrated { generation, to } => {
                 if matches!(self.state, State::Connected { generation: g, .. } if g == generation) {
                     self.suspect_close = None;
@@ -851,6 +872,7 @@ impl Supervisor {
         });
         match next {
             Some((attempt, delay)) => {
+                self.advance_ok = min_delay.is_zero();
                 let delay = delay.max(min_delay);
                 let next_at = after(now.mono, delay);
                 self.set_state(
@@ -943,6 +965,12 @@ impl Supervisor {
     fn give_up(&mut self, reason: GiveUpReason, why: String, out: &mut Vec<Action>) {
         self.set_state(State::GaveUp { reason }, why, out);
         out.push(Action::GiveUp(reason));
+    }
+
+    /// Whether a readiness check may bring the pending retry forward: a retry
+    /// on the back-off, not one held back on purpose (a takeover's delay).
+    pub fn wants_probe(&self) -> bool {
+        self.advance_ok && matches!(self.state, State::Pending { .. })
     }
 
     fn connect_now(&mut self, attempt: u32, why: String, out: &mut Vec<Action>) {
