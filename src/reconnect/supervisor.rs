@@ -606,7 +606,7 @@ impl Supervisor {
             {
                 self.takeover_closes.pop_front();
             }
-            // A close after the same silence on every channel may be the first
+            // An idle-shaped close (main silent for T >= 1 s, no channel longer) may be the first
             // of a middlebox's idle cuts (the second, with the same silence, is
             // learnt as one): it confirms a takeover only after two earlier
             // takeover-like closes, or one that was not idle-shaped. A takeover

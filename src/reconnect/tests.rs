@@ -72,7 +72,7 @@ impl H {
         self.handle(i, s)
     }
 
-    /// A clean close after the same silence on every channel.
+    /// A clean close shaped like an idle cut.
     fn idle(&mut self, s: f64) -> Vec<Action> {
         let i = Input::Disconnected {
             generation: self.generation,

@@ -247,6 +247,9 @@ pub async fn run(
     .for_session(ctx.generation);
     orch.start();
     let mut how = Stop::Abort;
+    // Started the moment main ends cleanly: a quickly restarted server must not
+    // be listening again by the time the probe asks.
+    let mut gone_probe: Option<tokio::task::JoinHandle<bool>> = None;
 
     'run: loop {
         while let Some(cmd) = orch.poll_command() {
@@ -291,6 +294,12 @@ pub async fn run(
                         ChannelEnd { channel, counters: ChannelCounters::default(), failure: Some(Failure::panicked(channel)) }
                     }
                 };
+                let clean_main = end.channel == ChannelId::MAIN
+                    && end.failure.as_ref().is_some_and(|f| f.cause == crate::failure::Cause::ServerClosed);
+                if clean_main && gone_probe.is_none() {
+                    let c = ctx.clone();
+                    gone_probe = Some(tokio::spawn(async move { went_away(&c).await }));
+                }
                 orch.on_end(end.channel, end.counters, end.failure, ctx.now());
             }
             _ = crate::time::sleep_until_opt(deadline) => orch.handle_timeout(ctx.now()),
@@ -327,7 +336,14 @@ pub async fn run(
         );
     }
     out.info.dropped_events = outlets.dropped.load(Ordering::Relaxed);
-    let server_gone = out.server_closed_session && out.connected && went_away(&ctx).await;
+    let server_gone = match gone_probe {
+        Some(probe) if out.server_closed_session && out.connected => probe.await.unwrap_or(false),
+        Some(probe) => {
+            probe.abort();
+            false
+        }
+        None => false,
+    };
     SessionEnd {
         failure: out.failure,
         counters: out.counters,
