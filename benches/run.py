@@ -1,0 +1,501 @@
+#!/usr/bin/env python3
+"""benches/run.py [--quick] [--out FILE] -- spiced against the reference clients,
+measured in the same run against real QEMUs on 127.0.0.1; prints one markdown
+table and writes it (with the machine and the command) to docs/benchmarks.md.
+Run it through benches/run.sh, which builds the release binary first.
+
+Reference clients (spice-gtk 0.42 from Debian): spicy-stats (C, headless) and
+spice-gtk through Python GObject introspection (Debian's /usr/bin/python3 with
+python3-gi and gir1.2-spiceclientglib-2.0). Each client gets its own QEMU: a
+second client on one QEMU would take the session over.
+"""
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import json
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUICK = "--quick" in sys.argv
+OUT = sys.argv[sys.argv.index("--out") + 1] if "--out" in sys.argv else os.path.join(ROOT, "docs", "benchmarks.md")
+RUNS = 1 if QUICK else 5
+IDLE = 10 if QUICK else 60
+SPICED = os.path.join(ROOT, "target", "release", "spiced")
+GUEST_SRC = os.path.join(ROOT, "tests", "guest", "vga-noise.S")
+CHANNELS = 11
+# What each client links of the 11 offered: spice-gtk 0.42 leaves one channel
+# of this QEMU unlinked (it links 10).
+EXPECT = {"spiced": 11, "spicy-stats": 10, "spice-gtk (python)": 10}
+WORK = tempfile.mkdtemp(prefix="spiced-bench-")
+CLK = os.sysconf("SC_CLK_TCK")
+
+# A minimal headless spice-gtk client: links every channel the server offers
+# and runs until killed. Proxy from SPICE_PROXY (spice-gtk reads it itself).
+PYCLIENT = r"""
+import sys, gi
+gi.require_version("SpiceClientGLib", "2.0")
+from gi.repository import GLib, GObject, SpiceClientGLib
+s = SpiceClientGLib.Session()
+s.set_property("host", "127.0.0.1")
+s.set_property("port", sys.argv[1])
+keep = []
+def on_new(sess, ch):
+    keep.append(ch)
+    if not isinstance(ch, SpiceClientGLib.MainChannel):
+        ch.connect()
+# Session.connect and Channel.connect are SPICE's; signals go through GObject's.
+GObject.Object.connect(s, "channel-new", on_new)
+s.connect()
+GLib.MainLoop().run()
+"""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_accepts(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
+
+
+class Qmp:
+    def __init__(self, path):
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.settimeout(5)
+        self.sock.connect(path)
+        self.f = self.sock.makefile("rw")
+        self.f.readline()
+        self.cmd("qmp_capabilities")
+
+    def cmd(self, name, args=None):
+        msg = {"execute": name}
+        if args:
+            msg["arguments"] = args
+        self.f.write(json.dumps(msg) + "\n")
+        self.f.flush()
+        while True:
+            r = json.loads(self.f.readline())
+            if "return" in r or "error" in r:
+                return r.get("return")
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class Qemu:
+    """One QEMU serving SPICE (11 channels) on 127.0.0.1, as scripts/lab-qemu.sh."""
+
+    def __init__(self, paused=True, kernel=None):
+        self.port = free_port()
+        self.paused, self.kernel = paused, kernel
+        self.qmp_path = os.path.join(WORK, f"q{self.port}.qmp")
+        self.proc = None
+        self.qmp = None
+        self.start()
+
+    def args(self):
+        a = ["qemu-system-x86_64", "-machine", "pc", "-accel", "tcg", "-m", "64",
+             "-nodefaults", "-no-user-config", "-display", "none", "-serial", "none",
+             "-monitor", "none", "-device", "qxl-vga,id=video0",
+             "-spice", f"addr=127.0.0.1,port={self.port},disable-ticketing=on",
+             "-audiodev", "spice,id=snd0", "-device", "intel-hda", "-device", "hda-duplex,audiodev=snd0",
+             "-device", "qemu-xhci,id=xhci",
+             "-chardev", "spicevmc,name=usbredir,id=usbredir0", "-device", "usb-redir,chardev=usbredir0,bus=xhci.0",
+             "-chardev", "spicevmc,name=usbredir,id=usbredir1", "-device", "usb-redir,chardev=usbredir1,bus=xhci.0",
+             "-device", "usb-ccid,bus=xhci.0",
+             "-chardev", "spicevmc,name=smartcard,id=smartcard0", "-device", "ccid-card-passthru,chardev=smartcard0",
+             "-device", "virtio-serial-pci,id=vser0",
+             "-chardev", "spicevmc,name=vdagent,id=vdagent0",
+             "-device", "virtserialport,bus=vser0.0,chardev=vdagent0,name=com.redhat.spice.0",
+             "-chardev", "spiceport,name=org.spice-space.webdav.0,id=webdav0",
+             "-device", "virtserialport,bus=vser0.0,chardev=webdav0,name=org.spice-space.webdav.0",
+             "-chardev", "spiceport,name=org.spice-space.bench.0,id=port0",
+             "-device", "virtserialport,bus=vser0.0,chardev=port0,name=org.spice-space.bench.0",
+             "-qmp", f"unix:{self.qmp_path},server=on,wait=off"]
+        if self.paused:
+            a.append("-S")
+        if self.kernel:
+            a += ["-kernel", self.kernel]
+        return a
+
+    def start(self):
+        self.proc = subprocess.Popen(self.args(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=open(os.path.join(WORK, f"q{self.port}.log"), "a"))
+        deadline = time.monotonic() + 20
+        while not (port_accepts(self.port) and os.path.exists(self.qmp_path)):
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"QEMU on {self.port} did not start")
+            time.sleep(0.02)
+        while True:
+            try:
+                self.qmp = Qmp(self.qmp_path)
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+
+    def channels(self):
+        try:
+            return len((self.qmp.cmd("query-spice") or {}).get("channels", []))
+        except (OSError, ValueError, AttributeError):
+            return -1
+
+    def wait_channels(self, n, timeout):
+        """Seconds until exactly n channels are connected, or None."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            if self.channels() == n:
+                return time.monotonic() - t0
+            time.sleep(0.01)
+        return None
+
+    def kill(self):
+        if self.qmp:
+            self.qmp.close()
+            self.qmp = None
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        while port_accepts(self.port):
+            time.sleep(0.01)
+        try:
+            os.unlink(self.qmp_path)
+        except OSError:
+            pass
+
+    def restart(self):
+        self.kill()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.start()
+                return
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+
+def spiced_cmd(port, extra_vv="", toml=""):
+    d = tempfile.mkdtemp(dir=WORK)
+    vv = os.path.join(d, "c.vv")
+    with open(vv, "w") as f:
+        f.write(f"[virt-viewer]\ntype=spice\nhost=127.0.0.1\nport={port}\n{extra_vv}")
+    cfg = os.path.join(d, "s.toml")
+    with open(cfg, "w") as f:
+        f.write(f'[report]\nspool_dir = "{d}/spool"\n{toml}')
+    return [SPICED, "--vv", vv, "--config", cfg], {"RUST_LOG": "info"}, os.path.join(d, "log")
+
+
+CLIENTS = {
+    "spiced": lambda port, proxy=None: spiced_cmd(port, f"proxy={proxy}\n" if proxy else ""),
+    "spicy-stats": lambda port, proxy=None: (["spicy-stats", "-h", "127.0.0.1", "-p", str(port)],
+                                             {"SPICE_PROXY": proxy} if proxy else {}, None),
+    "spice-gtk (python)": lambda port, proxy=None: (["/usr/bin/python3", "-c", PYCLIENT, str(port)],
+                                                    {"SPICE_PROXY": proxy} if proxy else {}, None),
+}
+
+
+def launch(kind, port, proxy=None):
+    """The client's process and its log: spiced's stderr, else the stdout."""
+    cmd, env, log = CLIENTS[kind](port, proxy)
+    e = dict(os.environ)
+    e.update(env)
+    if log:
+        return subprocess.Popen(cmd, env=e, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=open(log, "w")), log
+    log = os.path.join(tempfile.mkdtemp(dir=WORK), "out")
+    return subprocess.Popen(cmd, env=e, stdin=subprocess.DEVNULL, stdout=open(log, "w"),
+                            stderr=subprocess.DEVNULL), log
+
+
+def stop(p):
+    if p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(5)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def memory(pid):
+    """PSS, anonymous and RSS in kB, from smaps_rollup."""
+    out = {}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            k, _, rest = line.partition(":")
+            if k in ("Pss", "Anonymous", "Rss"):
+                out[k] = int(rest.split()[0])
+    return out
+
+
+def ticks(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def wakeups(pid):
+    n = 0
+    for t in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{t}/status") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches"):
+                        n += int(line.split()[1])
+        except OSError:
+            pass
+    return n
+
+
+def fds(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def spread(xs):
+    xs = [x for x in xs if x is not None]
+    return (min(xs), max(xs)) if len(xs) > 1 else None
+
+
+KERNEL = None
+
+
+def guest():
+    global KERNEL
+    if KERNEL is None:
+        obj, elf = os.path.join(WORK, "g.o"), os.path.join(WORK, "g.elf")
+        subprocess.run(["as", "--32", "-o", obj, GUEST_SRC], check=True)
+        subprocess.run(["ld", "-m", "elf_i386", "-Ttext", "0x100000", "-o", elf, obj], check=True)
+        KERNEL = elf
+    return KERNEL
+
+
+def idle_run(kind, live):
+    """(memory at the end, CPU ticks per minute, wakeups per minute) over IDLE s."""
+    q = Qemu(paused=not live, kernel=guest() if live else None)
+    p, _ = launch(kind, q.port)
+    try:
+        if q.wait_channels(EXPECT[kind], 30) is None:
+            return None
+        time.sleep(5)
+        t0, w0, c0 = time.monotonic(), wakeups(p.pid), ticks(p.pid)
+        time.sleep(IDLE)
+        dt = time.monotonic() - t0
+        mem = memory(p.pid)
+        return mem, (ticks(p.pid) - c0) * 60 / dt, (wakeups(p.pid) - w0) * 60 / dt
+    finally:
+        stop(p)
+        q.kill()
+
+
+def start_run(kind):
+    q = Qemu()
+    try:
+        t0 = time.monotonic()
+        p, _ = launch(kind, q.port)
+        up = q.wait_channels(EXPECT[kind], 30)
+        took = time.monotonic() - t0 if up is not None else None
+        stop(p)
+        return took
+    finally:
+        q.kill()
+
+
+def restart_run(down):
+    """spiced linked; QEMU killed, restarted after `down` s: listening -> all up."""
+    q = Qemu()
+    cmd, env, log = spiced_cmd(q.port, toml="[reconnect]\nmax_attempts = 10\n")
+    e = dict(os.environ)
+    e.update(env)
+    p = subprocess.Popen(cmd, env=e, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+    try:
+        if q.wait_channels(CHANNELS, 30) is None:
+            return None
+        time.sleep(2)
+        q.kill()
+        time.sleep(down)
+        q.start()
+        listening = time.monotonic()
+        up = q.wait_channels(CHANNELS, 60)
+        return None if up is None else time.monotonic() - listening
+    finally:
+        stop(p)
+        q.kill()
+
+
+def proxy_run(kind):
+    """Behind tinyproxy `Timeout 5` with the VM paused: channels after IDLE s."""
+    q = Qemu()
+    pport = free_port()
+    conf = os.path.join(WORK, f"tp{pport}.conf")
+    with open(conf, "w") as f:
+        f.write(f"Port {pport}\nListen 127.0.0.1\nTimeout 5\nAllow 127.0.0.1\nMaxClients 64\nConnectPort {q.port}\n")
+    tp = subprocess.Popen(["tinyproxy", "-d", "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while not port_accepts(pport):
+            time.sleep(0.02)
+        p, _ = launch(kind, q.port, proxy=f"http://127.0.0.1:{pport}")
+        try:
+            q.wait_channels(EXPECT[kind], 30)
+            time.sleep(max(IDLE, 20))
+            return q.channels()
+        finally:
+            stop(p)
+    finally:
+        tp.kill()
+        tp.wait()
+        q.kill()
+
+
+def drain_run(kind):
+    """Display load (the vga-noise guest): CPU ticks per MB the display drained,
+    and MB/s. Bytes: spiced's log totals, spicy-stats's own summary."""
+    q = Qemu(paused=False, kernel=guest())
+    p, log = launch(kind, q.port)
+    out = None
+    try:
+        if q.wait_channels(EXPECT[kind], 30) is None:
+            return None
+        c0, t0 = ticks(p.pid), time.monotonic()
+        time.sleep(min(IDLE, 30))
+        c1, dt = ticks(p.pid), time.monotonic() - t0
+        p.send_signal(signal.SIGINT if kind == "spicy-stats" else signal.SIGTERM)
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+        with open(log) as f:
+            text = f.read()
+        # Whole-run totals (the settling time included), so MB/s uses the run's
+        # length from the process start: close enough for a ratio.
+        pat = r"channel display totals: in (\d+) B" if kind == "spiced" else r"^display: (\d+)"
+        m = re.findall(pat, text, re.M)
+        mb = int(m[-1]) / 1e6 if m else None
+        return (c1 - c0), dt, mb, out
+    finally:
+        stop(p)
+        q.kill()
+
+
+def fmt(v, unit="", nd=1):
+    if v is None:
+        return "—"
+    return f"{v:.{nd}f}{unit}"
+
+
+def ratio(a, b):
+    if a is None or b in (None, 0):
+        return "—"
+    return f"{a / b:.2f}"
+
+
+def cell(xs, unit="", nd=1):
+    m, s = med(xs), spread(xs)
+    if m is None:
+        return "—"
+    return fmt(m, unit, nd) + (f" ({fmt(s[0], '', nd)}–{fmt(s[1], '', nd)})" if s else "")
+
+
+def main():
+    refs = ["spicy-stats", "spice-gtk (python)"]
+    kinds = ["spiced"] + refs
+    rows = []
+
+    def row(name, vals, unit="", nd=1, lower_better=True):
+        """vals: kind -> list of numbers."""
+        s = med(vals.get("spiced", []))
+        r = [cell(vals.get(k, []), unit, nd) for k in kinds]
+        rat = [ratio(s, med(vals.get(k, []))) for k in refs]
+        rows.append([name] + r + rat)
+        print(f"  {name}: " + ", ".join(f"{k} {c}" for k, c in zip(kinds, r)), flush=True)
+
+    print(f"benches: {'quick' if QUICK else 'full'} run, {RUNS} run(s) per row, idle window {IDLE} s", flush=True)
+    for live in (False, True):
+        # A run is longer than a minute: once each.
+        res = {k: [idle_run(k, live)] for k in kinds}
+        tag = "live screen" if live else "VM paused"
+        if not live:
+            for key, label in (("Pss", "PSS"), ("Anonymous", "anonymous"), ("Rss", "RSS")):
+                row(f"memory idle, {label} (MB)", {k: [r[0][key] / 1024 for r in v if r] for k, v in res.items()}, nd=1)
+        row(f"CPU, {tag} (ticks of 1/{CLK} s per min)", {k: [r[1] for r in v if r] for k, v in res.items()}, nd=1)
+        row(f"wakeups, {tag} (per s)", {k: [r[2] / 60 for r in v if r] for k, v in res.items()}, nd=2)
+    row("start → all channels up (s)", {k: [start_run(k) for _ in range(RUNS)] for k in kinds}, nd=2)
+    for down in ((2,) if QUICK else (2, 10, 40)):
+        row(f"server down {down} s: listening → all channels up (s)",
+            {"spiced": [restart_run(down) for _ in range(1 if QUICK else 3)]}, nd=2)
+    if shutil.which("tinyproxy"):
+        row("behind tinyproxy `Timeout 5`, VM paused: channels up at the end",
+            {k: [proxy_run(k)] for k in kinds}, nd=0)
+    d = {k: drain_run(k) for k in ("spiced", "spicy-stats")}
+    row("display load: CPU ticks per MB drained",
+        {k: [v[0] / v[2]] for k, v in d.items() if v and v[2]}, nd=2)
+    row("display load: MB drained in the run (same guest)",
+        {k: [v[2]] for k, v in d.items() if v and v[2]}, nd=1)
+
+    head = ["row"] + kinds + [f"spiced / {r}" for r in refs]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    table = "\n".join(lines)
+    print("\n" + table)
+    machine = f"{platform.node()}: {os.cpu_count()} CPUs, {platform.machine()}, Linux {platform.release()}"
+    qemu = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    with open(OUT, "w") as f:
+        f.write(BENCH_DOC.format(
+            when=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            cmd="bash benches/run.sh" + (" --quick" if QUICK else ""),
+            machine=machine, qemu=qemu, runs=RUNS, idle=IDLE, table=table))
+    print(f"\nwritten to {OUT}")
+
+
+BENCH_DOC = """# Benchmarks
+
+spiced against the reference SPICE clients, measured **in the same run** against
+real QEMUs (TCG, no guest disk, 11 SPICE channels) on 127.0.0.1. Reference
+clients: spice-gtk 0.42 as `spicy-stats` (C, headless) and through Python
+GObject introspection (`spice-gtk (python)`). remote-viewer is not measured:
+it needs an X server (`Xvfb`), which these machines do not install. Each client
+has its own QEMU (a second client would take the session over).
+
+- Command: `{cmd}`; {when}
+- Machine: {machine}; {qemu}
+- {runs} run(s) per row where a run takes under a minute (median, then min–max);
+  idle windows of {idle} s after all channels are up and 5 s of settling.
+- Memory from `/proc/PID/smaps_rollup` (PSS counts shared pages by share; RSS
+  counts the whole binary and libraries). Wakeups: voluntary context switches
+  summed over the client's threads.
+- "server down N s": QEMU killed while spiced is linked, restarted on the same
+  port N s later; from the moment it listens to all 11 channels up (QMP
+  `query-spice`). spiced runs with `max_attempts = 10` so a 40 s outage is
+  inside its give-up point. The reference clients do not reconnect at all.
+
+{table}
+"""
+
+if __name__ == "__main__":
+    try:
+        main()
+    finally:
+        shutil.rmtree(WORK, ignore_errors=True)

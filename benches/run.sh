@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# benches/run.sh [--quick] — spiced against the reference clients (spice-gtk as
+# spicy-stats and through Python gi), measured in the same run against real
+# QEMUs on 127.0.0.1: memory, CPU and wakeups (VM paused and live screen), start
+# to all channels up, server restarts, an idle-cutting proxy, display drain.
+# Prints one markdown table and writes it to docs/benchmarks.md with the machine
+# and the command. Not part of the test run; --quick (one short run per row)
+# only proves the script works. Needs scripts/install-deps.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+for p in qemu-system-x86_64 spicy-stats tinyproxy as ld; do
+  command -v "$p" >/dev/null || { echo "benches/run.sh: $p missing (bash scripts/install-deps.sh)" >&2; exit 2; }
+done
+/usr/bin/python3 -c 'import gi; gi.require_version("SpiceClientGLib", "2.0")' 2>/dev/null \
+  || { echo "benches/run.sh: python3-gi / gir1.2-spiceclientglib-2.0 missing (bash scripts/install-deps.sh)" >&2; exit 2; }
+cargo build --release --quiet --bin spiced
+exec python3 benches/run.py "$@"
