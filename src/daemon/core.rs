@@ -219,18 +219,18 @@ pub struct DaemonCore {
 
 impl DaemonCore {
     pub fn new(config: Arc<Config>, loaded: Loaded, opts: Options, now: Now) -> DaemonCore {
-        let sup = Supervisor::from_config(
-            &config.reconnect,
-            TicketInfo::from_settings(&loaded.settings),
-        );
+        let from_vv = Arc::new(loaded.settings.clone());
+        let mut settings = loaded.settings;
+        imply_expiry(&mut settings, &config, now);
+        let sup = Supervisor::from_config(&config.reconnect, TicketInfo::from_settings(&settings));
         let reporter = Reporter::new(opts.spool.clone(), &config.report);
         let idle = crate::time::secs_opt(config.keepalive.idle_secs);
         DaemonCore {
             session_config: config.clone(),
             config,
-            from_vv: Arc::new(loaded.settings.clone()),
+            from_vv,
             migrating: None,
-            settings: Arc::new(loaded.settings),
+            settings: Arc::new(settings),
             tls: loaded.tls,
             next_watchdog: opts.watchdog.map(|w| crate::time::after(now.mono, w)),
             opts,
@@ -453,10 +453,12 @@ impl DaemonCore {
             origin.describe(),
             loaded.settings.shown_host()
         );
-        let ticket = TicketInfo::from_settings(&loaded.settings);
         self.from_vv = Arc::new(loaded.settings.clone());
+        let mut settings = loaded.settings;
+        imply_expiry(&mut settings, &self.config, now);
+        let ticket = TicketInfo::from_settings(&settings);
         self.migrating = None;
-        self.settings = Arc::new(loaded.settings);
+        self.settings = Arc::new(settings);
         self.tls = loaded.tls;
         let actions = self.sup.handle(SupInput::Reload { ticket }, now);
         self.apply(actions, now);
@@ -1041,5 +1043,19 @@ impl DaemonCore {
             self.status = s.clone();
             self.effects.push_back(Effect::Notify(Notice::Status(s)));
         }
+    }
+}
+
+/// A Proxmox ticket that states no expiry dies about 30 s after minting: with a
+/// refresh command, the settings say so, so that a reconnect refreshes first.
+fn imply_expiry(s: &mut ConnectionSettings, config: &Config, now: Now) {
+    let can_refresh = !config.reconnect.refresh_command.is_empty();
+    if let Some(v) = crate::reconnect::implied_valid_until(s, can_refresh, now.unix) {
+        info!(
+            "Proxmox ticket: taken to expire at {} ({} s after reading); a reconnect after that runs the refresh command first",
+            crate::reconnect::format_unix_utc(v),
+            crate::reconnect::PROXMOX_TICKET_SECS
+        );
+        s.ticket_valid_until = Some(v);
     }
 }

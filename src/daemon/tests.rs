@@ -1311,3 +1311,55 @@ async fn no_checks_shorten_a_takeover_delay_or_a_tls_only_server() {
     h.at(0.9);
     assert!(h.probes.is_empty(), "a TLS port is never probed");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_proxmox_reconnect_after_the_ticket_died_refreshes_first() {
+    let mut cfg = Config::default();
+    cfg.reconnect.refresh_command = vec!["/usr/local/bin/pve-vv".into()];
+    let pve = ConnectionSettings {
+        host: "pvespiceproxy:6643a1b2:101:node1::8fa3".into(),
+        proxy: Some("http://pve.example:3128".into()),
+        ..settings()
+    };
+    // Lost within the ticket's 30 s: a plain retry with it.
+    let mut h = H::with(cfg.clone(), pve.clone());
+    h.connected();
+    h.at(20.0);
+    h.end(lost(eof(ChannelId::MAIN), 20.0));
+    h.at(21.0);
+    assert_eq!(
+        (h.count("start"), h.count("refresh")),
+        (2, 0),
+        "{:?}",
+        h.log
+    );
+
+    // Lost later: the ticket is dead, so the refresh command runs before any
+    // attempt, and its .vv is used at once.
+    let mut h = H::with(cfg.clone(), pve.clone());
+    h.connected();
+    h.at(40.0);
+    h.take();
+    h.end(lost(eof(ChannelId::MAIN), 40.0));
+    assert_eq!(h.count("refresh"), 1, "{:?}", h.log);
+    assert_eq!(h.count("start"), 0, "no attempt on a dead ticket");
+    h.input(Input::Loaded {
+        origin: Origin::Refresh,
+        result: Ok(Box::new(loaded(pve.clone()))),
+    });
+    assert_eq!(h.count("start"), 1, "{:?}", h.log);
+
+    // Without a refresh command nothing is assumed: the server decides.
+    let mut h = H::with(Config::default(), pve);
+    h.connected();
+    h.at(40.0);
+    h.take();
+    h.end(lost(eof(ChannelId::MAIN), 40.0));
+    h.at(41.0);
+    assert_eq!(
+        (h.count("start"), h.count("refresh")),
+        (1, 0),
+        "{:?}",
+        h.log
+    );
+}

@@ -16,4 +16,6 @@ pub use reason::GiveUpReason;
 pub use supervisor::{
     Action, FailClass, Input, Now, State, Supervisor, Transition, Warning, TAKEOVER_MIN_HEALTHY,
 };
-pub use ticket::{format_unix_utc, TicketInfo, EXPIRY_WARNING_SECS};
+pub use ticket::{
+    format_unix_utc, implied_valid_until, TicketInfo, EXPIRY_WARNING_SECS, PROXMOX_TICKET_SECS,
+};
