@@ -14,6 +14,13 @@ secs=${1:-10}
 # SPICED_FUZZ_TARGETS="a b" runs only those (cargo-fuzz mode).
 targets=${SPICED_FUZZ_TARGETS:-$(sed -n 's/^name = "\(.*\)"$/\1/p' fuzz/Cargo.toml | grep -v '^spiced-fuzz$')}
 
+# SPICED_FUZZ_INSTALL=1 (CI): install cargo-fuzz from crates.io when a nightly
+# toolchain is there but cargo-fuzz is not (about 2 minutes).
+if [ "${SPICED_FUZZ_INSTALL:-0}" = 1 ] && [ "${SPICED_FUZZ_STABLE:-0}" != 1 ] \
+  && cargo +nightly --version >/dev/null 2>&1 && ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+  echo "fuzz.sh: installing cargo-fuzz"
+  cargo install cargo-fuzz --locked --quiet || echo "fuzz.sh: cargo-fuzz did not install; using the stable harness"
+fi
 if [ "${SPICED_FUZZ_STABLE:-0}" != 1 ] && cargo +nightly --version >/dev/null 2>&1 \
   && cargo +nightly fuzz --version >/dev/null 2>&1; then
   echo "fuzz.sh: cargo-fuzz on $(cargo +nightly --version), ${secs} s per target"

@@ -1,0 +1,331 @@
+//! The shipped refresh commands (`scripts/spiced-refresh-proxmox`,
+//! `scripts/spiced-refresh-ovirt`) against a local HTTP server that answers as
+//! the documented APIs do (Proxmox VE API viewer: `POST
+//! /nodes/{node}/qemu/{vmid}/spiceproxy`; oVirt REST API guide: SSO token,
+//! `vms?search=`, `graphicsconsoles`, the `remoteviewerconnectionfile` action).
+//! Their stdout must be a .vv that `spiced --check` accepts with the right
+//! settings; a refused credential is one line on stderr that never quotes it.
+
+mod common;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+const PVE_TOKEN: &str = "kiosk@pve!spiced=6f1c9c2e-0d8a-4b7e-9a51-secret";
+const OVIRT_PASSWORD: &str = "ovirt-S3cret/pw";
+const CA: &str = "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n";
+
+/// One request as the fake API saw it.
+#[derive(Debug, Clone)]
+struct Request {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Request {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A one-thread HTTP/1.1 server: `answer` maps a request to (status, type, body).
+fn serve(answer: fn(&Request) -> (u16, &'static str, String)) -> (u16, Arc<Mutex<Vec<Request>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut s) = conn else { continue };
+            let mut r = BufReader::new(s.try_clone().expect("clone"));
+            let mut line = String::new();
+            if r.read_line(&mut line).is_err() {
+                continue;
+            }
+            let mut parts = line.split_whitespace();
+            let (method, path) = (
+                parts.next().unwrap_or("").to_string(),
+                parts.next().unwrap_or("").to_string(),
+            );
+            let mut headers = Vec::new();
+            loop {
+                let mut h = String::new();
+                if r.read_line(&mut h).is_err() || h.trim().is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = h.split_once(':') {
+                    headers.push((k.trim().to_string(), v.trim().to_string()));
+                }
+            }
+            let len: usize = headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(0);
+            let mut body = vec![0u8; len];
+            let _ = r.read_exact(&mut body);
+            let req = Request {
+                method,
+                path,
+                headers,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            };
+            let (status, ty, text) = answer(&req);
+            log.lock().unwrap().push(req);
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status} X\r\nContent-Type: {ty}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+                text.len()
+            );
+        }
+    });
+    (port, seen)
+}
+
+fn script(name: &str) -> String {
+    format!("{}/scripts/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn have_python() -> bool {
+    let ok = Command::new("python3").arg("--version").output().is_ok();
+    if !ok && std::env::var_os("CI").is_some() {
+        panic!("python3 missing");
+    }
+    ok
+}
+
+fn run(cmd: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new("python3")
+        .arg(script(cmd))
+        .args(args)
+        .output()
+        .expect("run the script");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `spiced --vv - --check` on `vv`: the effective settings.
+fn check(vv: &str) -> serde_json::Value {
+    let mut c = Command::new(common::spiced_bin())
+        .args(["--vv", "-", "--check"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spiced --check");
+    c.stdin.take().unwrap().write_all(vv.as_bytes()).unwrap();
+    let out = c.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "spiced --check refused:\n{vv}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("--check JSON")
+}
+
+fn secret_file(dir: &Path, text: &str) -> String {
+    let p = dir.join("secret");
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+fn pve_api(r: &Request) -> (u16, &'static str, String) {
+    let auth_ok = r.header("Authorization") == Some(&format!("PVEAPIToken={PVE_TOKEN}"));
+    if r.method != "POST" || r.path != "/api2/json/nodes/pve1/qemu/101/spiceproxy" {
+        return (501, "text/plain", "no such call".into());
+    }
+    if !auth_ok {
+        return (401, "application/json", r#"{"data":null}"#.into());
+    }
+    let data = serde_json::json!({"data": {
+        "type": "spice",
+        "host": "pvespiceproxy:6643a1b2:101:pve1::8fa3c0de5b9e41d2a7f3",
+        "password": "Xq7mQ2pL9vR4tY8wZ1cB",
+        "proxy": "http://pve1.example:3128",
+        "tls-port": 61000,
+        "delete-this-file": 1,
+        "host-subject": "OU=PVE Cluster Node,O=Proxmox Virtual Environment,CN=pve1.example",
+        "ca": CA,
+        "title": "VM 101 - kiosk",
+        "secure-attention": "Ctrl+Alt+Ins",
+        "release-cursor": "Ctrl+Alt+R",
+        "toggle-fullscreen": "Shift+F11"
+    }});
+    (200, "application/json", data.to_string())
+}
+
+#[test]
+fn proxmox_refresh_mints_a_vv_spiced_accepts() {
+    if !have_python() {
+        return;
+    }
+    let (port, seen) = serve(pve_api);
+    let dir = tempfile::tempdir().unwrap();
+    let token = secret_file(dir.path(), &format!("{PVE_TOKEN}\n"));
+    let url = format!("http://127.0.0.1:{port}");
+    let (code, out, err) = run(
+        "spiced-refresh-proxmox",
+        &[
+            "--url",
+            &url,
+            "--node",
+            "pve1",
+            "--vmid",
+            "101",
+            "--token-file",
+            &token,
+            "--proxy",
+            "pve1.example",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("[virt-viewer]\n"), "{out}");
+    let s = check(&out);
+    assert_eq!(s["host"], "pvespiceproxy:...", "{s}");
+    assert_eq!(s["tls_port"], 61000);
+    assert_eq!(s["single_use_ticket"], true);
+    assert_eq!(s["proxy"], "http://pve1.example:3128");
+    let req = seen.lock().unwrap()[0].clone();
+    assert_eq!(req.body, "proxy=pve1.example");
+
+    // A refused token: exit 1, one line, the token never printed.
+    let bad = secret_file(dir.path(), "kiosk@pve!spiced=wrong-one");
+    let (code, out, err) = run(
+        "spiced-refresh-proxmox",
+        &[
+            "--url",
+            &url,
+            "--node",
+            "pve1",
+            "--vmid",
+            "101",
+            "--token-file",
+            &bad,
+        ],
+    );
+    assert_eq!((code, out.as_str()), (1, ""), "{err}");
+    assert!(
+        err.contains("HTTP 401") && err.lines().count() == 1,
+        "{err}"
+    );
+    assert!(
+        !err.contains("wrong-one") && !err.contains("secret"),
+        "{err}"
+    );
+    let (code, out, _) = run("spiced-refresh-proxmox", &["--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("spiceproxy") && out.contains("--token-file"));
+}
+
+fn ovirt_api(r: &Request) -> (u16, &'static str, String) {
+    let bearer = r.header("Authorization") == Some("Bearer T0KEN-abc");
+    match (r.method.as_str(), r.path.as_str()) {
+        ("POST", "/ovirt-engine/sso/oauth/token") => {
+            let form: Vec<&str> = r.body.split('&').collect();
+            let pw = format!(
+                "password={}",
+                OVIRT_PASSWORD.replace('/', "%2F")
+            );
+            if form.contains(&"grant_type=password")
+                && form.contains(&"scope=ovirt-app-api")
+                && form.contains(&"username=kiosk%40internal")
+                && form.contains(&pw.as_str())
+            {
+                (200, "application/json", r#"{"access_token":"T0KEN-abc","token_type":"bearer","exp":"1800"}"#.into())
+            } else {
+                (400, "application/json", r#"{"error":"access_denied"}"#.into())
+            }
+        }
+        _ if !bearer => (401, "text/plain", "".into()),
+        ("GET", "/ovirt-engine/api/vms?search=name=kiosk-07") => (
+            200,
+            "application/json",
+            r#"{"vm":[{"id":"2a7d3c1e-6b55-4f0e-9b1a-0d6c2f1e8a41","name":"kiosk-07"}]}"#.into(),
+        ),
+        ("GET", "/ovirt-engine/api/vms/2a7d3c1e-6b55-4f0e-9b1a-0d6c2f1e8a41/graphicsconsoles") => (
+            200,
+            "application/json",
+            r#"{"graphics_console":[{"id":"766e63","protocol":"vnc"},{"id":"7370696365","protocol":"spice"}]}"#.into(),
+        ),
+        ("POST", "/ovirt-engine/api/vms/2a7d3c1e-6b55-4f0e-9b1a-0d6c2f1e8a41/graphicsconsoles/7370696365/remoteviewerconnectionfile")
+            if r.body == "<action/>" =>
+        {
+            let vv = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/ovirt.vv"))
+                .unwrap();
+            let esc = vv.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+            (
+                200,
+                "application/xml",
+                format!("<action>\n  <remote_viewer_connection_file>\n{esc}  </remote_viewer_connection_file>\n</action>\n"),
+            )
+        }
+        _ => (404, "text/plain", "".into()),
+    }
+}
+
+#[test]
+fn ovirt_refresh_fetches_the_engines_file() {
+    if !have_python() {
+        return;
+    }
+    let (port, seen) = serve(ovirt_api);
+    let dir = tempfile::tempdir().unwrap();
+    let pw = secret_file(dir.path(), &format!("{OVIRT_PASSWORD}\n"));
+    let url = format!("http://127.0.0.1:{port}/ovirt-engine");
+    let (code, out, err) = run(
+        "spiced-refresh-ovirt",
+        &[
+            "--url",
+            &url,
+            "--user",
+            "kiosk@internal",
+            "--password-file",
+            &pw,
+            "--vm",
+            "kiosk-07",
+        ],
+    );
+    assert_eq!(code, 0, "{err}\n{:?}", seen.lock().unwrap());
+    let s = check(&out);
+    assert_eq!(s["tls_port"], 5901, "{s}");
+    assert_eq!(s["port"], serde_json::Value::Null, "port=-1: TLS only");
+    assert_eq!(s["single_use_ticket"], true);
+    let calls: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path.split('?').next().unwrap_or("")))
+        .collect();
+    assert_eq!(calls.len(), 4, "{calls:?}");
+
+    // A wrong password: exit 1, one line, neither it nor a token printed.
+    let bad = secret_file(dir.path(), "not-it");
+    let (code, out, err) = run(
+        "spiced-refresh-ovirt",
+        &[
+            "--url",
+            &url,
+            "--user",
+            "kiosk@internal",
+            "--password-file",
+            &bad,
+            "--vm-id",
+            "x",
+        ],
+    );
+    assert_eq!((code, out.as_str()), (1, ""), "{err}");
+    assert!(err.lines().count() == 1 && !err.contains("not-it"), "{err}");
+    let (code, out, _) = run("spiced-refresh-ovirt", &["--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("remoteviewerconnectionfile"));
+}
