@@ -43,6 +43,7 @@
 
 mod common;
 use common::firewall::{Firewall, FirewallOpts};
+use common::netns::NetNs;
 use common::*;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -140,23 +141,10 @@ impl Fault {
     }
 }
 
-/// xorshift64*: small, seeded, replayable.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-    /// Uniform in [lo, hi) seconds, to 0.1 s.
-    fn secs(&mut self, lo: f64, hi: f64) -> Duration {
-        let steps = ((hi - lo) * 10.0) as usize;
-        Duration::from_secs_f64(lo + self.below(steps.max(1)) as f64 / 10.0)
-    }
+/// Uniform in [lo, hi) seconds, to 0.1 s.
+fn rand_secs(rng: &mut Rng, lo: f64, hi: f64) -> Duration {
+    let steps = ((hi - lo) * 10.0) as usize;
+    Duration::from_secs_f64(lo + rng.below(steps.max(1)) as f64 / 10.0)
 }
 
 /// One injected fault, as it happened.
@@ -251,33 +239,6 @@ impl Monitor {
     }
 }
 
-/// nft rules in the namespace the test runs in (`scripts/chaos.sh` gives it a
-/// private one): drop every TCP segment to or from `port`.
-fn blackhole(port: u16) {
-    let script = format!(
-        "table inet spiced_chaos {{\n  chain input {{\n    type filter hook input priority 0; policy accept;\n    tcp dport {port} drop\n    tcp sport {port} drop\n  }}\n}}\n"
-    );
-    let path = std::env::temp_dir().join(format!("spiced-chaos-{}.nft", std::process::id()));
-    std::fs::write(&path, script).expect("write nft script");
-    let out = std::process::Command::new("nft")
-        .arg("-f")
-        .arg(&path)
-        .output()
-        .expect("run nft");
-    let _ = std::fs::remove_file(&path);
-    assert!(
-        out.status.success(),
-        "nft: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn heal() {
-    let _ = std::process::Command::new("nft")
-        .args(["delete", "table", "inet", "spiced_chaos"])
-        .output();
-}
-
 /// Fills the filesystem of `dir` (a small tmpfs) with one file; returns it.
 fn fill(dir: &Path) -> PathBuf {
     use std::io::Write;
@@ -334,27 +295,6 @@ fn url_encode(s: &str) -> String {
             }
         })
         .collect()
-}
-
-fn base64(data: &[u8]) -> String {
-    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for k in 0..4 {
-            if k <= chunk.len() {
-                out.push(char::from(ABC[(n >> (18 - 6 * k) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> bool {
@@ -514,7 +454,7 @@ impl Soak {
     }
 
     fn d(&mut self, lo: f64, hi: f64) -> Duration {
-        self.rng.secs(lo * self.scale, hi * self.scale)
+        rand_secs(&mut self.rng, lo * self.scale, hi * self.scale)
     }
 
     /// Injects `f` and returns once the fault is over; a description.
@@ -541,9 +481,11 @@ impl Soak {
                 } else {
                     ("server", self.q.port())
                 };
-                blackhole(port);
+                // The namespace scripts/chaos.sh gave the test.
+                let here = NetNs::here();
+                here.blackhole_port(port);
                 std::thread::sleep(d);
-                heal();
+                here.heal();
                 format!("{hop} port dropped {}s", secs(d))
             }
             Fault::IdleCut => {

@@ -6,6 +6,8 @@
 //! `SPICED_FUZZ_SECS` (default 1) is the time per target; `SPICED_FUZZ_SEED`
 //! replays a run. A failing input is written to `target/fuzz-failures/`.
 
+mod common;
+use common::Rng;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -37,20 +39,6 @@ unsafe impl GlobalAlloc for Counting {
 
 #[global_allocator]
 static A: Counting = Counting;
-
-/// xorshift64*: small, seeded, replayable.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
 
 /// Values that make parsers take edge paths: lengths, counts, offsets.
 const INTERESTING: [u32; 10] = [

@@ -57,6 +57,20 @@ impl H {
     }
 
     fn down(&mut self, s: f64, clean: bool) -> Vec<Action> {
+        self.close(s, clean, false, false)
+    }
+
+    /// A clean close shaped like an idle cut.
+    fn idle(&mut self, s: f64) -> Vec<Action> {
+        self.close(s, true, false, true)
+    }
+
+    /// A clean close after which the server's address refused a probe.
+    fn gone(&mut self, s: f64) -> Vec<Action> {
+        self.close(s, true, true, false)
+    }
+
+    fn close(&mut self, s: f64, clean: bool, server_gone: bool, idle_shaped: bool) -> Vec<Action> {
         let i = Input::Disconnected {
             generation: self.generation,
             channel: ChannelId::MAIN,
@@ -66,34 +80,8 @@ impl H {
                 "connection reset by peer".into()
             },
             clean_close: clean,
-            server_gone: false,
-            idle_shaped: false,
-        };
-        self.handle(i, s)
-    }
-
-    /// A clean close shaped like an idle cut.
-    fn idle(&mut self, s: f64) -> Vec<Action> {
-        let i = Input::Disconnected {
-            generation: self.generation,
-            channel: ChannelId::MAIN,
-            cause: "EOF".into(),
-            clean_close: true,
-            server_gone: false,
-            idle_shaped: true,
-        };
-        self.handle(i, s)
-    }
-
-    /// A clean close after which the server's address refused a probe.
-    fn gone(&mut self, s: f64) -> Vec<Action> {
-        let i = Input::Disconnected {
-            generation: self.generation,
-            channel: ChannelId::MAIN,
-            cause: "EOF".into(),
-            clean_close: true,
-            server_gone: true,
-            idle_shaped: false,
+            server_gone,
+            idle_shaped,
         };
         self.handle(i, s)
     }

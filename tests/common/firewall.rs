@@ -408,7 +408,7 @@ fn serve(mut client: TcpStream, i: usize, shared: Arc<Shared>) {
         return;
     }
     if let Some(want) = &shared.opts.basic_auth {
-        let token = base64(want.as_bytes());
+        let token = super::base64(want.as_bytes());
         let ok = head.lines().any(|l| {
             let Some((k, v)) = l.split_once(':') else {
                 return false;
@@ -576,26 +576,4 @@ fn relay_down(
                 });
         }
     }
-}
-
-/// RFC 4648 base64 with padding (the Basic credentials' encoding).
-fn base64(data: &[u8]) -> String {
-    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for k in 0..4 {
-            if k <= chunk.len() {
-                out.push(char::from(ABC[(n >> (18 - 6 * k) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }

@@ -9,7 +9,7 @@ use std::process::Command;
 /// The nft table the helpers own inside a namespace.
 const TABLE: &str = "spiced_faults";
 
-/// A network namespace, deleted on drop.
+/// A network namespace, deleted on drop (`here()`: the current one, kept).
 #[derive(Debug)]
 pub struct NetNs {
     name: String,
@@ -35,6 +35,14 @@ impl NetNs {
         ns
     }
 
+    /// The namespace this process runs in (e.g. one `unshare --net` made for
+    /// it): rules go into it directly, and nothing is deleted on drop.
+    pub fn here() -> NetNs {
+        NetNs {
+            name: String::new(),
+        }
+    }
+
     /// The namespace's real name (for `QemuOpts::netns`).
     pub fn name(&self) -> &str {
         &self.name
@@ -42,6 +50,9 @@ impl NetNs {
 
     /// A command that runs `program` inside the namespace (`ip netns exec NAME ...`).
     pub fn command(&self, program: &str) -> Command {
+        if self.name.is_empty() {
+            return Command::new(program);
+        }
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.name, program]);
         c
@@ -72,7 +83,8 @@ impl NetNs {
         let script = format!(
             "table inet {TABLE} {{\n  chain input {{\n    type filter hook input priority 0; policy accept;\n    {rules}\n  }}\n}}\n"
         );
-        let path = std::env::temp_dir().join(format!("{}-{TABLE}.nft", self.name));
+        let path =
+            std::env::temp_dir().join(format!("{}-{}-{TABLE}.nft", self.name, std::process::id()));
         std::fs::write(&path, script).expect("write nft script");
         let out = self
             .command("nft")
@@ -97,6 +109,9 @@ impl NetNs {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
+        if self.name.is_empty() {
+            return;
+        }
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .output();
