@@ -507,8 +507,9 @@ has its own QEMU (a second client would take the session over).
   yet investigated further.
 - **The reference clients do not reconnect**: when the server goes away they
   stay disconnected, so the restart rows have no reference figure.
-- **Behind the idle-cutting proxy** the reference clients lose their idle
-  channels (they send nothing on them), spiced's keepalives keep all 11.
+- **Behind the idle-cutting proxy** the reference clients lose the whole
+  session (they send nothing on idle channels; the proxy cuts main, and the
+  server drops the rest); spiced's keepalives keep all 11 channels.
 """
 
 if __name__ == "__main__":
