@@ -489,15 +489,8 @@ impl Shell {
                 let tx = self.tx.clone();
                 let connector = (self.env.connector)(settings.clone(), config, None);
                 tokio::spawn(async move {
-                    let seen = match settings.port {
-                        Some(port) => {
-                            let target = crate::link::Target {
-                                host: settings.host.clone(),
-                                port,
-                                tls: false,
-                            };
-                            connector.probe(target, self::core::PROBE_EVERY).await
-                        }
+                    let seen = match crate::link::Target::plain(&settings) {
+                        Some(target) => connector.probe(target, self::core::PROBE_EVERY).await,
                         None => crate::link::Probe::Unknown,
                     };
                     let _ = tx.send(Msg::Probed(seen));

@@ -95,6 +95,18 @@ pub async fn connect(
         .await
 }
 
+impl Target {
+    /// The .vv host on its plain port, the only kind a probe may ask (None for
+    /// a TLS-only .vv).
+    pub fn plain(settings: &ConnectionSettings) -> Option<Target> {
+        Some(Target {
+            host: settings.host.clone(),
+            port: settings.port?,
+            tls: false,
+        })
+    }
+}
+
 /// What a readiness probe saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Probe {

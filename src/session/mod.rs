@@ -367,14 +367,8 @@ const GONE_PROBE: Duration = Duration::from_secs(1);
 /// connection that ends before its link message, so a TLS-only server is not
 /// asked (its restarts may then look like takeovers, docs/reconnect.md).
 async fn went_away(ctx: &SessionCtx) -> bool {
-    let s = &ctx.settings;
-    let Some(port) = s.port else {
+    let Some(target) = crate::link::Target::plain(&ctx.settings) else {
         return false;
-    };
-    let target = crate::link::Target {
-        host: s.host.clone(),
-        port,
-        tls: false,
     };
     let seen = ctx.connector.probe(target, GONE_PROBE).await;
     if seen == crate::link::Probe::Refused {
