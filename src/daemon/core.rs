@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::events;
 use crate::failure::{Cause, Failure};
 use crate::link::TlsSetup;
-use crate::reconnect::{Action, Input as SupInput, Now, State, Supervisor, TicketInfo};
+use crate::reconnect::{Action, CloseShape, Input as SupInput, Now, State, Supervisor, TicketInfo};
 use crate::report::{Facts, ReportJob, Reporter};
 use crate::session::{SessionEnd, SessionEvent, Stop};
 use crate::systemd::Notice;
@@ -488,9 +488,7 @@ impl DaemonCore {
                             generation,
                             channel: ChannelId::MAIN,
                             cause: format!("live migration not followed: {e}"),
-                            clean_close: false,
-                            server_gone: false,
-                            idle_shaped: false,
+                            shape: CloseShape::default(),
                         },
                         now,
                     );
@@ -671,9 +669,12 @@ impl DaemonCore {
                             f.channel
                         },
                         cause: format!("{}: {}", f.cause.as_str(), f.message),
-                        clean_close: f.cause == Cause::ServerClosed,
-                        server_gone: end.server_gone,
-                        idle_shaped: super::idle_cut::pattern(&end).is_some(),
+                        shape: CloseShape {
+                            clean: f.cause == Cause::ServerClosed,
+                            server_gone: end.server_gone,
+                            idle_shaped: super::idle_cut::pattern(&end).is_some(),
+                            server_quiet: end.main_quiet(),
+                        },
                     },
                     now,
                 ));

@@ -629,6 +629,67 @@ async fn an_idle_cut_seen_twice_is_learnt_not_taken_for_a_takeover() {
     assert_eq!(h.core.status().last_disconnect.unwrap().cause, "idle_cut");
 }
 
+/// A clean close after main heard nothing for `quiet` s (display still busy).
+fn closed_after_quiet(up: f64, quiet: f64) -> SessionEnd {
+    let ch = |ty, last_recv: f64| {
+        (
+            ChannelId::new(ty, 0),
+            ChannelCounters {
+                connected_at_secs: Some(0.0),
+                last_recv_ts_secs: Some(last_recv),
+                last_send_ts_secs: Some(up - 0.5),
+                closed_at_secs: Some(up),
+                close_reason: Some("server_closed".into()),
+                ..ChannelCounters::default()
+            },
+        )
+    };
+    SessionEnd {
+        counters: [
+            ch(ChannelType::Main, up - quiet),
+            ch(ChannelType::Display, up - 0.2),
+        ]
+        .into_iter()
+        .collect(),
+        ..lost(eof(ChannelId::MAIN), up)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn clean_closes_after_the_server_fell_silent_are_no_takeover() {
+    // The server stopped PINGing main (a black hole) and dropped us; its FIN
+    // came once the path was back. Twice in the window: plain retries.
+    let mut h = H::new();
+    h.connected();
+    h.at(30.0);
+    h.end(closed_after_quiet(30.0, 25.0));
+    h.at(31.0);
+    h.connected();
+    h.at(61.0);
+    h.take();
+    h.end(closed_after_quiet(30.0, 25.0));
+    assert!(
+        matches!(h.core.state(), State::Pending { attempt: 2, delay, .. } if *delay == Duration::from_secs(4)),
+        "{:?}",
+        h.core.state()
+    );
+    // The same closes with main PINGed 3 s before: the second is a takeover.
+    let mut h = H::new();
+    h.connected();
+    h.at(30.0);
+    h.end(closed_after_quiet(30.0, 3.0));
+    h.at(31.0);
+    h.connected();
+    h.at(61.0);
+    h.take();
+    h.end(closed_after_quiet(30.0, 3.0));
+    assert!(
+        matches!(h.core.state(), State::Pending { delay, .. } if *delay == Duration::from_secs(60)),
+        "a takeover waits takeover_delay_secs: {:?}",
+        h.core.state()
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn sigusr1_relinks_now_unless_the_ticket_forbids_it() {
     let mut h = H::new();

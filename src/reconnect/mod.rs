@@ -14,7 +14,8 @@ mod tests;
 pub use policy::{Backoff, ReconnectPolicy};
 pub use reason::GiveUpReason;
 pub use supervisor::{
-    Action, FailClass, Input, Now, State, Supervisor, Transition, Warning, TAKEOVER_MIN_HEALTHY,
+    Action, CloseShape, FailClass, Input, Now, State, Supervisor, Transition, Warning,
+    SERVER_QUIET_BEFORE_CLOSE, TAKEOVER_MIN_HEALTHY,
 };
 pub use ticket::{
     format_unix_utc, implied_valid_until, TicketInfo, EXPIRY_WARNING_SECS, PROXMOX_TICKET_SECS,

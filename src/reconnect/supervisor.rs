@@ -20,6 +20,27 @@ use tokio::time::Instant;
 /// (a server closing a fresh link at once is something else).
 pub const TAKEOVER_MIN_HEALTHY: Duration = Duration::from_secs(5);
 
+/// spice-server PINGs main about every 15 s (docs/keepalive.md). A clean close
+/// after main heard nothing for longer ends a stall (a black hole, a frozen
+/// server dropping us once it woke or timed us out), not a healthy session
+/// another client took over.
+pub const SERVER_QUIET_BEFORE_CLOSE: Duration = Duration::from_secs(20);
+
+/// What a session's end looked like, as far as the takeover rule cares.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CloseShape {
+    /// EOF with no error (the server closed the socket cleanly).
+    pub clean: bool,
+    /// Right after the close, the server's address refused a connection:
+    /// it went away, so the close was no takeover.
+    pub server_gone: bool,
+    /// Main had been silent for T >= 1 s and no channel longer when it closed:
+    /// what a middlebox's idle cut looks like (and a takeover of an idle session).
+    pub idle_shaped: bool,
+    /// How long main had received nothing from the server when it closed.
+    pub server_quiet: Duration,
+}
+
 /// Slack after `refresh_timeout_secs` before the supervisor stops waiting for the
 /// daemon to report on the refresh command.
 const REFRESH_GRACE: Duration = Duration::from_secs(5);
@@ -96,14 +117,7 @@ pub enum Input {
         channel: ChannelId,
         /// One line, no secrets.
         cause: String,
-        /// EOF with no error (the server closed the socket cleanly).
-        clean_close: bool,
-        /// Right after the close, the server's address refused a connection:
-        /// it went away, so the close was no takeover.
-        server_gone: bool,
-        /// Every channel had been silent about as long when it closed: what a
-        /// middlebox's idle cut looks like (and a takeover of an idle session).
-        idle_shaped: bool,
+        shape: CloseShape,
     },
     /// Session `generation` ended because a middlebox cuts idle flows (every
     /// channel closed after the same silence, seen twice). Not a takeover: the
@@ -473,17 +487,8 @@ impl Supervisor {
                 generation,
                 channel,
                 cause,
-                clean_close,
-                server_gone,
-                idle_shaped,
-            } => self.on_disconnected(
-                generation,
-                channel,
-                &cause,
-                (clean_close, server_gone, idle_shaped),
-                now,
-                &mut out,
-            ),
+                shape,
+            } => self.on_disconnected(generation, channel, &cause, shape, now, &mut out),
             Input::IdleCut { generation, idle } => {
                 self.on_idle_cut(generation, idle, now, &mut out)
             }
@@ -560,7 +565,7 @@ impl Supervisor {
         generation: u64,
         channel: ChannelId,
         cause: &str,
-        (clean_close, server_gone, idle_shaped): (bool, bool, bool),
+        shape: CloseShape,
         now: Now,
         out: &mut Vec<Action>,
     ) {
@@ -575,10 +580,17 @@ impl Supervisor {
             return;
         }
         let healthy = now.mono.saturating_duration_since(since);
-        let clean = match (clean_close, server_gone) {
-            (true, true) => ", clean close, then the server's address refused connections",
-            (true, false) => ", clean close",
-            _ => "",
+        let stalled = shape.server_quiet >= SERVER_QUIET_BEFORE_CLOSE;
+        let clean = match (shape.clean, shape.server_gone, stalled) {
+            (true, true, _) => {
+                ", clean close, then the server's address refused connections".into()
+            }
+            (true, false, true) => format!(
+                ", clean close after {} without a word from the server",
+                fmt_dur(shape.server_quiet)
+            ),
+            (true, false, false) => ", clean close".into(),
+            _ => String::new(),
         };
         let why = format!("{channel}: {cause}{clean}, after {} up", fmt_dur(healthy));
 
@@ -591,11 +603,14 @@ impl Supervisor {
         // waits for main's own EOF and the daemon then reports the close on main,
         // so "main closed cleanly" means "the server ended the whole session";
         // one secondary channel closing alone is not a takeover. Nor is a close
-        // after which the server stopped listening: it went away.
-        let takeover_like = clean_close
-            && !server_gone
+        // after which the server stopped listening (it went away), or one that
+        // ended a stall: a session taken over was healthy up to its close.
+        let takeover_like = shape.clean
+            && !shape.server_gone
+            && !stalled
             && channel.ty == ChannelType::Main
             && healthy >= TAKEOVER_MIN_HEALTHY;
+        let idle_shaped = shape.idle_shaped;
         self.suspect_close = takeover_like.then_some((now.mono, idle_shaped));
         if takeover_like {
             let window = self.policy.cluster_window();

@@ -20,6 +20,8 @@ struct H {
     sup: Supervisor,
     base: Instant,
     generation: u64,
+    /// How long main had heard nothing when the next close comes.
+    quiet: Duration,
 }
 
 impl H {
@@ -28,6 +30,7 @@ impl H {
             sup: Supervisor::from_config(&cfg, ticket),
             base: Instant::now(),
             generation: 0,
+            quiet: Duration::from_secs(3),
         }
     }
 
@@ -79,9 +82,12 @@ impl H {
             } else {
                 "connection reset by peer".into()
             },
-            clean_close: clean,
-            server_gone,
-            idle_shaped,
+            shape: CloseShape {
+                clean,
+                server_gone,
+                idle_shaped,
+                server_quiet: self.quiet,
+            },
         };
         self.handle(i, s)
     }
@@ -401,9 +407,7 @@ fn channel_down_storm_of_one_session_counts_once() {
                 generation: 1,
                 channel: ChannelId::new(ChannelType::Display, 0),
                 cause: format!("reset {i}"),
-                clean_close: false,
-                server_gone: false,
-                idle_shaped: false,
+                shape: CloseShape::default(),
             },
             10.0 + i as f64 * 0.01,
         );
@@ -426,9 +430,7 @@ impl H {
                 generation,
                 channel: ChannelId::MAIN,
                 cause: "EOF".into(),
-                clean_close: false,
-                server_gone: false,
-                idle_shaped: false,
+                shape: CloseShape::default(),
             },
             s,
         )
@@ -490,9 +492,7 @@ fn transition_names_channel_and_cause() {
             generation: 1,
             channel: ChannelId::new(ChannelType::Usbredir, 1),
             cause: "keepalive_timeout".into(),
-            clean_close: false,
-            server_gone: false,
-            idle_shaped: false,
+            shape: CloseShape::default(),
         },
         7.0,
     );
@@ -1040,9 +1040,10 @@ fn a_secondary_channel_closing_alone_is_not_a_takeover() {
             generation: h.generation,
             channel: ch,
             cause: "server_closed: server closed the connection".into(),
-            clean_close: true,
-            server_gone: false,
-            idle_shaped: false,
+            shape: CloseShape {
+                clean: true,
+                ..CloseShape::default()
+            },
         };
         h.handle(i, s)
     };
@@ -1158,6 +1159,42 @@ fn a_server_that_went_away_took_no_session_over() {
     }
 }
 
+#[test]
+fn a_close_that_ended_a_stall_took_no_session_over() {
+    // The server had not PINGed main for longer than its interval when it closed
+    // (it dropped us during a black hole, its FIN came after): not a takeover,
+    // however many such closes come, and the log says why.
+    let mut h = H::default();
+    h.up(0.0);
+    h.quiet = SERVER_QUIET_BEFORE_CLOSE;
+    let mut t = 10.0;
+    for n in 0..3 {
+        let a = h.down(t, true);
+        assert!(warns(&a).is_empty(), "close {n}: {a:?}");
+        let why = transitions(&a)
+            .iter()
+            .map(|x| x.why.clone())
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(
+            why.contains("without a word from the server"),
+            "close {n}: {a:?}"
+        );
+        let at = h.pending().2;
+        h.poll(at);
+        h.connected(at + 0.1);
+        t = at + 10.0;
+    }
+    // Just under the server's PING gap the same closes are takeover-like again.
+    let mut h = H::default();
+    h.up(0.0);
+    h.quiet = SERVER_QUIET_BEFORE_CLOSE - Duration::from_millis(100);
+    assert!(warns(&h.down(10.0, true)).is_empty());
+    h.poll(11.0);
+    h.connected(11.1);
+    assert!(warns(&h.down(20.0, true))[0].contains("taken over"));
+}
+
 // ---- stop and describe ----
 
 #[test]
@@ -1257,9 +1294,7 @@ async fn paused_loop_sleeps_1_4_16_then_gives_up() {
                 generation: 1,
                 channel: ChannelId::MAIN,
                 cause: "connection reset by peer".into(),
-                clean_close: false,
-                server_gone: false,
-                idle_shaped: false,
+                shape: CloseShape::default(),
             };
             actions = sup.handle(i, now());
         } else if let Some(dl) = sup.next_deadline() {

@@ -152,6 +152,21 @@ impl SessionEnd {
             info: SessionInfo::default(),
         }
     }
+
+    /// How long main had received nothing when it closed (since its link if
+    /// nothing ever came); zero when that is not known.
+    pub fn main_quiet(&self) -> Duration {
+        let Some(main) = self.counters.get(&ChannelId::MAIN) else {
+            return Duration::ZERO;
+        };
+        let (Some(closed), Some(heard)) = (
+            main.closed_at_secs,
+            main.last_recv_ts_secs.or(main.connected_at_secs),
+        ) else {
+            return Duration::ZERO;
+        };
+        Duration::try_from_secs_f64(closed - heard).unwrap_or(Duration::ZERO)
+    }
 }
 
 /// Everything a session needs; cheap to clone into tasks.
@@ -356,12 +371,18 @@ pub async fn run(
     }
 }
 
-/// How long the probe after a clean close may take.
+/// How long each probe after a clean close may take.
 const GONE_PROBE: Duration = Duration::from_secs(1);
 
+/// A killed server's kernel may close its connections a moment before its
+/// listening socket (the order follows its descriptors), so a port that still
+/// accepted right after the close is asked once more after this.
+const GONE_RECHECK: Duration = Duration::from_millis(300);
+
 /// Right after the server closed the whole session cleanly: does main's address
-/// still accept connections? A takeover leaves the server listening; a server
-/// that was stopped or killed does not (its restart takes longer than this).
+/// still accept connections (asked twice, `GONE_RECHECK` apart, when the first
+/// says yes)? A takeover leaves the server listening; a server that was stopped
+/// or killed does not (its restart takes longer than this).
 ///
 /// Only the plain port is probed: spice-server logs a warning for every TLS
 /// connection that ends before its link message, so a TLS-only server is not
@@ -370,7 +391,11 @@ async fn went_away(ctx: &SessionCtx) -> bool {
     let Some(target) = crate::link::Target::plain(&ctx.settings) else {
         return false;
     };
-    let seen = ctx.connector.probe(target, GONE_PROBE).await;
+    let mut seen = ctx.connector.probe(target.clone(), GONE_PROBE).await;
+    if seen == crate::link::Probe::Listening {
+        tokio::time::sleep(GONE_RECHECK).await;
+        seen = ctx.connector.probe(target, GONE_PROBE).await;
+    }
     if seen == crate::link::Probe::Refused {
         info!(
             session = ctx.generation,
