@@ -32,7 +32,10 @@ GUEST_SRC = os.path.join(ROOT, "tests", "guest", "vga-noise.S")
 CHANNELS = 11
 # What each client links of the 11 offered: spice-gtk 0.42 leaves one channel
 # of this QEMU unlinked (it links 10).
-EXPECT = {"spiced": 11, "spicy-stats": 10, "spice-gtk (python)": 10}
+EXPECT = {"spiced": 11, "spicy-stats": 10, "spice-gtk (python)": 10, "remote-viewer": 9}
+# remote-viewer (virt-viewer 11, spice-gtk underneath) draws into an Xvfb that
+# main() starts when both are installed.
+XDISPLAY = ":77"
 WORK = tempfile.mkdtemp(prefix="spiced-bench-")
 CLK = os.sysconf("SC_CLK_TCK")
 
@@ -46,8 +49,12 @@ s = SpiceClientGLib.Session()
 s.set_property("host", "127.0.0.1")
 s.set_property("port", sys.argv[1])
 keep = []
+def on_event(ch, ev):
+    if ev != SpiceClientGLib.ChannelEvent.OPENED:
+        print("event", type(ch).__name__, ev.value_nick, flush=True)
 def on_new(sess, ch):
     keep.append(ch)
+    GObject.Object.connect(ch, "channel-event", on_event)
     if not isinstance(ch, SpiceClientGLib.MainChannel):
         ch.connect()
 # Session.connect and Channel.connect are SPICE's; signals go through GObject's.
@@ -210,6 +217,9 @@ CLIENTS = {
                                              {"SPICE_PROXY": proxy} if proxy else {}, None),
     "spice-gtk (python)": lambda port, proxy=None: (["/usr/bin/python3", "-c", PYCLIENT, str(port)],
                                                     {"SPICE_PROXY": proxy} if proxy else {}, None),
+    "remote-viewer": lambda port, proxy=None: (["remote-viewer", f"spice://127.0.0.1:{port}"],
+                                               dict({"DISPLAY": XDISPLAY}, **({"SPICE_PROXY": proxy} if proxy else {})),
+                                               None),
 }
 
 
@@ -400,6 +410,78 @@ def drain_run(kind):
         q.kill()
 
 
+BLACKHOLE_CAP = 150
+
+
+def nft(*args):
+    subprocess.run(["nft", *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def blackhole_run(kind):
+    """VM paused, every packet to and from the QEMU port dropped (nft on lo):
+    seconds from the drop to the client declaring the peer dead (spiced: its
+    session-lost line; spicy-stats: its exit; python: a channel error event),
+    and to the server dropping the client (QMP shows no channel)."""
+    q = Qemu()
+    p, log = launch(kind, q.port)
+    table = f"spiced_bench_{q.port}"
+    try:
+        if q.wait_channels(EXPECT[kind], 30) is None:
+            return None
+        time.sleep(5)
+        seen = os.path.getsize(log)
+        nft("add", "table", "inet", table)
+        nft("add", "chain", "inet", table, "in", "{ type filter hook input priority -10 ; }")
+        nft("add", "rule", "inet", table, "in", "tcp", "dport", str(q.port), "drop")
+        nft("add", "rule", "inet", table, "in", "tcp", "sport", str(q.port), "drop")
+        t0 = time.monotonic()
+        client = server = None
+        pat = re.compile(r"session lost|channel \S+ lost|^event ", re.M)
+        while time.monotonic() - t0 < BLACKHOLE_CAP and (client is None or server is None):
+            now = time.monotonic() - t0
+            if server is None and q.channels() == 0:
+                server = now
+            if client is None:
+                with open(log) as f:
+                    f.seek(seen)
+                    if pat.search(f.read()) or p.poll() is not None:
+                        client = now
+            time.sleep(0.05)
+        return client, server
+    finally:
+        subprocess.run(["nft", "delete", "table", "inet", table], stderr=subprocess.DEVNULL)
+        stop(p)
+        q.kill()
+
+
+def many_run(kind, sessions=50):
+    """`sessions` clients on one host, each with its own QEMU (VM paused; one
+    QEMU per client because spice-server offers a second client of one VM only
+    main, display, inputs and cursor): total PSS (MB), CPU ticks per minute and
+    file descriptors, summed over the clients, over an IDLE window once all are
+    up; None if not all came up."""
+    qs, procs = [], []
+    try:
+        for _ in range(sessions):
+            qs.append(Qemu())
+        for q in qs:
+            procs.append(launch(kind, q.port)[0])
+        if any(q.wait_channels(EXPECT[kind], 120) is None for q in qs):
+            return None
+        time.sleep(5)
+        c0, t0 = sum(ticks(p.pid) for p in procs), time.monotonic()
+        time.sleep(IDLE)
+        dt = time.monotonic() - t0
+        cpu = (sum(ticks(p.pid) for p in procs) - c0) * 60 / dt
+        pss = sum(memory(p.pid)["Pss"] for p in procs) / 1024
+        return pss, cpu, sum(fds(p.pid) for p in procs)
+    finally:
+        for p in procs:
+            stop(p)
+        for q in qs:
+            q.kill()
+
+
 def fmt(v, unit="", nd=1):
     if v is None:
         return "—"
@@ -419,9 +501,38 @@ def cell(xs, unit="", nd=1):
     return fmt(m, unit, nd) + (f" ({fmt(s[0], '', nd)}–{fmt(s[1], '', nd)})" if s else "")
 
 
+def xvfb():
+    """An Xvfb for remote-viewer, or None when either is not installed."""
+    if not (shutil.which("Xvfb") and shutil.which("remote-viewer")):
+        return None
+    x = subprocess.Popen(["Xvfb", XDISPLAY, "-screen", "0", "1024x768x24", "-nolisten", "tcp"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sock = f"/tmp/.X11-unix/X{XDISPLAY[1:]}"
+    deadline = time.monotonic() + 10
+    while not os.path.exists(sock):
+        if time.monotonic() > deadline or x.poll() is not None:
+            x.kill()
+            return None
+        time.sleep(0.05)
+    return x
+
+
 def main():
-    refs = ["spicy-stats", "spice-gtk (python)"]
+    x = xvfb()
+    try:
+        run_all(x is not None)
+    finally:
+        if x:
+            x.kill()
+            x.wait()
+
+
+def run_all(with_rv):
+    refs = ["spicy-stats", "spice-gtk (python)"] + (["remote-viewer"] if with_rv else [])
     kinds = ["spiced"] + refs
+    # Rows about the network engine only: remote-viewer's is spice-gtk, the
+    # same as the python client's, so it is measured where the UI costs.
+    net_kinds = kinds[:3]
     rows = []
 
     def row(name, vals, unit="", nd=1, lower_better=True):
@@ -446,9 +557,19 @@ def main():
     for down in ((2,) if QUICK else (2, 10, 40)):
         row(f"server down {down} s: listening → all channels up (s)",
             {"spiced": [restart_run(down) for _ in range(1 if QUICK else 3)]}, nd=2)
+    if shutil.which("nft") and os.geteuid() == 0:
+        bh = {k: blackhole_run(k) for k in net_kinds}
+        row(f"black hole, VM paused: drop → client declares the peer dead (s; cap {BLACKHOLE_CAP})",
+            {k: [v[0]] for k, v in bh.items() if v}, nd=1)
+        row("black hole, VM paused: drop → the server drops the client (s)",
+            {k: [v[1]] for k, v in bh.items() if v}, nd=1)
+    n = 10 if QUICK else 50
+    many = {k: many_run(k, n) for k in net_kinds}
+    for i, label, nd in ((0, "total PSS (MB)", 0), (1, f"CPU (ticks of 1/{CLK} s per min)", 0), (2, "file descriptors", 0)):
+        row(f"{n} sessions (one QEMU each, VM paused): {label}", {k: [v[i]] for k, v in many.items() if v}, nd=nd)
     if shutil.which("tinyproxy"):
         row("behind tinyproxy `Timeout 5`, VM paused: channels up at the end",
-            {k: [proxy_run(k)] for k in kinds}, nd=0)
+            {k: [proxy_run(k)] for k in net_kinds}, nd=0)
     d = {k: drain_run(k) for k in ("spiced", "spicy-stats")}
     row("display load: CPU ticks per MB drained",
         {k: [v[0] / v[2]] for k, v in d.items() if v and v[2]}, nd=2)
@@ -466,7 +587,7 @@ def main():
         f.write(BENCH_DOC.format(
             when=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             cmd="bash benches/run.sh" + (" --quick" if QUICK else ""),
-            machine=machine, qemu=qemu, runs=RUNS, idle=IDLE, table=table))
+            machine=machine, qemu=qemu, runs=RUNS, idle=IDLE, table=table, cap=BLACKHOLE_CAP))
     print(f"\nwritten to {OUT}")
 
 
@@ -475,9 +596,11 @@ BENCH_DOC = """# Benchmarks
 spiced against the reference SPICE clients, measured **in the same run** against
 real QEMUs (TCG, no guest disk, 11 SPICE channels) on 127.0.0.1. Reference
 clients: spice-gtk 0.42 as `spicy-stats` (C, headless) and through Python
-GObject introspection (`spice-gtk (python)`). remote-viewer is not measured:
-it needs an X server (`Xvfb`), which these machines do not install. Each client
-has its own QEMU (a second client would take the session over).
+GObject introspection (`spice-gtk (python)`), and remote-viewer (virt-viewer
+11) drawing into an Xvfb (`benches/run.sh` installs both when they are missing).
+Each client has its own QEMU (a second client would take the session over).
+Rows about the network alone (black hole, 50 sessions, the proxy) leave
+remote-viewer out: its network engine is spice-gtk, the python client's.
 
 - Command: `{cmd}`; {when}
 - Machine: {machine}; {qemu}
@@ -490,6 +613,15 @@ has its own QEMU (a second client would take the session over).
   port N s later; from the moment it listens to all 11 channels up (QMP
   `query-spice`). spiced runs with `max_attempts = 10` so a 40 s outage is
   inside its give-up point. The reference clients do not reconnect at all.
+- "black hole": VM paused, every packet to and from the QEMU port dropped by an
+  nft rule on lo; from the drop to the client's first sign that it knows
+  (spiced: its `session lost` or `channel … lost` line; spicy-stats: its exit;
+  the python client: a channel error event), capped at {cap} s, and to QMP
+  showing none of the client's channels (the server's own view). One run each.
+- "N sessions": N clients of one kind at once, each against its own paused
+  QEMU (spice-server offers a second client of one VM only main, display,
+  inputs and cursor); PSS, CPU over the idle window and open descriptors,
+  summed over the clients. One run each.
 
 {table}
 
@@ -503,8 +635,13 @@ has its own QEMU (a second client would take the session over).
   the server's own PINGs.
 - **Wakeups with a live screen** are driven by the server's display updates
   for every client; spiced wakes somewhat more often than spice-gtk for the
-  same traffic while using a fraction of its CPU (it decodes nothing). Not
-  yet investigated further.
+  same traffic while using a fraction of its CPU (it decodes nothing): each
+  channel is a task that reads as soon as bytes arrive, where spice-gtk's
+  GLib loop batches the readable sockets of one poll. Not reduced yet.
+- **Black hole**: spice-gtk learns of it from TCP keepalive alone (idle 30 s,
+  then 3 probes 15 s apart); spiced from its own keepalive and
+  `TCP_USER_TIMEOUT` (25 s of unacknowledged data), so it declares the peer
+  dead well before the server's own 30 s unresponsiveness limit fires.
 - **The reference clients do not reconnect**: when the server goes away they
   stay disconnected, so the restart rows have no reference figure.
 - **Behind the idle-cutting proxy** the reference clients lose the whole

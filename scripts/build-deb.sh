@@ -11,7 +11,7 @@
 # /usr/lib/tmpfiles.d/spiced.conf (/run/spiced); the journal catalog
 # /usr/lib/systemd/catalog/spiced.catalog when systemd/spiced.catalog exists;
 # /etc/spiced/spiced.toml as a conffile; README and docs in /usr/share/doc/spiced;
-# the refresh commands for Proxmox VE and oVirt in /usr/share/spiced (python3);
+# the refresh commands for Proxmox VE, oVirt and Kerbside in /usr/share/spiced (python3);
 # the man pages spiced(1), spiced-report(1)..., generated from the command line
 # definitions by `spiced manpage`. Needs dpkg-deb, dpkg-shlibdeps (dpkg-dev), gzip, strip.
 # Runs lintian on the result when it is installed.
@@ -68,7 +68,8 @@ else
 fi
 install -D -m 0644 config/spiced.toml "$stage/etc/spiced/spiced.toml"
 install -d "$stage/usr/share/spiced"
-install -m 0755 scripts/spiced-refresh-proxmox scripts/spiced-refresh-ovirt "$stage/usr/share/spiced/"
+install -m 0755 scripts/spiced-refresh-proxmox scripts/spiced-refresh-ovirt scripts/spiced-refresh-kerbside \
+  "$stage/usr/share/spiced/"
 
 doc=$stage/usr/share/doc/spiced
 install -d "$doc/docs"

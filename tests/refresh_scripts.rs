@@ -1,8 +1,11 @@
 //! The shipped refresh commands (`scripts/spiced-refresh-proxmox`,
-//! `scripts/spiced-refresh-ovirt`) against a local HTTP server that answers as
-//! the documented APIs do (Proxmox VE API viewer: `POST
-//! /nodes/{node}/qemu/{vmid}/spiceproxy`; oVirt REST API guide: SSO token,
-//! `vms?search=`, `graphicsconsoles`, the `remoteviewerconnectionfile` action).
+//! `scripts/spiced-refresh-ovirt`, `scripts/spiced-refresh-kerbside`) against a
+//! local HTTP server that answers as the documented APIs do (Proxmox VE API
+//! viewer: `POST /nodes/{node}/qemu/{vmid}/spiceproxy`; oVirt REST API guide:
+//! SSO token, `vms?search=`, `graphicsconsoles`, the
+//! `remoteviewerconnectionfile` action; Kerbside 0.8's `kerbside.api` routes:
+//! `POST /auth`, `GET /console/proxy/{source}/{uuid}/console.vv`). The real
+//! Kerbside is exercised by `scripts/kerbside.sh`.
 //! Their stdout must be a .vv that `spiced --check` accepts with the right
 //! settings; a refused credential is one line on stderr that never quotes it.
 
@@ -328,4 +331,96 @@ fn ovirt_refresh_fetches_the_engines_file() {
     let (code, out, _) = run("spiced-refresh-ovirt", &["--help"]);
     assert_eq!(code, 0);
     assert!(out.contains("remoteviewerconnectionfile"));
+}
+
+const KERBSIDE_JWT: &str = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJraW9zayJ9.c2lnbmF0dXJl";
+const KERBSIDE_PASSWORD: &str = "kerb-S3cret";
+
+fn kerbside_api(r: &Request) -> (u16, &'static str, String) {
+    let bearer = r.header("Authorization") == Some(&format!("Bearer {KERBSIDE_JWT}"));
+    match (r.method.as_str(), r.path.as_str()) {
+        ("POST", "/auth") => {
+            let body: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+            if body["username"] == "kiosk" && body["password"] == KERBSIDE_PASSWORD {
+                (
+                    200,
+                    "application/json",
+                    format!(r#"{{"access_token": "{KERBSIDE_JWT}", "expires_in": 900, "token_type": "Bearer"}}"#),
+                )
+            } else {
+                (401, "application/json", r#"{"error": "unauthorized"}"#.into())
+            }
+        }
+        _ if !bearer => (401, "application/json", r#"{"msg": "Missing Authorization Header"}"#.into()),
+        ("GET", "/console/proxy/lab/6f4e2c1a-0000-0000-0000-000000000001/console.vv") => (
+            200,
+            "application/x-virt-viewer",
+            format!(
+                "[virt-viewer]\ntype=spice\nhost=kerbside.example\nport=5900\ntls-port=5901\n\
+                 password=one-time-123\ndelete-this-file=1\nca={}\nhost-subject=O=lab,CN=kerbside\n\
+                 enable-smartcard=1\nenable-usb-autoshare=1\n",
+                CA.replace('\n', "\\n")
+            ),
+        ),
+        _ => (404, "application/json", r#"{"error": "console not found"}"#.into()),
+    }
+}
+
+#[test]
+fn kerbside_refresh_fetches_a_proxy_vv_with_a_token_or_a_login() {
+    if !have_python() {
+        return;
+    }
+    let (port, seen) = serve(kerbside_api);
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let uuid = "6f4e2c1a-0000-0000-0000-000000000001";
+    let token = dir.path().join("token");
+    std::fs::write(&token, format!("{KERBSIDE_JWT}\n")).unwrap();
+    let token = token.display().to_string();
+    let base = ["--url", url.as_str(), "--source", "lab", "--uuid", uuid];
+    let with = |more: &[&str]| -> Vec<String> {
+        base.iter().chain(more).map(|s| s.to_string()).collect()
+    };
+    let args = with(&["--token-file", &token]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out, err) = run("spiced-refresh-kerbside", &args);
+    assert_eq!(code, 0, "{err}");
+    let s = check(&out);
+    assert_eq!(s["single_use_ticket"], true, "{s}");
+    assert_eq!(s["tls_port"], 5901, "{s}");
+    // A login instead of a token: POST /auth first.
+    let pw = secret_file(dir.path(), KERBSIDE_PASSWORD);
+    let args = with(&["--user", "kiosk", "--password-file", &pw]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out, err) = run("spiced-refresh-kerbside", &args);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("[virt-viewer]"), "{out}");
+    let calls: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert_eq!(calls.len(), 3, "{calls:?}");
+    assert_eq!(calls[1], "POST /auth");
+    // A refused login and an unknown console: exit 1, one line, no secret.
+    let bad = secret_file(dir.path(), "not-it");
+    let args = with(&["--user", "kiosk", "--password-file", &bad]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out, err) = run("spiced-refresh-kerbside", &args);
+    assert_eq!((code, out.as_str()), (1, ""), "{err}");
+    assert!(err.lines().count() == 1 && !err.contains("not-it"), "{err}");
+    let (code, _, err) = run(
+        "spiced-refresh-kerbside",
+        &["--url", &url, "--source", "lab", "--uuid", "nope", "--token-file", &token],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("HTTP 404") && !err.contains(KERBSIDE_JWT), "{err}");
+    // Usage errors: exit 2.
+    let (code, _, _) = run("spiced-refresh-kerbside", &base);
+    assert_eq!(code, 2);
+    let (code, out, _) = run("spiced-refresh-kerbside", &["--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("/console/proxy/"));
 }
