@@ -345,13 +345,23 @@ fn kerbside_api(r: &Request) -> (u16, &'static str, String) {
                 (
                     200,
                     "application/json",
-                    format!(r#"{{"access_token": "{KERBSIDE_JWT}", "expires_in": 900, "token_type": "Bearer"}}"#),
+                    format!(
+                        r#"{{"access_token": "{KERBSIDE_JWT}", "expires_in": 900, "token_type": "Bearer"}}"#
+                    ),
                 )
             } else {
-                (401, "application/json", r#"{"error": "unauthorized"}"#.into())
+                (
+                    401,
+                    "application/json",
+                    r#"{"error": "unauthorized"}"#.into(),
+                )
             }
         }
-        _ if !bearer => (401, "application/json", r#"{"msg": "Missing Authorization Header"}"#.into()),
+        _ if !bearer => (
+            401,
+            "application/json",
+            r#"{"msg": "Missing Authorization Header"}"#.into(),
+        ),
         ("GET", "/console/proxy/lab/6f4e2c1a-0000-0000-0000-000000000001/console.vv") => (
             200,
             "application/x-virt-viewer",
@@ -362,7 +372,11 @@ fn kerbside_api(r: &Request) -> (u16, &'static str, String) {
                 CA.replace('\n', "\\n")
             ),
         ),
-        _ => (404, "application/json", r#"{"error": "console not found"}"#.into()),
+        _ => (
+            404,
+            "application/json",
+            r#"{"error": "console not found"}"#.into(),
+        ),
     }
 }
 
@@ -379,9 +393,8 @@ fn kerbside_refresh_fetches_a_proxy_vv_with_a_token_or_a_login() {
     std::fs::write(&token, format!("{KERBSIDE_JWT}\n")).unwrap();
     let token = token.display().to_string();
     let base = ["--url", url.as_str(), "--source", "lab", "--uuid", uuid];
-    let with = |more: &[&str]| -> Vec<String> {
-        base.iter().chain(more).map(|s| s.to_string()).collect()
-    };
+    let with =
+        |more: &[&str]| -> Vec<String> { base.iter().chain(more).map(|s| s.to_string()).collect() };
     let args = with(&["--token-file", &token]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (code, out, err) = run("spiced-refresh-kerbside", &args);
@@ -413,10 +426,22 @@ fn kerbside_refresh_fetches_a_proxy_vv_with_a_token_or_a_login() {
     assert!(err.lines().count() == 1 && !err.contains("not-it"), "{err}");
     let (code, _, err) = run(
         "spiced-refresh-kerbside",
-        &["--url", &url, "--source", "lab", "--uuid", "nope", "--token-file", &token],
+        &[
+            "--url",
+            &url,
+            "--source",
+            "lab",
+            "--uuid",
+            "nope",
+            "--token-file",
+            &token,
+        ],
     );
     assert_eq!(code, 1);
-    assert!(err.contains("HTTP 404") && !err.contains(KERBSIDE_JWT), "{err}");
+    assert!(
+        err.contains("HTTP 404") && !err.contains(KERBSIDE_JWT),
+        "{err}"
+    );
     // Usage errors: exit 2.
     let (code, _, _) = run("spiced-refresh-kerbside", &base);
     assert_eq!(code, 2);

@@ -391,18 +391,88 @@ async fn went_away(ctx: &SessionCtx) -> bool {
     let Some(target) = crate::link::Target::plain(&ctx.settings) else {
         return false;
     };
-    let mut seen = ctx.connector.probe(target.clone(), GONE_PROBE).await;
-    if seen == crate::link::Probe::Listening {
-        tokio::time::sleep(GONE_RECHECK).await;
-        seen = ctx.connector.probe(target, GONE_PROBE).await;
-    }
-    if seen == crate::link::Probe::Refused {
+    let gone = refused_now_or_soon(ctx.connector.as_ref(), target).await;
+    if gone {
         info!(
             session = ctx.generation,
             "the server's address refused a connection right after the close: the server went away (no takeover)"
         );
     }
+    gone
+}
+
+/// A probe now, and when that one still found the port listening, another
+/// `GONE_RECHECK` later: did either find it refused?
+async fn refused_now_or_soon(connector: &dyn Connector, target: crate::link::Target) -> bool {
+    let mut seen = connector.probe(target.clone(), GONE_PROBE).await;
+    if seen == crate::link::Probe::Listening {
+        tokio::time::sleep(GONE_RECHECK).await;
+        seen = connector.probe(target, GONE_PROBE).await;
+    }
     seen == crate::link::Probe::Refused
+}
+
+#[cfg(test)]
+mod gone_tests {
+    use super::*;
+    use crate::link::{ConnectFuture, Probe, ProbeFuture, Target};
+    use std::sync::Mutex;
+
+    /// Answers probes from a script, noting when each came.
+    struct Scripted {
+        answers: Mutex<Vec<Probe>>,
+        asked: Mutex<Vec<Duration>>,
+        t0: Instant,
+    }
+
+    impl Connector for Scripted {
+        fn connect(&self, _: Target) -> ConnectFuture<'_> {
+            Box::pin(async {
+                Err(crate::link::TransportError::BadTarget {
+                    reason: "scripted".into(),
+                })
+            })
+        }
+        fn probe(&self, _: Target, _: Duration) -> ProbeFuture<'_> {
+            self.asked.lock().unwrap().push(self.t0.elapsed());
+            let a = self.answers.lock().unwrap().remove(0);
+            Box::pin(async move { a })
+        }
+    }
+
+    fn scripted(answers: &[Probe]) -> Scripted {
+        Scripted {
+            answers: Mutex::new(answers.to_vec()),
+            asked: Mutex::new(Vec::new()),
+            t0: Instant::now(),
+        }
+    }
+
+    fn target() -> Target {
+        Target {
+            host: "127.0.0.1".into(),
+            port: 5900,
+            tls: false,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_port_still_listening_is_asked_again_a_moment_later() {
+        // A killed server whose listening socket outlived its connections.
+        let c = scripted(&[Probe::Listening, Probe::Refused]);
+        assert!(refused_now_or_soon(&c, target()).await);
+        assert_eq!(*c.asked.lock().unwrap(), [Duration::ZERO, GONE_RECHECK]);
+        // A takeover: the server listens both times.
+        let c = scripted(&[Probe::Listening, Probe::Listening]);
+        assert!(!refused_now_or_soon(&c, target()).await);
+        // Refused at once: one probe is enough; no answer: nothing is concluded.
+        let c = scripted(&[Probe::Refused]);
+        assert!(refused_now_or_soon(&c, target()).await);
+        assert_eq!(c.asked.lock().unwrap().len(), 1);
+        let c = scripted(&[Probe::Unknown]);
+        assert!(!refused_now_or_soon(&c, target()).await);
+        assert_eq!(c.asked.lock().unwrap().len(), 1);
+    }
 }
 
 fn on_msg(orch: &mut Orchestrator, m: ChannelMsg) {
