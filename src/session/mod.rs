@@ -412,6 +412,13 @@ async fn refused_now_or_soon(connector: &dyn Connector, target: crate::link::Tar
     seen == crate::link::Probe::Refused
 }
 
+fn on_msg(orch: &mut Orchestrator, m: ChannelMsg) {
+    match m {
+        ChannelMsg::Up { channel, info } => orch.on_up(channel, info),
+        ChannelMsg::Event(ch, ev) => orch.on_event(ch, ev),
+    }
+}
+
 #[cfg(test)]
 mod gone_tests {
     use super::*;
@@ -472,12 +479,5 @@ mod gone_tests {
         let c = scripted(&[Probe::Unknown]);
         assert!(!refused_now_or_soon(&c, target()).await);
         assert_eq!(c.asked.lock().unwrap().len(), 1);
-    }
-}
-
-fn on_msg(orch: &mut Orchestrator, m: ChannelMsg) {
-    match m {
-        ChannelMsg::Up { channel, info } => orch.on_up(channel, info),
-        ChannelMsg::Event(ch, ev) => orch.on_event(ch, ev),
     }
 }
