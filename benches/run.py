@@ -637,9 +637,9 @@ remote-viewer out: its network engine is spice-gtk, the python client's.
   for every client; spiced wakes somewhat more often than spice-gtk (and far
   less than remote-viewer) for the same traffic while using a fraction of its
   CPU (it decodes nothing). Not investigated further yet.
-- **Memory**: spiced's anonymous memory is 1.3 MB; most of its RSS is
-  file-backed pages of its own binary and libc, which no other process shares
-  with it, while spice-gtk's PSS divides the GLib stack among its users.
+- **Memory**: spiced's anonymous memory is 1.3 MB; the rest of its RSS
+  (4.3 MB) is file-backed: the pages of its own binary and of libc that it
+  touches. PSS is a third of spicy-stats', not yet the 0.15 aimed at.
 - **Black hole**: spice-gtk learns of it from TCP keepalive alone (idle 30 s,
   then 3 probes 15 s apart: about 70 s); spiced from its own keepalive (at
   most 15 s of silence) and `TCP_USER_TIMEOUT` (25 s of unacknowledged data),
