@@ -39,6 +39,7 @@ fi
 
 # ---- inside the lab -----------------------------------------------------------
 set -a; . "$KERBSIDE_LAB_DIR/lab.env"; set +a
+. scripts/lab-qemu.sh # lab_qemu_channels
 spiced=$root/target/debug/spiced
 t=$KERBSIDE_LAB_DIR/spiced
 mkdir -p "$t/spool"
@@ -55,20 +56,6 @@ EOF
 log=$t/spiced.log
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
-qmp_channels() { # channels QEMU (behind Kerbside) has connected
-  python3 - "$QMP" <<'PY'
-import json, socket, sys
-s = socket.socket(socket.AF_UNIX); s.settimeout(5); s.connect(sys.argv[1]); f = s.makefile("rw")
-f.readline()
-for cmd in ("qmp_capabilities", "query-spice"):
-    f.write(json.dumps({"execute": cmd}) + "\n"); f.flush()
-    while True:
-        r = json.loads(f.readline())
-        if "return" in r or "error" in r:
-            break
-print(len(r.get("return", {}).get("channels", [])))
-PY
-}
 wait_log() { # wait_log PATTERN COUNT SECS: the log has COUNT lines matching PATTERN
   local end=$(( $(date +%s) + $3 ))
   while [ "$(grep -cE "$1" "$log" || true)" -lt "$2" ]; do
@@ -94,7 +81,7 @@ wait_log "$linked" 1 30 || fail "no linked session within 30 s"
 up1=$(since "$t0")
 sleep 2 # scenario time: Kerbside's firewall ends port and webdav after their first message
 [ ! -e "$vv" ] || fail "delete-this-file=1: the .vv is still there"
-n=$(qmp_channels)
+n=$(lab_qemu_channels "$QMP")
 echo "kerbside.sh: linked through Kerbside $up1 s after start; QEMU behind it has $n channels"
 grep -E "session (fully linked|linked degraded)|stays down" "$log" | sed 's/^[^ ]* *//' | cut -c1-160
 [ "$n" -ge 3 ] || fail "QEMU has $n channels (main, display, inputs at least)"
@@ -106,7 +93,7 @@ while [ "$(date +%s)" -lt "$end" ]; do
   sleep 5 # scenario time: the hold
   kill -0 "$spid" 2>/dev/null || fail "spiced exited during the hold"
   grep -q "session lost" "$log" && fail "the session was lost during the hold"
-  m=$(qmp_channels)
+  m=$(lab_qemu_channels "$QMP")
   [ "$m" = "$n" ] || fail "QEMU had $n channels, now $m"
   checks=$((checks + 1))
 done

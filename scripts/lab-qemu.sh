@@ -1,4 +1,5 @@
-# scripts/lab-qemu.sh — sourced by demo.sh, soak.sh and benches/: one definition of
+# scripts/lab-qemu.sh — sourced by demo.sh, soak.sh, kerbside.sh, benches/ and the
+# Kerbside lab's spice-server.sh: one definition of
 # the QEMU that serves SPICE on 127.0.0.1 for them (TCG, no guest disk, 11 SPICE
 # channels: main, display, inputs, cursor, playback, record, smartcard, two
 # usbredir, a port and webdav). The Rust tests have their own in tests/common/.
@@ -16,15 +17,12 @@ build_vga_noise() {
   echo "$1/vga-noise.elf"
 }
 
-# start_lab_qemu NAME PORT LOG [QMP_SOCKET [KERNEL]]: starts QEMU in the background
-# (its pid in LAB_QEMU_PID) and returns once PORT accepts connections. With
-# KERNEL (e.g. from build_vga_noise) the guest runs it.
-start_lab_qemu() {
-  local name=$1 port=$2 log=$3 qmp=${4:-} kernel=${5:-}
-  local args=(-name "$name,process=$name-qemu" -machine pc -accel tcg -m 64
-    -nodefaults -no-user-config -display none -serial none -monitor none
-    -device qxl-vga,id=video0
-    -spice "addr=127.0.0.1,port=$port,disable-ticketing=on"
+# lab_spice_devices NAME: sets LAB_SPICE_DEVICES to the QEMU arguments of every
+# device behind a SPICE channel but the display (audio, USB redirection, smart
+# card, agent, webdav, and a port named org.spice-space.NAME.0). Shared with
+# scripts/kerbside-lab/spice-server.sh.
+lab_spice_devices() {
+  LAB_SPICE_DEVICES=(
     -audiodev spice,id=snd0 -device intel-hda -device hda-duplex,audiodev=snd0
     -device qemu-xhci,id=xhci
     -chardev spicevmc,name=usbredir,id=usbredir0 -device usb-redir,chardev=usbredir0,bus=xhci.0
@@ -36,8 +34,21 @@ start_lab_qemu() {
     -device virtserialport,bus=vser0.0,chardev=vdagent0,name=com.redhat.spice.0
     -chardev spiceport,name=org.spice-space.webdav.0,id=webdav0
     -device virtserialport,bus=vser0.0,chardev=webdav0,name=org.spice-space.webdav.0
-    -chardev spiceport,name="org.spice-space.$name.0",id=port0
-    -device virtserialport,bus=vser0.0,chardev=port0,name="org.spice-space.$name.0")
+    -chardev spiceport,name="org.spice-space.$1.0",id=port0
+    -device virtserialport,bus=vser0.0,chardev=port0,name="org.spice-space.$1.0")
+}
+
+# start_lab_qemu NAME PORT LOG [QMP_SOCKET [KERNEL]]: starts QEMU in the background
+# (its pid in LAB_QEMU_PID) and returns once PORT accepts connections. With
+# KERNEL (e.g. from build_vga_noise) the guest runs it.
+start_lab_qemu() {
+  local name=$1 port=$2 log=$3 qmp=${4:-} kernel=${5:-}
+  lab_spice_devices "$name"
+  local args=(-name "$name,process=$name-qemu" -machine pc -accel tcg -m 64
+    -nodefaults -no-user-config -display none -serial none -monitor none
+    -device qxl-vga,id=video0
+    -spice "addr=127.0.0.1,port=$port,disable-ticketing=on"
+    "${LAB_SPICE_DEVICES[@]}")
   [ -n "$qmp" ] && args+=(-qmp "unix:$qmp,server=on,wait=off")
   [ -n "$kernel" ] && args+=(-kernel "$kernel")
   qemu-system-x86_64 "${args[@]}" </dev/null >"$log" 2>&1 &

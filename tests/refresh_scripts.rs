@@ -136,6 +136,15 @@ fn check(vv: &str) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("--check JSON")
 }
 
+/// "METHOD /path" of every request the fake API saw, without query strings.
+fn seen_calls(seen: &Mutex<Vec<Request>>) -> Vec<String> {
+    seen.lock()
+        .unwrap()
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path.split('?').next().unwrap_or("")))
+        .collect()
+}
+
 fn secret_file(dir: &Path, text: &str) -> String {
     let p = dir.join("secret");
     std::fs::write(&p, text).unwrap();
@@ -303,12 +312,7 @@ fn ovirt_refresh_fetches_the_engines_file() {
     assert_eq!(s["tls_port"], 5901, "{s}");
     assert_eq!(s["port"], serde_json::Value::Null, "port=-1: TLS only");
     assert_eq!(s["single_use_ticket"], true);
-    let calls: Vec<String> = seen
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|r| format!("{} {}", r.method, r.path.split('?').next().unwrap_or("")))
-        .collect();
+    let calls = seen_calls(&seen);
     assert_eq!(calls.len(), 4, "{calls:?}");
 
     // A wrong password: exit 1, one line, neither it nor a token printed.
@@ -409,12 +413,7 @@ fn kerbside_refresh_fetches_a_proxy_vv_with_a_token_or_a_login() {
     let (code, out, err) = run("spiced-refresh-kerbside", &args);
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with("[virt-viewer]"), "{out}");
-    let calls: Vec<String> = seen
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|r| format!("{} {}", r.method, r.path))
-        .collect();
+    let calls = seen_calls(&seen);
     assert_eq!(calls.len(), 3, "{calls:?}");
     assert_eq!(calls[1], "POST /auth");
     // A refused login and an unknown console: exit 1, one line, no secret.

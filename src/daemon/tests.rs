@@ -655,38 +655,35 @@ fn closed_after_quiet(up: f64, quiet: f64) -> SessionEnd {
     }
 }
 
+/// Two sessions up 30 s each, both ending in a clean close after main heard
+/// nothing for `quiet` s: the state after the second.
+fn after_two_quiet_closes(quiet: f64) -> State {
+    let mut h = H::new();
+    h.connected();
+    h.at(30.0);
+    h.end(closed_after_quiet(30.0, quiet));
+    h.at(31.0);
+    h.connected();
+    h.at(61.0);
+    h.take();
+    h.end(closed_after_quiet(30.0, quiet));
+    h.core.state().clone()
+}
+
 #[tokio::test(start_paused = true)]
 async fn clean_closes_after_the_server_fell_silent_are_no_takeover() {
     // The server stopped PINGing main (a black hole) and dropped us; its FIN
     // came once the path was back. Twice in the window: plain retries.
-    let mut h = H::new();
-    h.connected();
-    h.at(30.0);
-    h.end(closed_after_quiet(30.0, 25.0));
-    h.at(31.0);
-    h.connected();
-    h.at(61.0);
-    h.take();
-    h.end(closed_after_quiet(30.0, 25.0));
+    let st = after_two_quiet_closes(25.0);
     assert!(
-        matches!(h.core.state(), State::Pending { attempt: 2, delay, .. } if *delay == Duration::from_secs(4)),
-        "{:?}",
-        h.core.state()
+        matches!(st, State::Pending { attempt: 2, delay, .. } if delay == Duration::from_secs(4)),
+        "{st:?}"
     );
     // The same closes with main PINGed 3 s before: the second is a takeover.
-    let mut h = H::new();
-    h.connected();
-    h.at(30.0);
-    h.end(closed_after_quiet(30.0, 3.0));
-    h.at(31.0);
-    h.connected();
-    h.at(61.0);
-    h.take();
-    h.end(closed_after_quiet(30.0, 3.0));
+    let st = after_two_quiet_closes(3.0);
     assert!(
-        matches!(h.core.state(), State::Pending { delay, .. } if *delay == Duration::from_secs(60)),
-        "a takeover waits takeover_delay_secs: {:?}",
-        h.core.state()
+        matches!(st, State::Pending { delay, .. } if delay == Duration::from_secs(60)),
+        "a takeover waits takeover_delay_secs: {st:?}"
     );
 }
 

@@ -610,8 +610,7 @@ impl Supervisor {
             && !stalled
             && channel.ty == ChannelType::Main
             && healthy >= TAKEOVER_MIN_HEALTHY;
-        let idle_shaped = shape.idle_shaped;
-        self.suspect_close = takeover_like.then_some((now.mono, idle_shaped));
+        self.suspect_close = takeover_like.then_some((now.mono, shape.idle_shaped));
         if takeover_like {
             let window = self.policy.cluster_window();
             while self
@@ -628,7 +627,7 @@ impl Supervisor {
             // of an idle session then costs the other client one more kick.
             let earlier = self.takeover_closes.len();
             let shaped = self.takeover_closes.iter().filter(|c| c.1).count();
-            let confirmed = if idle_shaped {
+            let confirmed = if shape.idle_shaped {
                 earlier >= 2 || earlier > shaped
             } else {
                 earlier >= 1

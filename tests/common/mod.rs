@@ -37,7 +37,7 @@ pub mod spiced;
 
 pub use certs::Certs;
 pub use firewall::{EndedBy, Firewall, Tunnel};
-pub use guest::vga_noise_kernel;
+pub use guest::{vga_noise_kernel, vga_noise_kernel_or_skip};
 pub use netns::NetNs;
 pub use proxy::Tinyproxy;
 pub use qemu::{require_qemu, Qemu, QemuOpts, QmpGuard};
