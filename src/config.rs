@@ -194,6 +194,9 @@ pub struct ReconnectConfig {
     pub on_takeover: OnTakeover,
     /// Delay before reclaiming a session taken over by another client.
     pub takeover_delay_secs: f64,
+    /// Advertise semi-seamless migration: link at the target while the source
+    /// still runs. false: the server announces the target only after the move.
+    pub semi_seamless_migration: bool,
 }
 
 impl Default for ReconnectConfig {
@@ -211,6 +214,7 @@ impl Default for ReconnectConfig {
             refresh_timeout_secs: 30.0,
             on_takeover: OnTakeover::Reclaim,
             takeover_delay_secs: 60.0,
+            semi_seamless_migration: true,
         }
     }
 }

@@ -1,6 +1,9 @@
-//! Live migration against two real QEMUs on 127.0.0.1: spiced follows the
-//! server's MAIN_MIGRATE_SWITCH_HOST to the target, with every channel, without
-//! spending a reconnect attempt, and the dead source does not matter afterwards.
+//! Live migration against two real QEMUs on 127.0.0.1: spiced follows the VM to
+//! the target with every channel and without spending a reconnect attempt,
+//! both ways spice-server runs it — semi-seamless (MAIN_MIGRATE_BEGIN: linked at
+//! the target before the source stops; the default) and switch-host
+//! (MAIN_MIGRATE_SWITCH_HOST after the move) — and the stopped source does not
+//! matter afterwards.
 
 mod common;
 
@@ -19,9 +22,20 @@ fn migrate(src: &Qemu, dst: &Qemu, mport: u16) {
 
 /// As `migrate`, announcing `info` (QMP `client_migrate_info`'s arguments).
 fn migrate_announcing(src: &Qemu, info: serde_json::Value, mport: u16) {
-    let mut q = src.qmp();
-    q.execute("client_migrate_info", Some(info))
+    announce(src, info);
+    start_migration(src, mport);
+}
+
+/// QMP `client_migrate_info`: spice-server tells the client where the VM goes.
+fn announce(src: &Qemu, info: serde_json::Value) {
+    src.qmp()
+        .execute("client_migrate_info", Some(info))
         .expect("client_migrate_info");
+}
+
+/// QMP `migrate`, then `query-migrate` until it completed.
+fn start_migration(src: &Qemu, mport: u16) {
+    let mut q = src.qmp();
     q.execute(
         "migrate",
         Some(json!({"uri": format!("tcp:127.0.0.1:{mport}")})),
@@ -40,6 +54,189 @@ fn migrate_announcing(src: &Qemu, info: serde_json::Value, mport: u16) {
     }
 }
 
+/// The VM's run state as QMP `query-status` says it (`running`, `postmigrate`).
+fn run_state(q: &Qemu) -> String {
+    q.qmp()
+        .execute("query-status", None)
+        .ok()
+        .and_then(|v| v.get("status").and_then(|s| s.as_str()).map(String::from))
+        .unwrap_or_default()
+}
+
+/// Semi-seamless (the default): at `client_migrate_info` spiced links every
+/// channel at the target while the source VM still runs; `migrate` then moves
+/// the session onto those links. Then back to a fresh host the same way.
+#[test]
+fn semi_seamless_migration_links_the_target_before_the_source_stops() {
+    if !require_qemu() {
+        return;
+    }
+    let src = Qemu::start(QemuOpts::default());
+    let (dst, mport) = incoming(QemuOpts::default());
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = spiced_on(
+        dir.path(),
+        &[("host", "127.0.0.1"), ("port", &src.port().to_string())],
+        "",
+    );
+    let t = Instant::now();
+    announce(
+        &src,
+        json!({"protocol": "spice", "hostname": "127.0.0.1", "port": dst.port()}),
+    );
+    assert!(
+        s.wait_log(
+            "channels linked at 127.0.0.1; waiting",
+            Duration::from_secs(10)
+        ),
+        "{}",
+        s.log()
+    );
+    let linked_ahead = t.elapsed();
+    // The target has the client, every channel of it under the source's
+    // session id, while the source VM still runs with all 11 channels.
+    assert!(
+        dst.wait_channel_count(11, Duration::from_secs(5)),
+        "the target has {:?}\n{}",
+        dst.channels(),
+        s.log()
+    );
+    let ids: Vec<i64> = dst.channels().iter().map(|c| c.connection_id).collect();
+    assert!(
+        ids.iter().all(|id| *id == src.channels()[0].connection_id),
+        "{ids:?}"
+    );
+    assert_eq!(run_state(&src), "running");
+    assert_eq!(src.connected_channel_count(), 11);
+    let t = Instant::now();
+    start_migration(&src, mport);
+    followed(&s, &src, &dst);
+    let moved = t.elapsed();
+    eprintln!(
+        "semi-seamless: linked at the target {linked_ahead:?} after client_migrate_info; 11 channels there {moved:?} after `migrate`"
+    );
+    let log = s.log();
+    assert!(
+        log.contains("live migration complete: the session moves to 127.0.0.1"),
+        "{log}"
+    );
+    assert!(
+        log.contains("taking over the link made at the migration target"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("server moves the session to"),
+        "no switch-host: {log}"
+    );
+
+    // The source (postmigrate) dies: nothing happens to the session.
+    assert_eq!(run_state(&src), "postmigrate");
+    src.kill();
+    std::thread::sleep(Duration::from_secs(2)); // scenario time: a dead source
+    assert_eq!(dst.connected_channel_count(), 11, "{}", s.log());
+
+    // And back to a fresh host the same way. (A `migrate` right after the
+    // announcement can finish before the target is linked: the server then
+    // falls back to switch-host, which the display-load test below exercises.)
+    let (back, mport2) = incoming(QemuOpts::default());
+    announce(
+        &dst,
+        json!({"protocol": "spice", "hostname": "127.0.0.1", "port": back.port()}),
+    );
+    assert!(
+        s.wait_log_count(
+            "channels linked at 127.0.0.1; waiting",
+            2,
+            Duration::from_secs(10)
+        ),
+        "{}",
+        s.log()
+    );
+    start_migration(&dst, mport2);
+    followed(&s, &dst, &back);
+    let log = s.log();
+    assert_eq!(log.matches("live migration complete").count(), 2, "{log}");
+    assert_eq!(s.stop(), Some(0));
+}
+
+/// The target announced cannot be linked (a wrong port): spiced tells the
+/// source (MIGRATE_CONNECT_ERROR), its session stays on the source untouched,
+/// and QEMU's migration still completes.
+#[test]
+fn a_target_that_refuses_leaves_the_session_on_the_source() {
+    if !require_qemu() {
+        return;
+    }
+    let src = Qemu::start(QemuOpts::default());
+    let (_dst, mport) = incoming(QemuOpts::default());
+    let dir = tempfile::tempdir().unwrap();
+    let s = spiced_on(
+        dir.path(),
+        &[("host", "127.0.0.1"), ("port", &src.port().to_string())],
+        "",
+    );
+    let wrong = free_port();
+    announce(
+        &src,
+        json!({"protocol": "spice", "hostname": "127.0.0.1", "port": wrong}),
+    );
+    assert!(
+        s.wait_log("cannot link at 127.0.0.1", Duration::from_secs(10)),
+        "{}",
+        s.log()
+    );
+    // Still fully on the source, nothing lost.
+    std::thread::sleep(Duration::from_secs(1)); // scenario time: the session carries on
+    assert_eq!(src.connected_channel_count(), 11, "{}", s.log());
+    let log = s.log();
+    assert!(!log.contains("session lost after"), "{log}");
+    assert!(!log.contains("reconnect attempt"), "{log}");
+    // The migration itself is not held up by the client.
+    start_migration(&src, mport);
+}
+
+/// The dead-source case: after a migration the source QEMU still listens with
+/// its VM stopped (`postmigrate`), and a session linked there would look
+/// healthy. A relink after the move (here SIGUSR1, as the control socket's
+/// `reconnect` does) goes to the target, never back to the source.
+#[test]
+fn a_relink_after_the_move_never_lands_on_the_stopped_source() {
+    if !require_qemu() {
+        return;
+    }
+    let src = Qemu::start(QemuOpts::default());
+    let (dst, mport) = incoming(QemuOpts::default());
+    let dir = tempfile::tempdir().unwrap();
+    let s = spiced_on(
+        dir.path(),
+        &[("host", "127.0.0.1"), ("port", &src.port().to_string())],
+        "",
+    );
+    migrate(&src, &dst, mport);
+    followed(&s, &src, &dst);
+    assert_eq!(run_state(&src), "postmigrate");
+    for n in 1..=2 {
+        s.signal(libc::SIGUSR1);
+        assert!(
+            s.wait_log_count(
+                "session fully linked: 11 channels",
+                2 + n,
+                Duration::from_secs(15)
+            ),
+            "{}",
+            s.log()
+        );
+        assert_eq!(dst.connected_channel_count(), 11, "{}", s.log());
+        assert_eq!(
+            src.connected_channel_count(),
+            0,
+            "linked to the stopped source"
+        );
+    }
+    let log = s.log();
+    assert!(!log.contains("reconnect attempt"), "{log}");
+}
+
 #[test]
 fn switch_host_migration_is_followed_with_every_channel() {
     if !require_qemu() {
@@ -51,6 +248,7 @@ fn switch_host_migration_is_followed_with_every_channel() {
     let mut s = spiced_on(
         dir.path(),
         &[("host", "127.0.0.1"), ("port", &src.port().to_string())],
+        SWITCH_HOST,
     );
     assert!(src.wait_channel_count(11, Duration::from_secs(10)));
 
@@ -110,10 +308,14 @@ fn incoming(opts: QemuOpts<'_>) -> (Qemu, u16) {
     (Qemu::start(opts), mport)
 }
 
-fn spiced_on(dir: &std::path::Path, vv: &[(&str, &str)]) -> Spiced {
+/// Config lines for a client that does not advertise semi-seamless migration.
+const SWITCH_HOST: &str = "[reconnect]\nsemi_seamless_migration = false\n";
+
+/// spiced on a .vv of `vv`, with `extra` config lines, fully linked.
+fn spiced_on(dir: &std::path::Path, vv: &[(&str, &str)], extra: &str) -> Spiced {
     let vv = write_vv(dir, vv);
     let cfg = format!(
-        "[report]\nspool_dir = \"{}\"\n",
+        "{extra}[report]\nspool_dir = \"{}\"\n",
         dir.join("spool").display()
     );
     let s = Spiced::start(&vv, &cfg, &[]);
@@ -175,6 +377,7 @@ fn tls_migration_checks_the_announced_subject_and_keeps_the_ticket() {
             ("ca", &certs.ca_pem()),
             ("host-subject", &certs.host_subject()),
         ],
+        "",
     );
     migrate_announcing(
         &src,
@@ -195,7 +398,10 @@ fn tls_migration_checks_the_announced_subject_and_keeps_the_ticket() {
 
 /// The guest redraws its screen all the time (the vga-noise kernel): the
 /// display channel is busy when the migration comes, and keeps draining on
-/// the target afterwards.
+/// the target afterwards. `migrate` follows the announcement at once, as
+/// management software does, so the move often completes before spiced has
+/// linked at the target: the server then says SWITCH_HOST and spiced follows
+/// over the links once they are ready.
 #[test]
 fn migration_under_display_load_is_followed() {
     if !require_qemu() {
@@ -214,6 +420,7 @@ fn migration_under_display_load_is_followed() {
     let mut s = spiced_on(
         dir.path(),
         &[("host", "127.0.0.1"), ("port", &src.port().to_string())],
+        "",
     );
     std::thread::sleep(Duration::from_secs(2)); // scenario time: the display is busy
     migrate(&src, &dst, mport);
@@ -234,5 +441,8 @@ fn migration_under_display_load_is_followed() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no byte count in {line}"));
     eprintln!("display on the target: {line}");
+    for l in log.lines().filter(|l| l.contains("live migration")) {
+        eprintln!("{l}");
+    }
     assert!(bytes > 100_000, "the target's display drained {bytes} B");
 }

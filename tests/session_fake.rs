@@ -219,6 +219,7 @@ fn ctx(fault: Fault, cfg: Config) -> (SessionCtx, Arc<Fake>) {
         start_unix: 1_700_000_000.0,
         generation: 1,
         traffic: Default::default(),
+        adopted: None,
     };
     (c, fake)
 }
@@ -238,7 +239,13 @@ fn start(
     let emit = move |ev| {
         let _ = tx.send(ev);
     };
-    (tokio::spawn(session::run(c, emit, stop_rx)), rx, stop_tx)
+    // No daemon asks anything of these sessions.
+    let (_, cmds) = tokio::sync::mpsc::channel(1);
+    (
+        tokio::spawn(session::run(c, emit, stop_rx, cmds)),
+        rx,
+        stop_tx,
+    )
 }
 
 /// Waits until the session settles; returns how many channels are up.
@@ -586,4 +593,48 @@ async fn a_panicking_channel_task_is_never_lost_silently() {
     assert!(!run.is_finished());
     stop.send(Stop::Abort).unwrap();
     assert_eq!(run.await.unwrap().failure, None);
+}
+
+/// Links made at a migration target ahead of the move (`session::prelink`)
+/// are run by the next session without a new connect: main says MIGRATE_END
+/// (109) before anything else, and the other channels run from the start.
+#[tokio::test]
+async fn a_session_runs_over_the_links_made_ahead_of_a_migration() {
+    let (c, fake) = ctx(Fault::None, Config::default());
+    let chans: Vec<ChannelId> = [
+        ChannelType::Display,
+        ChannelType::Cursor,
+        ChannelType::Inputs,
+    ]
+    .into_iter()
+    .map(|t| ChannelId::new(t, 0))
+    .collect();
+    let links = session::prelink(c.clone(), 0x1234, chans).await.unwrap();
+    assert_eq!(links.len(), 4);
+    assert_eq!(fake.connects.lock().unwrap().len(), 4);
+    let mut moved = c.clone();
+    moved.adopted = Some(Arc::new(session::Adopted::new(links)));
+    let (run, mut rx, stop_tx) = start(moved);
+    assert_eq!(wait_all_up(&mut rx).await, 4);
+    assert_eq!(fake.connects.lock().unwrap().len(), 4, "no new link");
+    stop_tx.send(Stop::Polite).unwrap();
+    let end = run.await.unwrap();
+    assert_eq!(end.failure, None);
+    let recv = fake.received.lock().unwrap().clone();
+    let first_on_main = recv.iter().find(|r| r.0 == ChannelId::MAIN).map(|r| r.1);
+    assert_eq!(first_on_main, Some(109), "{recv:?}");
+    assert_eq!(recv.iter().filter(|r| r.1 == 109).count(), 1);
+}
+
+/// A target where main cannot be linked fails the whole preparation (the
+/// server is then told MIGRATE_CONNECT_ERROR).
+#[tokio::test(start_paused = true)]
+async fn links_ahead_of_a_migration_fail_when_main_cannot_link() {
+    let (mut c, _fake) = ctx(Fault::None, Config::default());
+    let mut s = (*c.settings).clone();
+    s.port = None;
+    s.tls_port = None;
+    c.settings = Arc::new(s);
+    let r = session::prelink(c, 0x1234, vec![]).await;
+    assert!(r.is_err());
 }

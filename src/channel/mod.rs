@@ -9,7 +9,7 @@ use crate::config::KeepaliveConfig;
 use crate::keepalive::{Backstop, IdleTimer};
 use crate::time::secs_opt as secs;
 use crate::wire::frame::{Decoder, Encoder, Frame, HeaderKind, DEFAULT_MAX_MESSAGE};
-use crate::wire::msg::{self, ClientMsg, MainInit, ServerMsg, Writer};
+use crate::wire::msg::{self, ClientMsg, MainInit, MigrateDst, ServerMsg, Writer};
 use crate::wire::{ChannelId, ChannelType, WireError};
 use counters::ChannelCounters;
 use std::collections::VecDeque;
@@ -38,12 +38,15 @@ pub enum ChannelEvent {
     ServerDisconnecting {
         reason: u32,
     },
-    MigrateSwitchHost {
-        host: String,
-        port: u16,
-        sport: u16,
-        subject: String,
-    },
+    /// Semi-seamless migration: link at this target now (main answers with
+    /// [`Channel::migrate_reply`]).
+    MigrateBegin(MigrateDst),
+    /// The migration announced by MigrateBegin failed.
+    MigrateCancel,
+    /// The migration announced by MigrateBegin completed: move to the target.
+    MigrateEnd,
+    /// A completed migration to follow by relinking (no MigrateBegin before).
+    MigrateSwitchHost(MigrateDst),
 }
 
 /// Why the state machine gave up on its channel.
@@ -231,17 +234,12 @@ impl Channel {
             ServerMsg::Disconnecting { reason } => self
                 .events
                 .push_back(ChannelEvent::ServerDisconnecting { reason }),
-            ServerMsg::MigrateSwitchHost {
-                port,
-                sport,
-                host,
-                subject,
-            } => self.events.push_back(ChannelEvent::MigrateSwitchHost {
-                host,
-                port,
-                sport,
-                subject,
-            }),
+            ServerMsg::MigrateBegin(d) => self.events.push_back(ChannelEvent::MigrateBegin(d)),
+            ServerMsg::MigrateCancel => self.events.push_back(ChannelEvent::MigrateCancel),
+            ServerMsg::MigrateEnd => self.events.push_back(ChannelEvent::MigrateEnd),
+            ServerMsg::MigrateSwitchHost(d) => {
+                self.events.push_back(ChannelEvent::MigrateSwitchHost(d))
+            }
             ServerMsg::Other(_) => {}
         }
         Ok(())
@@ -313,6 +311,27 @@ impl Channel {
 
     pub fn poll_event(&mut self) -> Option<ChannelEvent> {
         self.events.pop_front()
+    }
+
+    /// Main only: answers MAIN_MIGRATE_BEGIN (`linked`: every channel is linked
+    /// at the target; otherwise the server falls back to SWITCH_HOST).
+    pub fn migrate_reply(&mut self, linked: bool) {
+        if self.id.ty == ChannelType::Main {
+            self.queue(if linked {
+                ClientMsg::MigrateConnected
+            } else {
+                ClientMsg::MigrateConnectError
+            });
+        }
+    }
+
+    /// Main only: this link was made at a migration target ahead of the move,
+    /// which is now complete: MIGRATE_END tells the target to start the session
+    /// (it answers with MAIN_INIT and activates the other parked links).
+    pub fn adopted_after_migration(&mut self) {
+        if self.id.ty == ChannelType::Main {
+            self.queue(ClientMsg::MigrateEnd);
+        }
     }
 
     /// Queues the polite goodbye for a local shutdown.

@@ -9,6 +9,7 @@
 //! paused-time unit test (`daemon/tests.rs`).
 
 use super::idle_cut::IdleCuts;
+use super::migration::{target_settings, Migrations, Order};
 use super::status::{Counts, LastDisconnect, Observed, Status};
 use crate::config::Config;
 use crate::events;
@@ -67,6 +68,15 @@ pub struct Loaded {
     pub tls: Option<Arc<TlsSetup>>,
 }
 
+impl std::fmt::Debug for Loaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loaded")
+            .field("settings", &self.settings)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
 /// How often a waiting retry checks whether the server is back (one TCP connect
 /// each: a server that stays down costs one SYN a second).
 pub const PROBE_EVERY: Duration = Duration::from_secs(1);
@@ -93,6 +103,11 @@ pub enum Input {
     ReportDone(Result<PathBuf, String>),
     /// A [`Effect::Probe`] finished: did the server accept a connection?
     Probed(crate::link::Probe),
+    /// A [`Effect::Prelink`] finished: how many links wait at the target.
+    Prelinked {
+        generation: u64,
+        result: Result<usize, String>,
+    },
 }
 
 /// What the core asks the shell to do, in order.
@@ -102,6 +117,9 @@ pub enum Effect {
         settings: Arc<ConnectionSettings>,
         config: Arc<Config>,
         tls: Option<Arc<TlsSetup>>,
+        /// Run it over the links made at a migration target (held by the shell
+        /// since [`Effect::Prelink`]); false: those links are dropped.
+        adopt: bool,
     },
     /// Stop it (its end still comes back as `SessionEnded`).
     StopSession {
@@ -117,6 +135,23 @@ pub enum Effect {
     PrepareMigration {
         settings: Box<ConnectionSettings>,
     },
+    /// Link main and `channels` at a migration target with connection id
+    /// `session_id`, off the loop, and keep the links for a later
+    /// `StartSession { adopt: true }`; answer with `Input::Prelinked`.
+    Prelink {
+        generation: u64,
+        settings: Arc<ConnectionSettings>,
+        tls: Option<Arc<TlsSetup>>,
+        session_id: u32,
+        channels: Vec<ChannelId>,
+    },
+    /// Answer the server's MIGRATE_BEGIN on session `generation`'s main.
+    MigrateReply {
+        generation: u64,
+        linked: bool,
+    },
+    /// Close the links kept since [`Effect::Prelink`] (and stop making them).
+    DropPrelinked,
     /// Run `refresh_command` off the loop; answer with `Input::Loaded`. Its
     /// stderr is scrubbed of `secrets` before it reaches a log line.
     RunRefresh {
@@ -186,8 +221,10 @@ pub struct DaemonCore {
     /// migration changes `settings`, not these.
     from_vv: Arc<ConnectionSettings>,
     tls: Option<Arc<TlsSetup>>,
-    /// A session that announced a live migration, and whether it ended since.
-    migrating: Option<(u64, bool)>,
+    /// The live migration in flight.
+    migration: Migrations,
+    /// The next session starts over the links made at a migration target.
+    adopt_next: bool,
     opts: Options,
     sup: Supervisor,
     reporter: Reporter,
@@ -229,7 +266,8 @@ impl DaemonCore {
             session_config: config.clone(),
             config,
             from_vv,
-            migrating: None,
+            migration: Migrations::default(),
+            adopt_next: false,
             settings: Arc::new(settings),
             tls: loaded.tls,
             next_watchdog: opts.watchdog.map(|w| crate::time::after(now.mono, w)),
@@ -394,6 +432,10 @@ impl DaemonCore {
             Input::SessionEnded { generation, end } => self.on_session_end(generation, *end, now),
             Input::ReportDone(r) => self.report_done(r),
             Input::Probed(seen) => self.on_probed(seen, now),
+            Input::Prelinked { generation, result } => {
+                let orders = self.migration.prelinked(generation, result);
+                self.follow(orders, now);
+            }
         }
         self.schedule_probe(now);
         self.observe(now);
@@ -411,7 +453,10 @@ impl DaemonCore {
 
     fn on_loaded(&mut self, origin: Origin, result: Result<Box<Loaded>, String>, now: Now) {
         match origin {
-            Origin::Migration => return self.on_migration_ready(result, now),
+            Origin::Migration => {
+                let orders = self.migration.ready(result);
+                return self.follow(orders, now);
+            }
             Origin::Refresh => self.refreshing = false,
             Origin::Sighup | Origin::NewFile => {
                 self.reading = false;
@@ -457,37 +502,55 @@ impl DaemonCore {
         let mut settings = loaded.settings;
         imply_expiry(&mut settings, &self.config, now);
         let ticket = TicketInfo::from_settings(&settings);
-        self.migrating = None;
+        let orders = self.migration.abandon();
+        self.follow(orders, now);
         self.settings = Arc::new(settings);
         self.tls = loaded.tls;
         let actions = self.sup.handle(SupInput::Reload { ticket }, now);
         self.apply(actions, now);
     }
 
-    /// The target's settings are ready: relink the whole session there.
-    fn on_migration_ready(&mut self, result: Result<Box<Loaded>, String>, now: Now) {
-        let Some((generation, ended)) = self.migrating.take() else {
-            return;
-        };
-        match result {
-            Ok(l) => {
-                let to = l.settings.shown_host();
-                self.settings = Arc::new(l.settings);
-                self.tls = l.tls;
-                let actions = self.sup.handle(SupInput::Migrated { generation, to }, now);
-                self.apply(actions, now);
-            }
-            Err(e) => {
-                warn!(
-                    "cannot follow the live migration: {}",
-                    crate::text::printable(&e)
-                );
-                if ended {
+    /// Carries out what the migration plan says.
+    fn follow(&mut self, orders: Vec<Order>, now: Now) {
+        for o in orders {
+            match o {
+                Order::Prepare(settings) => self
+                    .effects
+                    .push_back(Effect::PrepareMigration { settings }),
+                Order::Prelink {
+                    generation,
+                    target,
+                    session_id,
+                    channels,
+                } => self.effects.push_back(Effect::Prelink {
+                    generation,
+                    settings: Arc::new(target.settings),
+                    tls: target.tls,
+                    session_id,
+                    channels,
+                }),
+                Order::Reply { generation, linked } => self
+                    .effects
+                    .push_back(Effect::MigrateReply { generation, linked }),
+                Order::DropPrelinked => self.effects.push_back(Effect::DropPrelinked),
+                Order::Follow {
+                    generation,
+                    target,
+                    adopt,
+                } => {
+                    let to = target.settings.shown_host();
+                    self.settings = Arc::new(target.settings);
+                    self.tls = target.tls;
+                    self.adopt_next = adopt;
+                    let actions = self.sup.handle(SupInput::Migrated { generation, to }, now);
+                    self.apply(actions, now);
+                }
+                Order::Lost { generation, cause } => {
                     let actions = self.sup.handle(
                         SupInput::Disconnected {
                             generation,
                             channel: ChannelId::MAIN,
-                            cause: format!("live migration not followed: {e}"),
+                            cause,
                             shape: CloseShape::default(),
                         },
                         now,
@@ -547,26 +610,28 @@ impl DaemonCore {
                 self.send_status();
             }
             SessionEvent::SwitchHost(t) => {
-                if self.migrating.is_some() {
-                    return;
-                }
-                let mut s = (*self.settings).clone();
-                s.host = t.host;
-                s.port = t.port;
-                s.tls_port = t.tls_port;
-                if t.subject.is_some() {
-                    s.host_subject = t.subject;
-                }
-                info!(
-                    "live migration: the server moves the session to {} (port {}, tls-port {})",
-                    s.shown_host(),
-                    s.port.map_or("none".into(), |p| p.to_string()),
-                    s.tls_port.map_or("none".into(), |p| p.to_string())
-                );
-                self.migrating = Some((generation, false));
-                self.effects.push_back(Effect::PrepareMigration {
-                    settings: Box::new(s),
-                });
+                let settings = target_settings(&self.settings, t);
+                let orders = self.migration.switch_host(generation, settings);
+                self.follow(orders, now);
+            }
+            SessionEvent::MigrateBegin {
+                target,
+                session_id,
+                channels,
+            } => {
+                let settings = target_settings(&self.settings, target);
+                let orders = self
+                    .migration
+                    .begin(generation, settings, session_id, channels);
+                self.follow(orders, now);
+            }
+            SessionEvent::MigrateCancel => {
+                let orders = self.migration.cancel(generation);
+                self.follow(orders, now);
+            }
+            SessionEvent::MigrateEnd => {
+                let orders = self.migration.end(generation);
+                self.follow(orders, now);
             }
             SessionEvent::Settled { up, down } => {
                 for c in &up {
@@ -587,14 +652,10 @@ impl DaemonCore {
         if !current {
             return; // replaced or stopped by us; its end means nothing now
         }
-        if let Some((g, ended)) = self.migrating.as_mut() {
-            if *g == generation {
-                // The source closes the session once it has moved; the target's
-                // settings are on their way.
-                *ended = true;
-                info!("the migration source closed the session; relinking at the target");
-                return;
-            }
+        let (waits, orders) = self.migration.session_ended(generation);
+        self.follow(orders, now);
+        if waits {
+            return;
         }
         let Some(run) = self.running.take() else {
             return;
@@ -897,6 +958,7 @@ impl DaemonCore {
             settings: self.settings.clone(),
             config: self.session_config.clone(),
             tls: self.tls.clone(),
+            adopt: std::mem::take(&mut self.adopt_next),
         });
     }
 

@@ -9,6 +9,7 @@
 pub mod core;
 mod env;
 mod idle_cut;
+mod migration;
 pub mod status;
 #[cfg(test)]
 mod tests;
@@ -108,10 +109,15 @@ enum Msg {
     Metrics(Result<(), String>),
     /// A readiness check finished.
     Probed(crate::link::Probe),
+    /// Linking at a migration target ahead of the move finished.
+    Prelinked(u64, Result<Prelinks, String>),
 }
+
+type Prelinks = HashMap<crate::wire::ChannelId, session::Parked>;
 
 struct SessionTask {
     stop: watch::Sender<Stop>,
+    cmds: mpsc::Sender<session::SessionCmd>,
     abort: AbortHandle,
     capture: Option<SharedCapture>,
     /// Aborted at this time if it has not ended.
@@ -126,6 +132,7 @@ struct PendingStart {
     settings: Arc<crate::vv::ConnectionSettings>,
     config: Arc<Config>,
     tls: Option<Arc<crate::link::TlsSetup>>,
+    adopt: bool,
 }
 
 struct Shell {
@@ -146,6 +153,10 @@ struct Shell {
     status_tx: watch::Sender<Arc<status::Status>>,
     /// The metrics file and when to write it.
     metrics: Option<MetricsFile>,
+    /// Links made at a migration target, kept for the session that moves there.
+    prelinks: Option<Prelinks>,
+    /// Linking at a migration target, in flight.
+    prelinking: Option<AbortHandle>,
 }
 
 struct MetricsFile {
@@ -211,6 +222,8 @@ pub async fn run(
             schedule: crate::metrics::Schedule::new(Instant::now()),
             failing: false,
         }),
+        prelinks: None,
+        prelinking: None,
     };
     // The first read, off the loop and bounded like every other.
     shell.stamp = (shell.env.stamp)(&shell.opts_vv);
@@ -276,6 +289,15 @@ pub async fn run(
                 }
                 Msg::Loaded(origin, result) => core.handle(Input::Loaded { origin, result }, Now::system()),
                 Msg::Probed(seen) => core.handle(Input::Probed(seen), Now::system()),
+                Msg::Prelinked(generation, result) => {
+                    shell.prelinking = None;
+                    let result = result.map(|links| {
+                        let n = links.len();
+                        shell.prelinks = Some(links);
+                        n
+                    });
+                    core.handle(Input::Prelinked { generation, result }, Now::system());
+                }
                 Msg::Report(r) => {
                     shell.reports_in_flight = shell.reports_in_flight.saturating_sub(1);
                     core.handle(Input::ReportDone(r), Now::system());
@@ -408,6 +430,7 @@ impl Shell {
                 settings,
                 config,
                 tls,
+                adopt,
             } => {
                 // One session at a time on the server: a new link while the old
                 // one is still being torn down races spice-server's own teardown
@@ -418,6 +441,7 @@ impl Shell {
                     settings,
                     config,
                     tls,
+                    adopt,
                 };
                 if self.sessions.values().any(|s| s.stopping) {
                     self.pending_start = Some(start);
@@ -460,6 +484,33 @@ impl Shell {
                     let _ = tx.send(Msg::Loaded(Origin::Migration, r.map(Box::new)));
                 });
             }
+            Effect::Prelink {
+                generation,
+                settings,
+                tls,
+                session_id,
+                channels,
+            } => {
+                self.drop_prelinks();
+                let ctx = self.session_ctx(generation, settings, self.config.clone(), tls, None);
+                let tx = self.tx.clone();
+                let job = tokio::spawn(async move {
+                    let r = session::prelink(ctx, session_id, channels).await;
+                    let _ = tx.send(Msg::Prelinked(generation, r));
+                });
+                self.prelinking = Some(job.abort_handle());
+            }
+            Effect::MigrateReply { generation, linked } => {
+                let sent = self.sessions.get(&generation).is_some_and(|s| {
+                    s.cmds
+                        .try_send(session::SessionCmd::MigrateReply { linked })
+                        .is_ok()
+                });
+                if !sent {
+                    warn!("session {generation} is gone: the server gets no answer to its migration announcement");
+                }
+            }
+            Effect::DropPrelinked => self.drop_prelinks(),
             Effect::RunRefresh { secrets } => {
                 let fut = (self.env.refresh)(self.config.clone(), secrets);
                 let tx = self.tx.clone();
@@ -511,36 +562,65 @@ impl Shell {
         }
     }
 
+    /// Closes the links made at a migration target, and stops making them.
+    fn drop_prelinks(&mut self) {
+        if let Some(job) = self.prelinking.take() {
+            job.abort();
+        }
+        if let Some(links) = self.prelinks.take() {
+            info!("closing {} links made at the migration target", links.len());
+        }
+    }
+
+    fn session_ctx(
+        &self,
+        generation: u64,
+        settings: Arc<crate::vv::ConnectionSettings>,
+        config: Arc<Config>,
+        tls: Option<Arc<crate::link::TlsSetup>>,
+        capture: Option<SharedCapture>,
+    ) -> SessionCtx {
+        SessionCtx {
+            connector: (self.env.connector)(settings.clone(), config.clone(), tls),
+            settings,
+            config,
+            capture: capture.map(|c| c as Arc<dyn crate::tap::CaptureSink>),
+            start: Instant::now(),
+            start_unix: crate::time::unix_now(),
+            generation,
+            traffic: self.traffic.clone(),
+            adopted: None,
+        }
+    }
+
     fn start_session(&mut self, p: PendingStart) {
         let PendingStart {
             generation,
             settings,
             config,
             tls,
+            adopt,
         } = p;
         let (stop_tx, stop_rx) = watch::channel(Stop::Run);
+        let (cmd_tx, cmd_rx) = mpsc::channel(4);
         let capture = config
             .report
             .enabled
             .then(|| report::Capture::shared(&config.report));
-        let ctx = SessionCtx {
-            connector: (self.env.connector)(settings.clone(), config.clone(), tls),
-            settings,
-            config,
-            capture: capture
-                .clone()
-                .map(|c| c as Arc<dyn crate::tap::CaptureSink>),
-            start: Instant::now(),
-            start_unix: crate::time::unix_now(),
-            generation,
-            traffic: self.traffic.clone(),
-        };
+        let mut ctx = self.session_ctx(generation, settings, config, tls, capture.clone());
+        if adopt {
+            ctx.adopted = self
+                .prelinks
+                .take()
+                .map(|links| Arc::new(session::Adopted::new(links)));
+        }
+        self.drop_prelinks();
         let tx = self.tx.clone();
         let emit_tx = tx.clone();
         let emit = move |ev| {
             let _ = emit_tx.send(Msg::Session(generation, ev));
         };
-        let inner = tokio::spawn(session::run(ctx, emit, stop_rx));
+        let inner = tokio::spawn(session::run(ctx, emit, stop_rx, cmd_rx));
         let abort = inner.abort_handle();
         tokio::spawn(async move {
             let end = match inner.await {
@@ -557,6 +637,7 @@ impl Shell {
             generation,
             SessionTask {
                 stop: stop_tx,
+                cmds: cmd_tx,
                 abort,
                 capture,
                 abort_at: None,

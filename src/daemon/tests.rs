@@ -102,10 +102,31 @@ impl H {
     fn drain(&mut self) {
         while let Some(e) = self.core.poll_effect() {
             let line = match e {
-                Effect::StartSession { generation, .. } => {
+                Effect::StartSession {
+                    generation, adopt, ..
+                } => {
                     self.generation = generation;
-                    format!("start {generation}")
+                    if adopt {
+                        format!("start {generation} adopting")
+                    } else {
+                        format!("start {generation}")
+                    }
                 }
+                Effect::Prelink {
+                    generation,
+                    settings,
+                    session_id,
+                    channels,
+                    ..
+                } => format!(
+                    "prelink {generation} {} id {session_id} +{}",
+                    settings.host,
+                    channels.len()
+                ),
+                Effect::MigrateReply { generation, linked } => {
+                    format!("reply {generation} {linked}")
+                }
+                Effect::DropPrelinked => "drop prelinks".into(),
                 Effect::StopSession { generation, how } => format!("stop {generation} {how:?}"),
                 Effect::ReadVv { origin } => format!("read {origin:?}"),
                 Effect::RunRefresh { .. } => "refresh".into(),
@@ -1277,6 +1298,112 @@ async fn a_live_migration_is_followed_without_spending_an_attempt() {
         result: Ok(Box::new(loaded(settings()))),
     });
     assert_eq!(h.count("start"), 0, "{:?}", h.log);
+}
+
+/// Semi-seamless: the target is linked while the source runs, the server is
+/// told, and at the source's MIGRATE_END the next session adopts those links
+/// (no attempt, no report); a target that fails leaves the session where it is.
+#[tokio::test(start_paused = true)]
+async fn a_semi_seamless_migration_links_ahead_and_moves_at_the_end() {
+    let mut h = H::new();
+    h.connected();
+    h.settled(10, &[]);
+    h.take();
+    let target = crate::session::MigrationTarget {
+        host: "10.0.0.2".into(),
+        port: Some(5999),
+        tls_port: None,
+        subject: None,
+    };
+    let begin = |h: &mut H| {
+        h.event(SessionEvent::MigrateBegin {
+            target: target.clone(),
+            session_id: 0x55,
+            channels: vec![ChannelId::new(ChannelType::Display, 0)],
+        })
+    };
+    let ready = |h: &mut H| {
+        let s = ConnectionSettings {
+            host: "10.0.0.2".into(),
+            port: Some(5999),
+            ..settings()
+        };
+        h.input(Input::Loaded {
+            origin: Origin::Migration,
+            result: Ok(Box::new(loaded(s))),
+        });
+    };
+    // The target refuses: the server is told, the session stays.
+    begin(&mut h);
+    assert_eq!(h.take(), ["migrate 10.0.0.2"]);
+    ready(&mut h);
+    assert_eq!(h.take(), ["prelink 1 10.0.0.2 id 85 +1"]);
+    h.input(Input::Prelinked {
+        generation: 1,
+        result: Err("connection refused".into()),
+    });
+    assert_eq!(h.take(), ["drop prelinks", "reply 1 false"]);
+    assert_eq!(h.core.state().name(), "connected");
+    // A second announcement, linked this time.
+    begin(&mut h);
+    ready(&mut h);
+    h.take();
+    h.input(Input::Prelinked {
+        generation: 1,
+        result: Ok(2),
+    });
+    assert_eq!(h.take(), ["reply 1 true"]);
+    h.event(SessionEvent::MigrateEnd);
+    let log = h.take();
+    assert!(log.contains(&"stop 1 Polite".to_string()), "{log:?}");
+    assert!(log.contains(&"start 2 adopting".to_string()), "{log:?}");
+    assert!(matches!(h.core.state(), State::Connecting { attempt: 0 }));
+    // The source's end after the move is no loss.
+    h.input(Input::SessionEnded {
+        generation: 1,
+        end: Box::new(lost(eof(ChannelId::MAIN), 40.0)),
+    });
+    assert!(h.take().iter().all(|l| !l.starts_with("report")));
+    h.connected();
+    h.settled(10, &[]);
+    assert_eq!(h.core.state().name(), "connected");
+    // Later reconnects go to the target, and never adopt again.
+    h.end(lost(eof(ChannelId::MAIN), 40.0));
+    h.at(100.0);
+    let log = h.take();
+    assert!(log.contains(&"start 3".to_string()), "{log:?}");
+}
+
+/// A migration that fails (MIGRATE_CANCEL) or a source that ends before the
+/// move drops the links made at the target.
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_migration_drops_the_target_links() {
+    let mut h = H::new();
+    h.connected();
+    h.settled(10, &[]);
+    h.take();
+    h.event(SessionEvent::MigrateBegin {
+        target: crate::session::MigrationTarget {
+            host: "10.0.0.2".into(),
+            port: Some(5999),
+            tls_port: None,
+            subject: None,
+        },
+        session_id: 1,
+        channels: vec![],
+    });
+    h.input(Input::Loaded {
+        origin: Origin::Migration,
+        result: Ok(Box::new(loaded(settings()))),
+    });
+    h.input(Input::Prelinked {
+        generation: 1,
+        result: Ok(1),
+    });
+    h.take();
+    h.event(SessionEvent::MigrateCancel);
+    assert_eq!(h.take(), ["drop prelinks"]);
+    assert_eq!(h.core.state().name(), "connected");
 }
 
 // ---- readiness checks during the back-off ----

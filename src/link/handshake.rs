@@ -15,6 +15,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Channel capability bits spiced advertises (only what it honours).
 pub mod channel_cap {
+    /// SPICE_MAIN_CAP_SEMI_SEAMLESS_MIGRATE: the server announces a migration
+    /// with MAIN_MIGRATE_BEGIN, before it happens, instead of SWITCH_HOST after.
+    pub const MAIN_SEMI_SEAMLESS_MIGRATE: u32 = 0;
     /// SPICE_MAIN_CAP_NAME_AND_UUID: the server sends the VM's name and UUID.
     pub const MAIN_NAME_AND_UUID: u32 = 1;
 }
@@ -84,13 +87,17 @@ pub struct Linked {
 }
 
 /// The link message spiced sends for a channel.
-pub fn link_mess(channel: ChannelId, connection_id: u32) -> LinkMess {
+pub fn link_mess(channel: ChannelId, connection_id: u32, semi_seamless: bool) -> LinkMess {
     let common = Caps::from_bits(&[
         common_cap::PROTOCOL_AUTH_SELECTION,
         common_cap::AUTH_SPICE,
         common_cap::MINI_HEADER,
     ]);
     let chan = match channel.ty {
+        ChannelType::Main if semi_seamless => Caps::from_bits(&[
+            channel_cap::MAIN_NAME_AND_UUID,
+            channel_cap::MAIN_SEMI_SEAMLESS_MIGRATE,
+        ]),
         ChannelType::Main => Caps::from_bits(&[channel_cap::MAIN_NAME_AND_UUID]),
         _ => Caps::default(),
     };
@@ -248,7 +255,7 @@ mod tests {
     async fn link_main(mut c: DuplexStream) -> Result<Linked, LinkError> {
         handshake(
             &mut c,
-            &link_mess(ChannelId::MAIN, 0),
+            &link_mess(ChannelId::MAIN, 0, false),
             None,
             &mut |_, _, _| {},
         )
@@ -262,9 +269,14 @@ mod tests {
         let mut records = Vec::new();
         let mut tap = |d: Direction, r: LinkRecord, b: &[u8]| records.push((d, r, b.len()));
         let pw = Secret::new("pw");
-        let linked = handshake(&mut c, &link_mess(ChannelId::MAIN, 0), Some(&pw), &mut tap)
-            .await
-            .unwrap();
+        let linked = handshake(
+            &mut c,
+            &link_mess(ChannelId::MAIN, 0, false),
+            Some(&pw),
+            &mut tap,
+        )
+        .await
+        .unwrap();
         assert_eq!(linked.header, HeaderKind::Mini);
         assert_eq!(server.await.unwrap().unwrap(), b"pw\0");
         assert!(records.contains(&(Direction::ToServer, LinkRecord::Ticket, 128)));

@@ -72,7 +72,10 @@ fn is_lifecycle(ev: &ChannelEvent) -> bool {
         ChannelEvent::MainInit(_)
             | ChannelEvent::ChannelsList(_)
             | ChannelEvent::ServerDisconnecting { .. }
-            | ChannelEvent::MigrateSwitchHost { .. }
+            | ChannelEvent::MigrateSwitchHost(_)
+            | ChannelEvent::MigrateBegin(_)
+            | ChannelEvent::MigrateCancel
+            | ChannelEvent::MigrateEnd
     )
 }
 
@@ -85,12 +88,19 @@ pub(super) struct ChannelEnd {
     pub failure: Option<Failure>,
 }
 
+/// A linked channel not yet run: made at a migration target ahead of the move.
+pub struct Parked {
+    pub stream: Stream,
+    pub linked: handshake::Linked,
+    pub tls: bool,
+}
+
 /// Connects and links one channel, moving it to TLS if the server asks.
-async fn link_channel(
+pub(super) async fn link_channel(
     ctx: &SessionCtx,
     ch: ChannelId,
     connection_id: u32,
-) -> Result<(Stream, handshake::Linked, bool), Failure> {
+) -> Result<Parked, Failure> {
     let s = &ctx.settings;
     let mut tls = super::wants_tls(s, ch);
     let mut moved = false;
@@ -109,7 +119,8 @@ async fn link_channel(
             .connect(target)
             .await
             .map_err(|e| Failure::transport(ch, &e))?;
-        let mess = handshake::link_mess(ch, connection_id);
+        let semi_seamless = ctx.config.reconnect.semi_seamless_migration;
+        let mess = handshake::link_mess(ch, connection_id, semi_seamless);
         let cap = ctx.capture.clone();
         let start = ctx.start;
         let mut tap = move |dir: Direction, rec: LinkRecord, b: &[u8]| {
@@ -118,7 +129,13 @@ async fn link_channel(
             }
         };
         match handshake::handshake(&mut stream, &mess, s.password.as_ref(), &mut tap).await {
-            Ok(linked) => return Ok((stream, linked, tls)),
+            Ok(linked) => {
+                return Ok(Parked {
+                    stream,
+                    linked,
+                    tls,
+                })
+            }
             Err(LinkError::Refused(LinkErrorCode::NeedSecured)) if !tls => {
                 info!(channel = %ch, "server requires TLS on {ch}: moving it to tls-port");
                 tls = true;
@@ -136,6 +153,7 @@ pub(super) async fn run(
     connection_id: u32,
     mut stop: watch::Receiver<Stop>,
     out: Outlets,
+    mut replies: Option<mpsc::Receiver<bool>>,
 ) -> ChannelEnd {
     let connect_timeout = crate::time::secs(ctx.config.keepalive.connect_timeout_secs);
     let mut end = ChannelEnd {
@@ -143,8 +161,19 @@ pub(super) async fn run(
         counters: ChannelCounters::default(),
         failure: None,
     };
-    let linking = tokio::time::timeout(connect_timeout, link_channel(&ctx, ch, connection_id));
-    let (mut stream, linked, tls) = tokio::select! {
+    let adopted = ctx.adopted.as_ref().and_then(|a| a.take(ch));
+    let was_adopted = adopted.is_some();
+    let linking = tokio::time::timeout(connect_timeout, async {
+        match adopted {
+            Some(p) => Ok(p),
+            None => link_channel(&ctx, ch, connection_id).await,
+        }
+    });
+    let Parked {
+        mut stream,
+        linked,
+        tls,
+    } = tokio::select! {
         r = linking => match r {
             Ok(Ok(x)) => x,
             Ok(Err(f)) => { end.failure = Some(f); return end; }
@@ -169,6 +198,10 @@ pub(super) async fn run(
     let mut state = Channel::new(ch, linked.header, &ctx.config.keepalive, ctx.now());
     if let Some(c) = &ctx.capture {
         state.set_tap(c.clone());
+    }
+    if was_adopted {
+        info!(channel = %ch, session = ctx.generation, "channel {ch}: taking over the link made at the migration target");
+        state.adopted_after_migration();
     }
     let mut buf = vec![0u8; READ_BUF];
     let mut aborted = false;
@@ -211,6 +244,7 @@ pub(super) async fn run(
                 }
                 Err(e) => break Some(Failure::io(ch, &e, false)),
             },
+            Some(linked) = next_reply(&mut replies) => state.migrate_reply(linked),
             _ = crate::time::sleep_until_opt(deadline) => {
                 if let Err(e) = state.handle_timeout(ctx.now()) {
                     break Some(Failure::channel(ch, e));
@@ -267,4 +301,12 @@ pub(super) async fn run(
     end.counters = state.counters().clone();
     end.failure = failure;
     end
+}
+
+/// The next answer to send on main, if this channel takes answers.
+async fn next_reply(r: &mut Option<mpsc::Receiver<bool>>) -> Option<bool> {
+    match r {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
 }

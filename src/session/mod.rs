@@ -18,6 +18,7 @@ use crate::link::Connector;
 use crate::reconnect::{ReconnectPolicy, TicketInfo};
 use crate::vv::ConnectionSettings;
 use crate::wire::{ChannelId, ChannelType};
+pub use driver::Parked;
 use driver::{ChannelEnd, ChannelMsg, Outlets};
 use orchestrator::{Command, Orchestrator, Rules};
 use serde::Serialize;
@@ -59,6 +60,19 @@ pub enum SessionEvent {
     /// The server moves the session to another host (a live migration,
     /// MAIN_MIGRATE_SWITCH_HOST): the daemon relinks it there.
     SwitchHost(MigrationTarget),
+    /// The server will migrate the VM (MAIN_MIGRATE_BEGIN, semi-seamless): link
+    /// main and `channels` at `target` with connection id `session_id` now,
+    /// then answer through [`SessionCmd::MigrateReply`].
+    MigrateBegin {
+        target: MigrationTarget,
+        session_id: u32,
+        channels: Vec<ChannelId>,
+    },
+    /// The announced migration failed; the session stays here.
+    MigrateCancel,
+    /// The announced migration completed: the session moves to the links made
+    /// at the target.
+    MigrateEnd,
     /// No channel is linking or waiting to relink: these are up, these down.
     Settled {
         up: Vec<ChannelId>,
@@ -74,6 +88,46 @@ pub struct MigrationTarget {
     pub tls_port: Option<u16>,
     /// The certificate subject the target presents (None: the .vv's rules).
     pub subject: Option<String>,
+}
+
+/// What the daemon asks of a running session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionCmd {
+    /// Answer the server's MAIN_MIGRATE_BEGIN (`linked`: at the target).
+    MigrateReply { linked: bool },
+}
+
+/// Links made at a migration target ahead of the move, each taken once by the
+/// channel task of the session that moves there.
+#[derive(Default)]
+pub struct Adopted(std::sync::Mutex<HashMap<ChannelId, Parked>>);
+
+impl Adopted {
+    pub fn new(links: HashMap<ChannelId, Parked>) -> Adopted {
+        Adopted(std::sync::Mutex::new(links))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.lock().map_or(0, |m| m.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The channels linked there, main excluded.
+    fn channels(&self) -> Vec<ChannelId> {
+        self.0.lock().map_or(Vec::new(), |m| {
+            m.keys()
+                .copied()
+                .filter(|c| *c != ChannelId::MAIN)
+                .collect()
+        })
+    }
+
+    fn take(&self, ch: ChannelId) -> Option<Parked> {
+        self.0.lock().ok()?.remove(&ch)
+    }
 }
 
 /// How to stop a running session.
@@ -184,6 +238,8 @@ pub struct SessionCtx {
     pub generation: u64,
     /// Live per-channel traffic totals (metrics); outlives the session.
     pub traffic: crate::channel::counters::Traffic,
+    /// Links made at a migration target for this session to run over.
+    pub adopted: Option<Arc<Adopted>>,
 }
 
 impl SessionCtx {
@@ -241,6 +297,7 @@ pub async fn run(
     ctx: SessionCtx,
     emit: impl Fn(SessionEvent) + Send + 'static,
     mut stop: watch::Receiver<Stop>,
+    mut cmds: mpsc::Receiver<SessionCmd>,
 ) -> SessionEnd {
     let (stop_tx, stop_rx) = watch::channel(Stop::Run);
     let (life_tx, mut life_rx) = mpsc::unbounded_channel();
@@ -261,10 +318,16 @@ pub async fn run(
     )
     .for_session(ctx.generation);
     orch.start();
+    if let Some(a) = &ctx.adopted {
+        orch.adopt(a.channels());
+    }
     let mut how = Stop::Abort;
     // Started the moment main ends cleanly: a quickly restarted server must not
     // be listening again by the time the probe asks.
     let mut gone_probe: Option<tokio::task::JoinHandle<bool>> = None;
+    // Answers main sends to the server (one per migration announcement).
+    let (reply_tx, reply_rx) = mpsc::channel(4);
+    let mut reply_rx = Some(reply_rx);
 
     'run: loop {
         while let Some(cmd) = orch.poll_command() {
@@ -273,16 +336,23 @@ pub async fn run(
                     channel,
                     connection_id,
                 } => {
+                    let replies = if channel == ChannelId::MAIN {
+                        reply_rx.take()
+                    } else {
+                        None
+                    };
                     let h = tasks.spawn(driver::run(
                         ctx.clone(),
                         channel,
                         connection_id,
                         stop_rx.clone(),
                         outlets.clone(),
+                        replies,
                     ));
                     task_channel.insert(h.id(), channel);
                 }
                 Command::Emit(ev) => emit(ev),
+                Command::ReplyMigration { linked } => reply(&reply_tx, linked),
                 Command::Finish => break 'run,
             }
         }
@@ -293,6 +363,7 @@ pub async fn run(
                 how = s;
                 orch.stop();
             }
+            Some(SessionCmd::MigrateReply { linked }) = cmds.recv() => reply(&reply_tx, linked),
             Some(m) = life_rx.recv() => on_msg(&mut orch, m),
             Some(m) = info_rx.recv() => on_msg(&mut orch, m),
             Some(joined) = tasks.join_next_with_id(), if !tasks.is_empty() => {
@@ -369,6 +440,61 @@ pub async fn run(
         server_gone,
         info: out.info,
     }
+}
+
+/// A full queue or a gone main drops the answer: the server then falls back to
+/// switch-host by itself (it waits 10 s for one).
+fn reply(tx: &mpsc::Sender<bool>, linked: bool) {
+    if tx.try_send(linked).is_err() {
+        warn!("the answer to the server's migration announcement could not be sent");
+    }
+}
+
+/// spice-server waits 10 s for the answer to MIGRATE_BEGIN; linking at the
+/// target must be done before that.
+pub const PRELINK_BUDGET: Duration = Duration::from_secs(8);
+
+/// Links main, then `channels`, at a migration target with `session_id` as
+/// the connection id; the target parks them until the move completes. Main
+/// must link; a channel that does not is linked afresh after the move.
+pub async fn prelink(
+    ctx: SessionCtx,
+    session_id: u32,
+    channels: Vec<ChannelId>,
+) -> Result<HashMap<ChannelId, Parked>, String> {
+    let work = async {
+        let main = driver::link_channel(&ctx, ChannelId::MAIN, session_id)
+            .await
+            .map_err(|f| f.message)?;
+        let mut links = HashMap::from([(ChannelId::MAIN, main)]);
+        let mut set = JoinSet::new();
+        for ch in channels {
+            let c = ctx.clone();
+            set.spawn(async move { (ch, driver::link_channel(&c, ch, session_id).await) });
+        }
+        while let Some(joined) = set.join_next().await {
+            match joined {
+                Ok((ch, Ok(p))) => {
+                    links.insert(ch, p);
+                }
+                Ok((ch, Err(f))) => info!(
+                    channel = %ch,
+                    "channel {ch} not linked at the migration target ahead of the move ({}); it links there after",
+                    f.message
+                ),
+                Err(_) => {}
+            }
+        }
+        Ok(links)
+    };
+    tokio::time::timeout(PRELINK_BUDGET, work)
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "the target did not link within {} s",
+                PRELINK_BUDGET.as_secs()
+            ))
+        })
 }
 
 /// How long each probe after a clean close may take.

@@ -24,6 +24,7 @@ use crate::events;
 use crate::failure::{Cause, Failure};
 use crate::reconnect::{Backoff, ReconnectPolicy, TicketInfo};
 use crate::wire::link::LinkErrorCode;
+use crate::wire::msg::MigrateDst;
 use crate::wire::{ChannelId, ChannelType};
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -49,6 +50,8 @@ pub enum Command {
     },
     /// Tell the daemon (lossless).
     Emit(SessionEvent),
+    /// Answer the server's MAIN_MIGRATE_BEGIN on main.
+    ReplyMigration { linked: bool },
     /// The session is over: stop every remaining channel task.
     Finish,
 }
@@ -172,6 +175,18 @@ impl Orchestrator {
     /// server treat us as a migration target).
     pub fn start(&mut self) {
         self.spawn(ChannelId::MAIN, 0);
+    }
+
+    /// Channels already linked at a migration target: they run from the start,
+    /// next to main. The target activates them when main says MIGRATE_END and
+    /// its display worker then waits for them to be read; waiting for
+    /// CHANNELS_LIST (which that same worker holds up) would stall both.
+    pub fn adopt(&mut self, channels: Vec<ChannelId>) {
+        for c in channels {
+            if c.ty != ChannelType::Main && self.slots.len() < MAX_CHANNELS {
+                self.spawn(c, 0);
+            }
+        }
     }
 
     pub fn poll_command(&mut self) -> Option<Command> {
@@ -307,17 +322,38 @@ impl Orchestrator {
             ChannelEvent::ServerDisconnecting { reason } => {
                 warn!(channel = %ch, "server announced a disconnect (reason {reason})");
             }
-            ChannelEvent::MigrateSwitchHost {
-                host,
-                port,
-                sport,
-                subject,
-            } => match migration_target(host, port, sport, subject) {
+            ChannelEvent::MigrateSwitchHost(d) => match migration_target(d) {
                 Ok(t) => self.emit(SessionEvent::SwitchHost(t)),
                 Err(why) => {
                     warn!("the server announced a live migration spiced cannot follow: {why}")
                 }
             },
+            ChannelEvent::MigrateBegin(d) => {
+                let target = migration_target(d);
+                match (target, self.session_id) {
+                    (Ok(target), Some(session_id)) => {
+                        let channels = self
+                            .slots
+                            .iter()
+                            .filter(|(c, s)| c.ty != ChannelType::Main && s.state == SlotState::Up)
+                            .map(|(c, _)| *c)
+                            .collect();
+                        self.emit(SessionEvent::MigrateBegin {
+                            target,
+                            session_id,
+                            channels,
+                        });
+                    }
+                    (target, _) => {
+                        let why = target.err().unwrap_or_else(|| "no session yet".into());
+                        warn!("the server announced a live migration spiced cannot prepare: {why}; telling the server");
+                        self.out
+                            .push_back(Command::ReplyMigration { linked: false });
+                    }
+                }
+            }
+            ChannelEvent::MigrateCancel => self.emit(SessionEvent::MigrateCancel),
+            ChannelEvent::MigrateEnd => self.emit(SessionEvent::MigrateEnd),
         }
     }
 
@@ -621,15 +657,17 @@ impl Orchestrator {
     }
 }
 
-/// A MAIN_MIGRATE_SWITCH_HOST checked before it can steer the session: a host
-/// name with no control characters and at least one port (0 and 65535 mean none).
-fn migration_target(
-    host: String,
-    port: u16,
-    sport: u16,
-    subject: String,
-) -> Result<crate::session::MigrationTarget, String> {
+/// A migration target (MIGRATE_BEGIN, MIGRATE_SWITCH_HOST) checked before it
+/// can steer the session: a host name with no control characters and at least
+/// one port (0 and 65535 mean none).
+fn migration_target(d: MigrateDst) -> Result<crate::session::MigrationTarget, String> {
     let some = |p: u16| Some(p).filter(|p| *p != 0 && *p != u16::MAX);
+    let MigrateDst {
+        host,
+        port,
+        sport,
+        subject,
+    } = d;
     if host.is_empty() || host.len() > 255 || crate::text::has_control(&host) {
         return Err(format!("bad host `{}`", crate::text::printable(&host)));
     }

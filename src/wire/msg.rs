@@ -17,6 +17,7 @@ pub mod server {
     pub const LIST: u16 = 8;
     /// Main channel.
     pub const MAIN_MIGRATE_BEGIN: u16 = 101;
+    pub const MAIN_MIGRATE_CANCEL: u16 = 102;
     pub const MAIN_INIT: u16 = 103;
     pub const MAIN_CHANNELS_LIST: u16 = 104;
     pub const MAIN_MOUSE_MODE: u16 = 105;
@@ -42,8 +43,15 @@ pub mod client {
     pub const MIGRATE_FLUSH_MARK: u16 = 4;
     pub const MIGRATE_DATA: u16 = 5;
     pub const DISCONNECTING: u16 = 6;
+    /// Semi-seamless migration: the target linked (or could not be) after
+    /// MAIN_MIGRATE_BEGIN; only sent on a main that advertised the capability.
+    pub const MAIN_MIGRATE_CONNECTED: u16 = 102;
+    pub const MAIN_MIGRATE_CONNECT_ERROR: u16 = 103;
     pub const MAIN_ATTACH_CHANNELS: u16 = 104;
     pub const MAIN_AGENT_DATA: u16 = 107;
+    /// On the target's main, after the source's MAIN_MIGRATE_END: start the
+    /// session here (the target answers with MAIN_INIT).
+    pub const MAIN_MIGRATE_END: u16 = 109;
     pub const DISPLAY_INIT: u16 = 101;
 }
 
@@ -52,7 +60,10 @@ pub mod client {
 pub fn allowed(channel: ChannelType, msg_type: u16) -> bool {
     match msg_type {
         client::ACK_SYNC | client::ACK | client::PONG | client::DISCONNECTING => true,
-        client::MAIN_ATTACH_CHANNELS => channel == ChannelType::Main,
+        client::MAIN_ATTACH_CHANNELS
+        | client::MAIN_MIGRATE_CONNECTED
+        | client::MAIN_MIGRATE_CONNECT_ERROR
+        | client::MAIN_MIGRATE_END => channel == ChannelType::Main,
         client::DISPLAY_INIT => channel == ChannelType::Display,
         _ => false,
     }
@@ -79,6 +90,13 @@ pub enum ClientMsg {
     AttachChannels,
     /// Once per display link (a second one aborts the server).
     DisplayInit,
+    /// The answer to MAIN_MIGRATE_BEGIN: every channel is linked at the target.
+    MigrateConnected,
+    /// The answer to MAIN_MIGRATE_BEGIN: the target could not be linked (the
+    /// server falls back to MAIN_MIGRATE_SWITCH_HOST when the move completes).
+    MigrateConnectError,
+    /// Sent first on the target's main once the source said MAIN_MIGRATE_END.
+    MigrateEnd,
 }
 
 impl ClientMsg {
@@ -90,13 +108,20 @@ impl ClientMsg {
             ClientMsg::Disconnecting { .. } => client::DISCONNECTING,
             ClientMsg::AttachChannels => client::MAIN_ATTACH_CHANNELS,
             ClientMsg::DisplayInit => client::DISPLAY_INIT,
+            ClientMsg::MigrateConnected => client::MAIN_MIGRATE_CONNECTED,
+            ClientMsg::MigrateConnectError => client::MAIN_MIGRATE_CONNECT_ERROR,
+            ClientMsg::MigrateEnd => client::MAIN_MIGRATE_END,
         }
     }
 
     fn body(&self) -> Vec<u8> {
         match self {
             ClientMsg::AckSync { generation } => generation.to_le_bytes().to_vec(),
-            ClientMsg::Ack | ClientMsg::AttachChannels => Vec::new(),
+            ClientMsg::Ack
+            | ClientMsg::AttachChannels
+            | ClientMsg::MigrateConnected
+            | ClientMsg::MigrateConnectError
+            | ClientMsg::MigrateEnd => Vec::new(),
             ClientMsg::Pong { id, timestamp } => {
                 let mut b = id.to_le_bytes().to_vec();
                 b.extend_from_slice(&timestamp.to_le_bytes());
@@ -191,15 +216,25 @@ pub enum ServerMsg {
     AgentConnected(bool),
     Name(String),
     Uuid([u8; 16]),
-    /// Follow a live migration: the target's host, plain port, TLS port (0 or
-    /// 65535: none) and certificate subject (empty: none).
-    MigrateSwitchHost {
-        port: u16,
-        sport: u16,
-        host: String,
-        subject: String,
-    },
+    /// Semi-seamless migration starts: link to this target now, keep the source.
+    MigrateBegin(MigrateDst),
+    /// The migration failed: drop what was linked at the target.
+    MigrateCancel,
+    /// The migration completed: move to the target linked after MigrateBegin.
+    MigrateEnd,
+    /// Follow a completed migration by relinking at the target.
+    MigrateSwitchHost(MigrateDst),
     Other(u16),
+}
+
+/// Where a live migration goes: the target's host, plain port, TLS port (0 or
+/// 65535: none) and certificate subject (empty: none), as the server sent them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MigrateDst {
+    pub port: u16,
+    pub sport: u16,
+    pub host: String,
+    pub subject: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -323,24 +358,25 @@ pub fn parse(channel: ChannelType, frame: &Frame) -> Result<ServerMsg, WireError
             u.copy_from_slice(&b[..16]);
             ServerMsg::Uuid(u)
         }
-        server::MAIN_MIGRATE_SWITCH_HOST => {
-            // port u16, sport u16, host_size u32, host_data (offset u32),
-            // cert_subject_size u32, cert_subject_data (offset u32).
-            let b = need(frame, 12)?;
-            let port = super::le_u16(b, 0).unwrap_or(0);
-            let sport = super::le_u16(b, 2).unwrap_or(0);
-            let host_size = u32_at(b, 4) as usize;
-            let host_off = u32_at(b, 8) as usize;
-            let subject_size = u32_at(b, 12) as usize;
-            let subject_off = u32_at(b, 16) as usize;
-            ServerMsg::MigrateSwitchHost {
-                port,
-                sport,
-                host: text(b, host_off, host_size),
-                subject: text(b, subject_off, subject_size),
-            }
-        }
+        server::MAIN_MIGRATE_BEGIN => ServerMsg::MigrateBegin(migrate_dst(frame)?),
+        server::MAIN_MIGRATE_SWITCH_HOST => ServerMsg::MigrateSwitchHost(migrate_dst(frame)?),
+        server::MAIN_MIGRATE_CANCEL => ServerMsg::MigrateCancel,
+        server::MAIN_MIGRATE_END => ServerMsg::MigrateEnd,
         o => ServerMsg::Other(o),
+    })
+}
+
+/// The target of MIGRATE_BEGIN and MIGRATE_SWITCH_HOST (one layout): port u16,
+/// sport u16, host_size u32, host offset u32, subject_size u32, subject offset
+/// u32, the offsets from the body's start, the strings NUL-terminated.
+fn migrate_dst(frame: &Frame) -> Result<MigrateDst, WireError> {
+    let b = need(frame, 20)?;
+    let at = |i: usize| le_u32(b, i).unwrap_or(0) as usize;
+    Ok(MigrateDst {
+        port: super::le_u16(b, 0).unwrap_or(0),
+        sport: super::le_u16(b, 2).unwrap_or(0),
+        host: text(b, at(8), at(4)),
+        subject: text(b, at(16), at(12)),
     })
 }
 
@@ -400,7 +436,7 @@ mod tests {
                 if allowed(ch, t) {
                     assert!(
                         [1, 2, 3, 6].contains(&t)
-                            || (ch == ChannelType::Main && t == 104)
+                            || (ch == ChannelType::Main && [102, 103, 104, 109].contains(&t))
                             || (ch == ChannelType::Display && t == 101),
                         "{ch:?} allows {t}"
                     );
@@ -441,6 +477,65 @@ mod tests {
         assert_eq!(
             w.encode(&ClientMsg::AttachChannels).unwrap(),
             vec![104, 0, 0, 0, 0, 0]
+        );
+        // The migration answers are empty messages on main only.
+        for (m, t) in [
+            (ClientMsg::MigrateConnected, 102),
+            (ClientMsg::MigrateConnectError, 103),
+            (ClientMsg::MigrateEnd, 109),
+        ] {
+            assert_eq!(w.encode(&m).unwrap(), vec![t, 0, 0, 0, 0, 0]);
+            let mut d = Writer::new(ChannelType::Display, Encoder::new(HeaderKind::Mini));
+            assert!(d.encode(&m).is_err());
+        }
+    }
+
+    /// MIGRATE_BEGIN as spice-server 0.15 marshals it: the strings after the
+    /// fixed part, NUL-terminated, at offsets from the body's start.
+    #[test]
+    fn parses_the_migration_messages() {
+        let mut b = Vec::new();
+        b.extend_from_slice(&5901u16.to_le_bytes());
+        b.extend_from_slice(&u16::MAX.to_le_bytes());
+        b.extend_from_slice(&10u32.to_le_bytes());
+        b.extend_from_slice(&20u32.to_le_bytes());
+        b.extend_from_slice(&6u32.to_le_bytes());
+        b.extend_from_slice(&30u32.to_le_bytes());
+        b.extend_from_slice(b"127.0.0.1\0CN=vm\0");
+        let want = MigrateDst {
+            port: 5901,
+            sport: u16::MAX,
+            host: "127.0.0.1".into(),
+            subject: "CN=vm".into(),
+        };
+        assert_eq!(
+            parse(ChannelType::Main, &frame(101, &b)).unwrap(),
+            ServerMsg::MigrateBegin(want.clone())
+        );
+        assert_eq!(
+            parse(ChannelType::Main, &frame(111, &b)).unwrap(),
+            ServerMsg::MigrateSwitchHost(want)
+        );
+        assert_eq!(
+            parse(ChannelType::Main, &frame(102, &[])).unwrap(),
+            ServerMsg::MigrateCancel
+        );
+        assert_eq!(
+            parse(ChannelType::Main, &frame(112, &[])).unwrap(),
+            ServerMsg::MigrateEnd
+        );
+        // Offsets past the end give empty strings, a short body an error.
+        let mut lying = b[..20].to_vec();
+        lying[8..12].copy_from_slice(&9999u32.to_le_bytes());
+        match parse(ChannelType::Main, &frame(101, &lying)).unwrap() {
+            ServerMsg::MigrateBegin(d) => assert_eq!(d.host, ""),
+            o => panic!("{o:?}"),
+        }
+        assert!(parse(ChannelType::Main, &frame(101, &b[..12])).is_err());
+        // On another channel these numbers mean something else.
+        assert_eq!(
+            parse(ChannelType::Display, &frame(101, &b)).unwrap(),
+            ServerMsg::Other(101)
         );
     }
 

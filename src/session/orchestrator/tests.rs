@@ -353,12 +353,7 @@ fn main_failing_to_link_ends_at_once() {
 #[test]
 fn a_switch_host_is_checked_then_passed_up() {
     let mut o = linked(Rules::default(), TicketInfo::default());
-    let ev = |host: &str, port, sport| ChannelEvent::MigrateSwitchHost {
-        host: host.into(),
-        port,
-        sport,
-        subject: String::new(),
-    };
+    let ev = |host: &str, port, sport| ChannelEvent::MigrateSwitchHost(dst(host, port, sport));
     o.on_event(ChannelId::MAIN, ev("10.0.0.2", 5901, 65535));
     assert_eq!(
         events(drain(&mut o)),
@@ -373,4 +368,62 @@ fn a_switch_host_is_checked_then_passed_up() {
         o.on_event(ChannelId::MAIN, bad);
         assert!(drain(&mut o).is_empty());
     }
+}
+
+fn dst(host: &str, port: u16, sport: u16) -> crate::wire::msg::MigrateDst {
+    crate::wire::msg::MigrateDst {
+        host: host.into(),
+        port,
+        sport,
+        subject: String::new(),
+    }
+}
+
+/// MIGRATE_BEGIN goes up with what the daemon needs to link at the target
+/// ahead of the move: the session id (the target's connection id) and the
+/// channels that are up (a channel that stays down is not linked there); a
+/// target spiced cannot use is answered on main at once.
+#[test]
+fn a_migration_begin_names_the_session_and_its_channels() {
+    let mut o = linked(Rules::default(), TicketInfo::default());
+    lost(
+        &mut o,
+        ch(ChannelType::Webdav),
+        Failure::link(
+            ch(ChannelType::Webdav),
+            crate::link::handshake::LinkError::Refused(LinkErrorCode::ChannelNotAvailable),
+        ),
+        Duration::from_secs(1),
+    );
+    o.handle_timeout(Duration::from_secs(2));
+    let _ = drain(&mut o);
+    o.on_event(
+        ChannelId::MAIN,
+        ChannelEvent::MigrateBegin(dst("10.0.0.2", 0, 5902)),
+    );
+    assert_eq!(
+        events(drain(&mut o)),
+        [SessionEvent::MigrateBegin {
+            target: crate::session::MigrationTarget {
+                host: "10.0.0.2".into(),
+                port: None,
+                tls_port: Some(5902),
+                subject: None
+            },
+            session_id: 7,
+            channels: vec![
+                ch(ChannelType::Display),
+                ch(ChannelType::Inputs),
+                ch(ChannelType::Cursor)
+            ],
+        }]
+    );
+    o.on_event(ChannelId::MAIN, ChannelEvent::MigrateBegin(dst("h", 0, 0)));
+    assert_eq!(drain(&mut o), [Command::ReplyMigration { linked: false }]);
+    o.on_event(ChannelId::MAIN, ChannelEvent::MigrateEnd);
+    o.on_event(ChannelId::MAIN, ChannelEvent::MigrateCancel);
+    assert_eq!(
+        events(drain(&mut o)),
+        [SessionEvent::MigrateEnd, SessionEvent::MigrateCancel]
+    );
 }
