@@ -544,6 +544,10 @@ impl DaemonCore {
                     self.adopt_next = adopt;
                     let actions = self.sup.handle(SupInput::Migrated { generation, to }, now);
                     self.apply(actions, now);
+                    // No session started over them (stopping, say): they go.
+                    if std::mem::take(&mut self.adopt_next) {
+                        self.effects.push_back(Effect::DropPrelinked);
+                    }
                 }
                 Order::Lost { generation, cause } => {
                     let actions = self.sup.handle(
