@@ -194,36 +194,6 @@ fn totals(log: &str) -> Vec<(String, u64, u64, u64)> {
         .collect()
 }
 
-/// The TCP connections (local port, remote port) that process `pid` holds, from its
-/// fds and the /proc/net/tcp table of its namespace. Only ESTABLISHED ones.
-fn tcp_connections_of(pid: i32) -> Vec<(u16, u16)> {
-    let mut inodes = BTreeSet::new();
-    if let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
-        for fd in fds.flatten() {
-            if let Ok(target) = std::fs::read_link(fd.path()) {
-                let t = target.to_string_lossy();
-                if let Some(ino) = t.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')) {
-                    inodes.insert(ino.to_string());
-                }
-            }
-        }
-    }
-    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap_or_default();
-    let port = |addr: &str| {
-        addr.split_once(':')
-            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
-    };
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let (local, remote, state, inode) = (f.get(1)?, f.get(2)?, f.get(3)?, f.get(9)?);
-            (*state == "01" && inodes.contains(*inode)).then_some((port(local)?, port(remote)?))
-        })
-        .collect()
-}
-
 /// A continuous display load (the vga-noise guest: a few MB/s of drawing) is
 /// drained and ACKed: the server's ACK window never fills (it would stop sending
 /// and the guest's display would stall), nothing drops, QEMU logs nothing.

@@ -8,7 +8,8 @@
 mod common;
 
 use common::{
-    free_port, require_qemu, vga_noise_kernel_or_skip, write_vv, Certs, Qemu, QemuOpts, Spiced,
+    free_port, require_qemu, tcp_connections_of, vga_noise_kernel_or_skip, write_vv, Certs, Qemu,
+    QemuOpts, Spiced, Tinyproxy,
 };
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -216,6 +217,13 @@ fn a_relink_after_the_move_never_lands_on_the_stopped_source() {
     followed(&s, &src, &dst);
     assert_eq!(run_state(&src), "postmigrate");
     for n in 1..=2 {
+        // Linked as spiced sees it (QMP can count the channels a moment
+        // earlier; a reconnect request while linking is not acted on).
+        assert!(s.wait_log_count(
+            "session fully linked: 11 channels",
+            1 + n,
+            Duration::from_secs(15)
+        ));
         s.signal(libc::SIGUSR1);
         assert!(
             s.wait_log_count(
@@ -235,6 +243,69 @@ fn a_relink_after_the_move_never_lands_on_the_stopped_source() {
     }
     let log = s.log();
     assert!(!log.contains("reconnect attempt"), "{log}");
+}
+
+/// Proxmox's shape: TLS only, a password, a single-use .vv and every
+/// connection through an HTTP CONNECT proxy. The links made at the target go
+/// through the proxy too, with the same ticket, and the session moves there.
+#[test]
+fn a_proxmox_shaped_session_migrates_through_its_proxy() {
+    if !require_qemu() || !Tinyproxy::available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::generate(&dir.path().join("pki"), "pve-node.example");
+    let pw = "pve-ticket-mig-42";
+    let tls_only = || QemuOpts {
+        tls: Some(&certs),
+        tls_channels: vec!["default".into()],
+        plain_port: false,
+        password: Some(pw.into()),
+        ..Default::default()
+    };
+    let src = Qemu::start(tls_only());
+    let (dst, mport) = incoming(tls_only());
+    let proxy = Tinyproxy::start(&[src.tls_port(), dst.tls_port()], 60);
+    let s = spiced_on(
+        dir.path(),
+        &[
+            ("host", "127.0.0.1"),
+            ("tls-port", &src.tls_port().to_string()),
+            ("delete-this-file", "1"),
+            ("proxy", &proxy.url()),
+            ("password", pw),
+            ("ca", &certs.ca_pem()),
+            ("host-subject", &certs.host_subject()),
+        ],
+        "",
+    );
+    announce(
+        &src,
+        json!({"protocol": "spice", "hostname": "127.0.0.1",
+               "tls-port": dst.tls_port(), "cert-subject": certs.host_subject()}),
+    );
+    assert!(
+        s.wait_log(
+            "channels linked at 127.0.0.1; waiting",
+            Duration::from_secs(10)
+        ),
+        "{}",
+        s.log()
+    );
+    // 11 links at each QEMU, all 22 of spiced's connections to the proxy.
+    assert_eq!(dst.connected_channel_count(), 11, "{}", s.log());
+    let mine = tcp_connections_of(s.pid());
+    assert_eq!(mine.len(), 22, "{mine:?}");
+    assert!(mine.iter().all(|&(_, r)| r == proxy.port()), "{mine:?}");
+    start_migration(&src, mport);
+    followed(&s, &src, &dst);
+    assert!(dst.channels().iter().all(|c| c.tls), "{:?}", dst.channels());
+    let mine = tcp_connections_of(s.pid());
+    assert_eq!(mine.len(), 11, "{mine:?}");
+    assert!(mine.iter().all(|&(_, r)| r == proxy.port()), "{mine:?}");
+    let log = s.log();
+    assert!(!log.contains(pw), "the password reached the log");
+    assert!(log.contains("live migration complete"), "{log}");
 }
 
 #[test]
