@@ -256,15 +256,7 @@ fn a_proxmox_shaped_session_migrates_through_its_proxy() {
     let dir = tempfile::tempdir().unwrap();
     let certs = Certs::generate(&dir.path().join("pki"), "pve-node.example");
     let pw = "pve-ticket-mig-42";
-    let tls_only = || QemuOpts {
-        tls: Some(&certs),
-        tls_channels: vec!["default".into()],
-        plain_port: false,
-        password: Some(pw.into()),
-        ..Default::default()
-    };
-    let src = Qemu::start(tls_only());
-    let (dst, mport) = incoming(tls_only());
+    let (src, dst, mport) = tls_only_pair(&certs, pw);
     let proxy = Tinyproxy::start(&[src.tls_port(), dst.tls_port()], 60);
     let s = spiced_on(
         dir.path(),
@@ -279,11 +271,7 @@ fn a_proxmox_shaped_session_migrates_through_its_proxy() {
         ],
         "",
     );
-    announce(
-        &src,
-        json!({"protocol": "spice", "hostname": "127.0.0.1",
-               "tls-port": dst.tls_port(), "cert-subject": certs.host_subject()}),
-    );
+    announce(&src, tls_target(&dst, &certs));
     assert!(
         s.wait_log(
             "channels linked at 127.0.0.1; waiting",
@@ -379,6 +367,27 @@ fn incoming(opts: QemuOpts<'_>) -> (Qemu, u16) {
     (Qemu::start(opts), mport)
 }
 
+/// A TLS-only source and migration target (the shape of oVirt's and
+/// Proxmox's servers), both with `password`: (source, target, migration port).
+fn tls_only_pair(certs: &Certs, password: &str) -> (Qemu, Qemu, u16) {
+    let tls_only = || QemuOpts {
+        tls: Some(certs),
+        tls_channels: vec!["default".into()],
+        plain_port: false,
+        password: Some(password.into()),
+        ..Default::default()
+    };
+    let src = Qemu::start(tls_only());
+    let (dst, mport) = incoming(tls_only());
+    (src, dst, mport)
+}
+
+/// `client_migrate_info`'s arguments for a TLS-only target.
+fn tls_target(dst: &Qemu, certs: &Certs) -> serde_json::Value {
+    json!({"protocol": "spice", "hostname": "127.0.0.1",
+           "tls-port": dst.tls_port(), "cert-subject": certs.host_subject()})
+}
+
 /// Config lines for a client that does not advertise semi-seamless migration.
 const SWITCH_HOST: &str = "[reconnect]\nsemi_seamless_migration = false\n";
 
@@ -429,15 +438,7 @@ fn tls_migration_checks_the_announced_subject_and_keeps_the_ticket() {
     let dir = tempfile::tempdir().unwrap();
     let certs = Certs::generate(&dir.path().join("pki"), "spiced-migration");
     let pw = "m1grate-Pw";
-    let tls_only = || QemuOpts {
-        tls: Some(&certs),
-        tls_channels: vec!["default".into()],
-        plain_port: false,
-        password: Some(pw.into()),
-        ..Default::default()
-    };
-    let src = Qemu::start(tls_only());
-    let (dst, mport) = incoming(tls_only());
+    let (src, dst, mport) = tls_only_pair(&certs, pw);
     let mut s = spiced_on(
         dir.path(),
         &[
@@ -450,12 +451,7 @@ fn tls_migration_checks_the_announced_subject_and_keeps_the_ticket() {
         ],
         "",
     );
-    migrate_announcing(
-        &src,
-        json!({"protocol": "spice", "hostname": "127.0.0.1",
-               "tls-port": dst.tls_port(), "cert-subject": certs.host_subject()}),
-        mport,
-    );
+    migrate_announcing(&src, tls_target(&dst, &certs), mport);
     followed(&s, &src, &dst);
     assert!(dst.channels().iter().all(|c| c.tls), "{:?}", dst.channels());
     let log = s.log();
