@@ -647,8 +647,17 @@ impl Supervisor {
     }
 
     fn on_reconnect_now(&mut self, now: Now, out: &mut Vec<Action>) {
-        if matches!(self.state, State::Idle | State::Connecting { .. }) {
-            return;
+        match self.state {
+            State::Idle => return,
+            State::Connecting { .. } => {
+                // Said so: the operator's request is not silently lost.
+                out.push(Action::Info(
+                    "reconnect requested while a link is in progress: that link carries on"
+                        .into(),
+                ));
+                return;
+            }
+            _ => {}
         }
         if let Some(reason) = self.ticket_forbids_retry(now) {
             out.push(Warning::plain(format!(

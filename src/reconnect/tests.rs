@@ -1324,3 +1324,23 @@ async fn paused_loop_sleeps_1_4_16_then_gives_up() {
         "gave up {total}s after the disconnect"
     );
 }
+
+/// A reconnect request (SIGUSR1, the control socket) while connected relinks
+/// now with a fresh budget; while a link is in progress it is answered with a
+/// log line, not acted on twice.
+#[test]
+fn a_reconnect_request_during_a_link_is_said_and_not_doubled() {
+    let mut h = H::default();
+    h.start(0.0);
+    let out = h.handle(Input::ReconnectNow, 0.1);
+    assert!(
+        matches!(&out[..], [Action::Info(t)] if t.contains("link is in progress")),
+        "{out:?}"
+    );
+    h.connected(0.2);
+    let out = h.handle(Input::ReconnectNow, 1.0);
+    assert!(
+        out.iter().any(|a| matches!(a, Action::ConnectNow { attempt: 0 })),
+        "{out:?}"
+    );
+}
