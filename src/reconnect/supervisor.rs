@@ -652,8 +652,7 @@ impl Supervisor {
             State::Connecting { .. } => {
                 // Said so: the operator's request is not silently lost.
                 out.push(Action::Info(
-                    "reconnect requested while a link is in progress: that link carries on"
-                        .into(),
+                    "reconnect requested while a link is in progress: that link carries on".into(),
                 ));
                 return;
             }

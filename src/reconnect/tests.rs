@@ -1340,7 +1340,8 @@ fn a_reconnect_request_during_a_link_is_said_and_not_doubled() {
     h.connected(0.2);
     let out = h.handle(Input::ReconnectNow, 1.0);
     assert!(
-        out.iter().any(|a| matches!(a, Action::ConnectNow { attempt: 0 })),
+        out.iter()
+            .any(|a| matches!(a, Action::ConnectNow { attempt: 0 })),
         "{out:?}"
     );
 }
