@@ -605,6 +605,13 @@ impl DaemonCore {
                 Counts::bump(&mut self.obs.counts.channel_losses, failure.cause.as_str());
                 let counters = BTreeMap::from([(channel, *counters)]);
                 if let Some(slot) = self.report_slot(&failure, now) {
+                    // Named now, as a session loss names its report: the
+                    // cooldown runs from here even if the write fails.
+                    info!(
+                        channel = %channel,
+                        report = %self.reporter.dir().join(&slot.file_name).display(),
+                        "channel {channel}: disconnect report queued"
+                    );
                     self.report(slot, generation, &failure, &counters, Ctx::Lost(&info));
                 }
                 self.send_status();
