@@ -72,14 +72,7 @@ fn semi_seamless_migration_links_the_target_before_the_source_stops() {
     if !require_qemu() {
         return;
     }
-    let src = Qemu::start(QemuOpts::default());
-    let (dst, mport) = incoming(QemuOpts::default());
-    let dir = tempfile::tempdir().unwrap();
-    let mut s = spiced_on(
-        dir.path(),
-        &[("host", "127.0.0.1"), ("port", &src.port().to_string())],
-        "",
-    );
+    let (src, dst, mport, _dir, mut s) = plain_pair(QemuOpts::default, "");
     let t = Instant::now();
     announce(
         &src,
@@ -168,14 +161,7 @@ fn a_target_that_refuses_leaves_the_session_on_the_source() {
     if !require_qemu() {
         return;
     }
-    let src = Qemu::start(QemuOpts::default());
-    let (_dst, mport) = incoming(QemuOpts::default());
-    let dir = tempfile::tempdir().unwrap();
-    let s = spiced_on(
-        dir.path(),
-        &[("host", "127.0.0.1"), ("port", &src.port().to_string())],
-        "",
-    );
+    let (src, _dst, mport, _dir, s) = plain_pair(QemuOpts::default, "");
     let wrong = free_port();
     announce(
         &src,
@@ -205,14 +191,7 @@ fn a_relink_after_the_move_never_lands_on_the_stopped_source() {
     if !require_qemu() {
         return;
     }
-    let src = Qemu::start(QemuOpts::default());
-    let (dst, mport) = incoming(QemuOpts::default());
-    let dir = tempfile::tempdir().unwrap();
-    let s = spiced_on(
-        dir.path(),
-        &[("host", "127.0.0.1"), ("port", &src.port().to_string())],
-        "",
-    );
+    let (src, dst, mport, _dir, s) = plain_pair(QemuOpts::default, "");
     migrate(&src, &dst, mport);
     followed(&s, &src, &dst);
     assert_eq!(run_state(&src), "postmigrate");
@@ -301,14 +280,7 @@ fn switch_host_migration_is_followed_with_every_channel() {
     if !require_qemu() {
         return;
     }
-    let src = Qemu::start(QemuOpts::default());
-    let (dst, mport) = incoming(QemuOpts::default());
-    let dir = tempfile::tempdir().unwrap();
-    let mut s = spiced_on(
-        dir.path(),
-        &[("host", "127.0.0.1"), ("port", &src.port().to_string())],
-        SWITCH_HOST,
-    );
+    let (src, dst, mport, _dir, mut s) = plain_pair(QemuOpts::default, SWITCH_HOST);
     assert!(src.wait_channel_count(11, Duration::from_secs(10)));
 
     let t = Instant::now();
@@ -365,6 +337,24 @@ fn incoming(opts: QemuOpts<'_>) -> (Qemu, u16) {
     opts.extra_args
         .extend(["-incoming".into(), format!("tcp:127.0.0.1:{mport}")]);
     (Qemu::start(opts), mport)
+}
+
+/// A source and a migration target started with `opts`, and spiced (with
+/// `extra` config lines) fully linked to the source's plain port:
+/// (source, target, migration port, spiced's directory, spiced).
+fn plain_pair(
+    opts: impl Fn() -> QemuOpts<'static>,
+    extra: &str,
+) -> (Qemu, Qemu, u16, tempfile::TempDir, Spiced) {
+    let src = Qemu::start(opts());
+    let (dst, mport) = incoming(opts());
+    let dir = tempfile::tempdir().unwrap();
+    let s = spiced_on(
+        dir.path(),
+        &[("host", "127.0.0.1"), ("port", &src.port().to_string())],
+        extra,
+    );
+    (src, dst, mport, dir, s)
 }
 
 /// A TLS-only source and migration target (the shape of oVirt's and
@@ -481,14 +471,7 @@ fn migration_under_display_load_is_followed() {
         extra_args: vec!["-kernel".into(), kernel.display().to_string()],
         ..Default::default()
     };
-    let src = Qemu::start(busy());
-    let (dst, mport) = incoming(busy());
-    let dir = tempfile::tempdir().unwrap();
-    let mut s = spiced_on(
-        dir.path(),
-        &[("host", "127.0.0.1"), ("port", &src.port().to_string())],
-        "",
-    );
+    let (src, dst, mport, _dir, mut s) = plain_pair(busy, "");
     std::thread::sleep(Duration::from_secs(2)); // scenario time: the display is busy
     migrate(&src, &dst, mport);
     followed(&s, &src, &dst);

@@ -1255,18 +1255,38 @@ mod shell {
     }
 }
 
+/// Where the migration tests' server moves the session.
+fn migration_target() -> crate::session::MigrationTarget {
+    crate::session::MigrationTarget {
+        host: "10.0.0.2".into(),
+        port: Some(5999),
+        tls_port: None,
+        subject: None,
+    }
+}
+
+impl H {
+    /// The target's settings (with TLS material) are built.
+    fn migration_target_ready(&mut self) {
+        let s = ConnectionSettings {
+            host: "10.0.0.2".into(),
+            port: Some(5999),
+            ..settings()
+        };
+        self.input(Input::Loaded {
+            origin: Origin::Migration,
+            result: Ok(Box::new(loaded(s))),
+        });
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_live_migration_is_followed_without_spending_an_attempt() {
     let mut h = H::new();
     h.connected();
     h.settled(10, &[]);
     h.take();
-    let target = crate::session::MigrationTarget {
-        host: "10.0.0.2".into(),
-        port: Some(5999),
-        tls_port: None,
-        subject: None,
-    };
+    let target = migration_target();
     h.event(SessionEvent::SwitchHost(target));
     assert_eq!(h.take(), ["migrate 10.0.0.2"]);
     // The source closes the session before the target's settings are ready:
@@ -1274,15 +1294,7 @@ async fn a_live_migration_is_followed_without_spending_an_attempt() {
     h.end(lost(eof(ChannelId::MAIN), 40.0));
     assert!(h.take().is_empty());
     assert_eq!(h.core.state().name(), "connected");
-    let s = ConnectionSettings {
-        host: "10.0.0.2".into(),
-        port: Some(5999),
-        ..settings()
-    };
-    h.input(Input::Loaded {
-        origin: Origin::Migration,
-        result: Ok(Box::new(loaded(s))),
-    });
+    h.migration_target_ready();
     let log = h.take();
     assert!(log.contains(&"start 2".to_string()), "{log:?}");
     assert!(
@@ -1309,12 +1321,7 @@ async fn a_semi_seamless_migration_links_ahead_and_moves_at_the_end() {
     h.connected();
     h.settled(10, &[]);
     h.take();
-    let target = crate::session::MigrationTarget {
-        host: "10.0.0.2".into(),
-        port: Some(5999),
-        tls_port: None,
-        subject: None,
-    };
+    let target = migration_target();
     let begin = |h: &mut H| {
         h.event(SessionEvent::MigrateBegin {
             target: target.clone(),
@@ -1322,21 +1329,10 @@ async fn a_semi_seamless_migration_links_ahead_and_moves_at_the_end() {
             channels: vec![ChannelId::new(ChannelType::Display, 0)],
         })
     };
-    let ready = |h: &mut H| {
-        let s = ConnectionSettings {
-            host: "10.0.0.2".into(),
-            port: Some(5999),
-            ..settings()
-        };
-        h.input(Input::Loaded {
-            origin: Origin::Migration,
-            result: Ok(Box::new(loaded(s))),
-        });
-    };
     // The target refuses: the server is told, the session stays.
     begin(&mut h);
     assert_eq!(h.take(), ["migrate 10.0.0.2"]);
-    ready(&mut h);
+    h.migration_target_ready();
     assert_eq!(h.take(), ["prelink 1 10.0.0.2 id 85 +1"]);
     h.input(Input::Prelinked {
         generation: 1,
@@ -1346,7 +1342,7 @@ async fn a_semi_seamless_migration_links_ahead_and_moves_at_the_end() {
     assert_eq!(h.core.state().name(), "connected");
     // A second announcement, linked this time.
     begin(&mut h);
-    ready(&mut h);
+    h.migration_target_ready();
     h.take();
     h.input(Input::Prelinked {
         generation: 1,
@@ -1383,19 +1379,11 @@ async fn a_cancelled_migration_drops_the_target_links() {
     h.settled(10, &[]);
     h.take();
     h.event(SessionEvent::MigrateBegin {
-        target: crate::session::MigrationTarget {
-            host: "10.0.0.2".into(),
-            port: Some(5999),
-            tls_port: None,
-            subject: None,
-        },
+        target: migration_target(),
         session_id: 1,
         channels: vec![],
     });
-    h.input(Input::Loaded {
-        origin: Origin::Migration,
-        result: Ok(Box::new(loaded(settings()))),
-    });
+    h.migration_target_ready();
     h.input(Input::Prelinked {
         generation: 1,
         result: Ok(1),

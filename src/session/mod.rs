@@ -107,14 +107,6 @@ impl Adopted {
         Adopted(std::sync::Mutex::new(links))
     }
 
-    pub fn len(&self) -> usize {
-        self.0.lock().map_or(0, |m| m.len())
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// The channels linked there, main excluded.
     fn channels(&self) -> Vec<ChannelId> {
         self.0.lock().map_or(Vec::new(), |m| {
