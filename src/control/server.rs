@@ -216,7 +216,7 @@ async fn connection(stream: UnixStream, ctx: ServerCtx) {
                 if send(&mut w, &current_status(&ctx)).await.is_err() {
                     return;
                 }
-                stream_to(rx, w).await;
+                stream_to(rx, r, w).await;
                 return;
             }
             Request::Bad(e) => error_line(&e),
@@ -233,13 +233,26 @@ fn current_status(ctx: &ServerCtx) -> String {
 }
 
 /// Streams hub lines to one subscriber until it falls behind or goes away.
-async fn stream_to(mut rx: broadcast::Receiver<Arc<str>>, mut w: tokio::net::unix::OwnedWriteHalf) {
+/// Its read half is watched meanwhile: a subscriber that closed gives its
+/// client slot back at once, not at the next line that fails to reach it
+/// (with nothing published, that could be never).
+async fn stream_to(
+    mut rx: broadcast::Receiver<Arc<str>>,
+    mut r: BufReader<tokio::net::unix::OwnedReadHalf>,
+    mut w: tokio::net::unix::OwnedWriteHalf,
+) {
     loop {
-        match rx.recv().await {
+        // Both are cancel-safe: a line not yet received stays in the ring,
+        // and bytes read from a subscriber are ignored anyway.
+        let got = tokio::select! {
+            got = rx.recv() => got,
+            () = closed(&mut r) => return,
+        };
+        match got {
             Ok(line) => {
                 if send(&mut w, &line).await.is_err() {
                     tracing::warn!(
-                        "control socket: a subscriber stopped reading for {} s; dropped it",
+                        "control socket: a subscriber stopped reading for {} s or went away; dropped it",
                         WRITE_TIMEOUT.as_secs()
                     );
                     return;
@@ -250,6 +263,20 @@ async fn stream_to(mut rx: broadcast::Receiver<Arc<str>>, mut w: tokio::net::uni
                 return;
             }
             Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Returns when the peer has closed its end (EOF) or the socket failed.
+/// Whatever a subscriber sends after `subscribe` is read and ignored.
+async fn closed(r: &mut BufReader<tokio::net::unix::OwnedReadHalf>) {
+    loop {
+        match r.fill_buf().await {
+            Ok([]) | Err(_) => return,
+            Ok(bytes) => {
+                let n = bytes.len();
+                r.consume(n);
+            }
         }
     }
 }

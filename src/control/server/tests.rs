@@ -178,6 +178,50 @@ async fn too_many_clients_are_told_so() {
     server.abort();
 }
 
+/// Subscribers that went away give their slot back at once, with nothing
+/// published to find out by a failed write: twice as many one-off
+/// subscribers as there are slots come and go (half of them half-close and
+/// wait for the server to let go, half just close), then `status` is
+/// answered.
+#[tokio::test]
+async fn subscribers_that_went_away_release_their_slots() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.sock");
+    let listener = bind(&path).unwrap();
+    let (c, _stx, _r) = ctx(Status::default());
+    let hub = c.hub.clone();
+    let server = tokio::spawn(serve(listener, c));
+    for i in 0..2 * MAX_CLIENTS {
+        let (mut r, mut w) = connect(&path).await;
+        w.write_all(b"{\"cmd\":\"subscribe\"}\n").await.unwrap();
+        assert_eq!(line(&mut r).await["type"], "status", "client {i}");
+        if i % 2 == 0 {
+            w.shutdown().await.unwrap();
+            let mut rest = Vec::new();
+            let closed = tokio::time::timeout(Duration::from_secs(5), r.read_to_end(&mut rest))
+                .await
+                .map(|r| r.is_ok());
+            assert_eq!(
+                closed,
+                Ok(true),
+                "client {i}: the server still holds a subscriber that closed"
+            );
+        }
+    }
+    let gone = tokio::time::timeout(Duration::from_secs(5), async {
+        while hub.subscribers() > 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(gone.is_ok(), "{} subscribers still held", hub.subscribers());
+    let (mut r, mut w) = connect(&path).await;
+    w.write_all(b"{\"cmd\":\"status\"}\n").await.unwrap();
+    let v = line(&mut r).await;
+    assert_eq!(v["type"], "status", "{v}");
+    server.abort();
+}
+
 #[test]
 fn the_socket_path_rules() {
     let dir = tempfile::tempdir().unwrap();
