@@ -25,6 +25,7 @@ pub mod report;
 pub mod scrub;
 pub mod secret;
 pub mod session;
+pub mod stderr;
 pub mod systemd;
 pub mod tap;
 pub mod text;

@@ -3,7 +3,8 @@
 //!
 //! `log.target` picks the sink (see [`Sink`]): journald's native protocol
 //! ([`crate::journal`]), or one line per event on stderr, readable in a terminal
-//! and, without colours and timestamps of our own, in a journal stream.
+//! and, without colours and timestamps of our own, in a journal stream. stderr
+//! is written through [`crate::stderr`]'s queue, never on the caller's thread.
 
 use crate::config::{LogConfig, LogTarget};
 use tracing_subscriber::layer::SubscriberExt;
@@ -41,10 +42,11 @@ where
     let filter = EnvFilter::try_new(filter_string(rust_log.as_deref(), &log.filter))
         .or_else(|_| EnvFilter::try_new(&log.filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let sink = choose_sink(log.target, crate::journal::stderr_is_journal());
+    let sink = choose_sink(log.target, crate::stderr::is_journal_stream());
     let ansi = sink == Sink::Stderr && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // Through the queue: a write to stderr can block, lines come from the loop.
     let base = fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(crate::stderr::Stderr)
         .with_ansi(ansi)
         .with_target(false);
     let out = match sink {

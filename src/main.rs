@@ -31,6 +31,8 @@ fn main() -> ExitCode {
         None if cli.run.check => check(&cli.run),
         None => spiced::daemon::main(&cli.run),
     };
+    // Log lines still queued for stderr (it may not take them: bounded).
+    spiced::stderr::flush(spiced::stderr::EXIT_FLUSH);
     ExitCode::from(code)
 }
 
