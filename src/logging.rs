@@ -61,6 +61,21 @@ where
         .try_init();
 }
 
+/// Logs `message` at syslog `priority` (2 crit, 3 err, 4 warning) outside
+/// `tracing`: before logging is set up (the config that says how failed to
+/// load) or from the panic hook. On a journal stream (under systemd) it is an
+/// entry of that priority: natively, else `<N>` on the stream; elsewhere a
+/// plain `spiced: ...` line on stderr. Waits at most
+/// [`crate::journal::SEND_TIMEOUT`], never for stderr (see [`crate::stderr`]):
+/// call [`crate::stderr::flush`] before exiting.
+pub fn direct(priority: u8, message: &str) {
+    if crate::stderr::is_journal_stream() {
+        crate::journal::JournalLayer::stderr().emit(priority, message);
+    } else {
+        crate::stderr::write_line(format!("spiced: {message}\n").into_bytes());
+    }
+}
+
 /// The filter to use: `RUST_LOG` when it says something, else `fallback`. A set
 /// but empty (or blank) `RUST_LOG`, as `Environment=RUST_LOG=` in a unit file
 /// leaves it, counts as unset: as a filter it would silence every line.

@@ -560,3 +560,100 @@ fn a_large_entry_keeps_its_fields_in_the_journal() {
     assert_eq!(field(e, "SPICED_INSTANCE"), "big");
     assert_eq!(field(e, "_TRANSPORT"), "journal");
 }
+
+/// A config error at start comes before the logger it configures: under
+/// systemd (stderr a journal stream) it is still an error entry. With the
+/// native socket, natively; without it, `<3>` on the stream, which journald
+/// reads as priority 3. `journalctl -p err` finds it either way.
+#[test]
+fn a_config_error_at_start_is_an_error_entry() {
+    if !require_journald() || !have_program("systemd-cat") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let vv = write_vv(dir.path(), &[("host", "127.0.0.1"), ("port", "1")]);
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, "[reconnect]\nmax_attempt = 5\n").unwrap();
+    for native in [true, false] {
+        let kept = dir.path().join(format!("journal-{native}"));
+        let hide = if native {
+            ""
+        } else {
+            "rm /run/systemd/journal/socket; "
+        };
+        let script = format!(
+            "{hide}export JOURNAL_STREAM=$(stat -L -c %d:%i /proc/self/fd/2); exec {} --vv {} --config {}",
+            spiced_bin(),
+            vv.display(),
+            cfg.display()
+        );
+        let out = Command::new("bash")
+            .arg(SANDBOX)
+            .args(["--keep", kept.to_str().unwrap(), "--"])
+            .args(["timeout", "60", "systemd-cat", "-t", "spiced-stream"])
+            .args(["bash", "-c", &script])
+            .output()
+            .expect("run the sandbox");
+        assert_eq!(
+            out.status.code(),
+            Some(78),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let errors = journal(&kept, &["-p", "err"]);
+        eprintln!("native {native}: {:#?}", messages(&errors));
+        let e = errors
+            .iter()
+            .find(|e| field(e, "MESSAGE").contains("unknown field `max_attempt`"))
+            .unwrap_or_else(|| panic!("journalctl -p err does not find the config error"));
+        assert_eq!(field(e, "PRIORITY"), "3");
+        assert!(field(e, "MESSAGE").contains("bad.toml"), "{e:#}");
+        let (transport, id) = if native {
+            ("journal", "spiced")
+        } else {
+            ("stdout", "spiced-stream")
+        };
+        assert_eq!(field(e, "_TRANSPORT"), transport);
+        assert_eq!(field(e, "SYSLOG_IDENTIFIER"), id);
+    }
+}
+
+/// The same config error, cheaply: no journald at all. When JOURNAL_STREAM
+/// names stderr it is one `<3>` line (what the stream reader needs);
+/// otherwise, for a terminal, the plain `spiced: ...` line.
+#[test]
+fn a_config_error_on_a_journal_stream_has_the_error_prefix() {
+    if !require_journald() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let vv = write_vv(dir.path(), &[("host", "127.0.0.1"), ("port", "1")]);
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, "[reconnect]\nmax_attempt = 5\n").unwrap();
+    for (stream, prefix) in [
+        ("$(stat -L -c %d:%i /proc/self/fd/2)", "<3>"),
+        ("1:1", "spiced: "),
+    ] {
+        let script = format!(
+            "export JOURNAL_STREAM={stream}; exec {} --vv {} --config {}",
+            spiced_bin(),
+            vv.display(),
+            cfg.display()
+        );
+        let out = Command::new("bash")
+            .arg(SANDBOX)
+            .args(["--no-journald", "--", "bash", "-c", &script])
+            .output()
+            .expect("run the sandbox");
+        assert_eq!(out.status.code(), Some(78));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.starts_with(&format!("{prefix}{}: ", cfg.display()))
+                && err.contains("unknown field `max_attempt`"),
+            "{err}"
+        );
+        if prefix == "<3>" {
+            assert_eq!(err.lines().count(), 1, "one stream line: {err}");
+        }
+    }
+}
