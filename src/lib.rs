@@ -19,6 +19,7 @@ pub mod keepalive;
 pub mod link;
 pub mod logging;
 pub mod metrics;
+pub mod panic;
 pub mod reconnect;
 pub mod refresh;
 pub mod report;

@@ -7,6 +7,8 @@ use spiced::{exit, vv};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // A panic is logged at crit and, outside a task, exits 70.
+    spiced::panic::install();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -678,6 +679,22 @@ fn wrong_permissions_are_refused() {
     if unsafe { libc::geteuid() } == 0 {
         assert_eq!(connect_as(65534, &sock), libc::EACCES, "nobody is refused");
         assert_eq!(connect_as(0, &sock), 0, "root may connect");
+        // Through a mode loosened by hand, spiced itself refuses the peer
+        // (SO_PEERCRED): `spiced status` says "not allowed", 77.
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let out = std::process::Command::new(spiced_bin())
+            .args(["status", "--socket"])
+            .arg(&sock)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(77), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("permission denied"),
+            "{out:?}"
+        );
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600)).unwrap();
     } else {
         eprintln!("SKIP the other-user check: it needs root to switch users");
     }

@@ -1,7 +1,7 @@
 //! `spiced status`: the client of the control socket ([`client_main`]), where
 //! it looks for the socket, and the summary it prints for an operator.
 
-use super::protocol::VERSION;
+use super::protocol::{PERMISSION_DENIED, VERSION};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -33,8 +33,9 @@ pub fn socket_for(socket: Option<&Path>, instance: Option<&str>) -> Result<PathB
 }
 
 /// `spiced status [--json] [--socket PATH | INSTANCE]`. Exit: 0 ok; 69 no
-/// daemon (no socket, nobody listening); 77 not allowed to connect; 1 a
-/// protocol error (docs/control.md).
+/// daemon (no socket, nobody listening); 77 not allowed (the socket's mode,
+/// or the daemon refusing the peer's uid); 78 not an instance name; 1 any
+/// other error (docs/control.md, docs/exit-codes.md).
 pub fn client_main(json: bool, socket: Option<&Path>, instance: Option<&str>) -> u8 {
     let path = match socket_for(socket, instance) {
         Ok(p) => p,
@@ -83,6 +84,11 @@ pub fn client_main(json: bool, socket: Option<&Path>, instance: Option<&str>) ->
             "spiced status: {shown}: {}",
             crate::logging::escape_controls(e)
         );
+        // Refused by the daemon itself (the peer's uid): not allowed, as a
+        // refused connect is.
+        if e == PERMISSION_DENIED {
+            return crate::exit::TICKET; // 77, EX_NOPERM
+        }
         return crate::exit::FAILURE;
     }
     if json {
@@ -107,12 +113,15 @@ fn request(path: &Path, cmd: &str) -> Result<String, RequestError> {
     let p = |e: std::io::Error| RequestError::Protocol(e.to_string());
     s.set_read_timeout(t).map_err(p)?;
     s.set_write_timeout(t).map_err(p)?;
-    s.write_all(format!("{{\"cmd\":\"{cmd}\"}}\n").as_bytes())
-        .map_err(p)?;
+    // A daemon that refuses the peer answers and closes without reading the
+    // request: its answer is still there to read after a broken pipe.
+    let sent = s.write_all(format!("{{\"cmd\":\"{cmd}\"}}\n").as_bytes());
     let mut line = String::new();
-    std::io::BufReader::new(s.take(1 << 20))
-        .read_line(&mut line)
-        .map_err(p)?;
+    let read = std::io::BufReader::new(s.take(1 << 20)).read_line(&mut line);
+    if line.is_empty() {
+        sent.map_err(p)?;
+    }
+    read.map_err(p)?;
     if !line.ends_with('\n') {
         return Err(RequestError::Protocol(
             "the answer ended early (or is over 1 MiB)".into(),
@@ -219,6 +228,39 @@ mod tests {
     use super::*;
     use crate::control::status_line;
     use crate::daemon::status::Status;
+
+    /// A one-shot daemon that answers the first request with `answer`.
+    fn answering(
+        answer: &'static str,
+    ) -> (tempfile::TempDir, PathBuf, std::thread::JoinHandle<()>) {
+        use std::io::{BufRead, Write};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let t = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let mut line = String::new();
+            std::io::BufReader::new(&s).read_line(&mut line).unwrap();
+            (&s).write_all(answer.as_bytes()).unwrap();
+        });
+        (dir, path, t)
+    }
+
+    /// The daemon refusing the peer (SO_PEERCRED: another user through a
+    /// loosened mode) is "not allowed", 77, as a refused connect is; any
+    /// other error line is 1.
+    #[test]
+    fn a_refusal_by_the_daemon_exits_77() {
+        let (_d, path, t) =
+            answering("{\"version\":1,\"type\":\"error\",\"error\":\"permission denied\"}\n");
+        assert_eq!(client_main(false, Some(&path), None), crate::exit::TICKET);
+        t.join().unwrap();
+        let (_d, path, t) = answering(
+            "{\"version\":1,\"type\":\"error\",\"error\":\"too many clients (at most 16)\"}\n",
+        );
+        assert_eq!(client_main(false, Some(&path), None), crate::exit::FAILURE);
+        t.join().unwrap();
+    }
 
     #[test]
     fn the_client_finds_the_socket_by_instance() {

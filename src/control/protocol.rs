@@ -32,6 +32,9 @@ pub fn status_line(instance: &str, status: &Status, now: f64) -> String {
     serde_json::to_string(&msg).unwrap_or_else(|e| error_line(&format!("status: {e}")))
 }
 
+/// The error a peer of another user gets (the client exits 77 on it).
+pub(super) const PERMISSION_DENIED: &str = "permission denied";
+
 pub(super) fn error_line(msg: &str) -> String {
     serde_json::json!({"version": VERSION, "type": "error", "error": msg}).to_string()
 }

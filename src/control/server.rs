@@ -3,7 +3,9 @@
 //! answering them, and the stream to a subscriber.
 
 use super::hub::Hub;
-use super::protocol::{error_line, ok_line, parse_request, status_line, Request};
+use super::protocol::{
+    error_line, ok_line, parse_request, status_line, Request, PERMISSION_DENIED,
+};
 use crate::daemon::status::Status;
 use std::path::Path;
 use std::sync::Arc;
@@ -184,7 +186,7 @@ async fn read_request(
 async fn connection(stream: UnixStream, ctx: ServerCtx) {
     if !peer_allowed(&stream) {
         let mut s = stream;
-        let _ = send(&mut s, &error_line("permission denied")).await;
+        let _ = send(&mut s, &error_line(PERMISSION_DENIED)).await;
         return;
     }
     let (r, mut w) = stream.into_split();
