@@ -198,7 +198,7 @@ where
         }
         // One event, one stream line: a newline would start an entry without a
         // priority.
-        let line = format!("<{pri}>{}\n", crate::logging::escape_controls(message));
+        let line = format!("<{pri}>{}\n", crate::text::printable(message));
         (buf, line)
     }
 

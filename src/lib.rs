@@ -4,6 +4,7 @@
 //! is sans-IO: plain functions over bytes, events and injected time. tokio appears
 //! only at the edges (`link`, `session`, `daemon`).
 
+pub mod base64;
 pub mod channel;
 pub mod cli;
 pub mod config;

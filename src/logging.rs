@@ -86,39 +86,9 @@ pub fn filter_string(rust_log: Option<&str>, fallback: &str) -> String {
     }
 }
 
-/// `s` safe for one terminal or log line: every control character (C0 such as
-/// ESC, CR, LF and tab; DEL; C1 such as CSI U+009B) written as `\x1b` (below
-/// 0x80) or `\u{9b}`, so text from a file or a child process cannot move the
-/// cursor, recolour the terminal or forge a line.
-pub fn escape_controls(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if c.is_control() {
-            let n = u32::from(c);
-            if n < 0x80 {
-                out.push_str(&format!("\\x{n:02x}"));
-            } else {
-                out.push_str(&format!("\\u{{{n:x}}}"));
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn controls_are_escaped() {
-        assert_eq!(escape_controls("plain é ✓"), "plain é ✓");
-        assert_eq!(
-            escape_controls("a\x1b[31mb\r\n\t\0\x7f\u{9b}c"),
-            "a\\x1b[31mb\\x0d\\x0a\\x09\\x00\\x7f\\u{9b}c"
-        );
-    }
 
     #[test]
     fn target_and_journal_stream_pick_the_sink() {

@@ -29,7 +29,7 @@ pub fn secrets(settings: &ConnectionSettings, config: &Config) -> Vec<Secret> {
         let (user, pass) = info.split_once(':').unwrap_or((info, ""));
         // What connect_request puts on the wire.
         let sent = format!("{user}:{pass}");
-        out.push(crate::link::proxy::base64(sent.as_bytes()));
+        out.push(crate::base64::encode(sent.as_bytes()));
         for v in [info, user, pass, sent.as_str()] {
             out.push(v.to_string());
             out.push(percent_decode(v));
@@ -371,7 +371,7 @@ mod tests {
             "p@ss/w",
             "b%40b:p@ss%2Fw",
             "b@b:p@ss/w",
-            &crate::link::proxy::base64(b"b%40b:p@ss%2Fw"),
+            &crate::base64::encode(b"b%40b:p@ss%2Fw"),
         ] {
             assert!(got.iter().any(|g| g == want), "{want} missing from {got:?}");
         }
@@ -382,10 +382,7 @@ mod tests {
         };
         let got = all(&s, &Config::default());
         assert!(got.contains(&"bob".to_string()), "{got:?}");
-        assert!(
-            got.contains(&crate::link::proxy::base64(b"bob:")),
-            "{got:?}"
-        );
+        assert!(got.contains(&crate::base64::encode(b"bob:")), "{got:?}");
     }
 
     #[test]

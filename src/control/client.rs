@@ -26,7 +26,7 @@ pub fn socket_for(socket: Option<&Path>, instance: Option<&str>) -> Result<PathB
     {
         return Err(format!(
             "{:?} is not an instance name",
-            crate::logging::escape_controls(&name)
+            crate::text::printable(&name)
         ));
     }
     Ok(Path::new(RUN_DIR).join(format!("{name}.sock")))
@@ -44,7 +44,7 @@ pub fn client_main(json: bool, socket: Option<&Path>, instance: Option<&str>) ->
             return crate::exit::CONFIG;
         }
     };
-    let shown = crate::logging::escape_controls(&path.display().to_string());
+    let shown = crate::text::printable(&path.display().to_string());
     let line = match request(&path, "status") {
         Ok(l) => l,
         Err(RequestError::Connect(e)) => {
@@ -57,10 +57,7 @@ pub fn client_main(json: bool, socket: Option<&Path>, instance: Option<&str>) ->
             return code;
         }
         Err(RequestError::Protocol(e)) => {
-            eprintln!(
-                "spiced status: {shown}: {}",
-                crate::logging::escape_controls(&e)
-            );
+            eprintln!("spiced status: {shown}: {}", crate::text::printable(&e));
             return crate::exit::FAILURE;
         }
     };
@@ -74,16 +71,13 @@ pub fn client_main(json: bool, socket: Option<&Path>, instance: Option<&str>) ->
     if v["version"] != VERSION {
         eprintln!(
             "spiced status: {shown}: protocol version {} (this spiced speaks {VERSION})",
-            crate::logging::escape_controls(&v["version"].to_string())
+            crate::text::printable(&v["version"].to_string())
         );
         return crate::exit::FAILURE;
     }
     if v["type"] != "status" {
         let e = v["error"].as_str().unwrap_or("unexpected answer");
-        eprintln!(
-            "spiced status: {shown}: {}",
-            crate::logging::escape_controls(e)
-        );
+        eprintln!("spiced status: {shown}: {}", crate::text::printable(e));
         // Refused by the daemon itself (the peer's uid): not allowed, as a
         // refused connect is.
         if e == PERMISSION_DENIED {
@@ -132,13 +126,13 @@ fn request(path: &Path, cmd: &str) -> Result<String, RequestError> {
 
 /// One screen for an operator. Every string from the daemon is escaped.
 pub fn human(v: &serde_json::Value) -> String {
-    use crate::logging::escape_controls as esc;
+    use crate::text::printable as esc;
     use std::fmt::Write as _;
     let s = |k: &str| esc(v[k].as_str().unwrap_or("?"));
     let now = v["now"].as_f64().unwrap_or(0.0);
     let when = |t: &serde_json::Value| -> Option<String> {
         let t = t.as_f64()?;
-        let at = crate::reconnect::format_unix_utc(t as i64);
+        let at = crate::time::format_unix_utc(t as i64);
         let d = now - t;
         Some(if d >= 0.0 {
             format!(

@@ -64,7 +64,7 @@ pub(super) fn parse_request(line: &str) -> Request {
             "reconnect" => Request::Reconnect,
             other => Request::Bad(format!(
                 "unknown cmd {:?} (status, subscribe, reconnect)",
-                crate::logging::escape_controls(other)
+                crate::text::printable(other)
             )),
         },
         Err(_) => Request::Bad("not a JSON request like {\"cmd\":\"status\"}".into()),

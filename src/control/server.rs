@@ -42,12 +42,12 @@ pub struct ServerCtx {
 /// to a local socket): call it once at start-up.
 pub fn bind(path: &Path) -> Result<UnixListener, String> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-    let shown = crate::logging::escape_controls(&path.display().to_string());
+    let shown = crate::text::printable(&path.display().to_string());
     let dir = path.parent().unwrap_or(Path::new("/"));
     let dm = std::fs::metadata(dir).map_err(|e| {
         format!(
             "control.socket {shown}: its directory {}: {e}",
-            crate::logging::escape_controls(&dir.display().to_string())
+            crate::text::printable(&dir.display().to_string())
         )
     })?;
     if !dm.is_dir() {

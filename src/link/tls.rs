@@ -544,7 +544,7 @@ fn presented_name(p: &str) -> String {
 }
 
 fn unix_time(secs: u64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+    crate::time::format_unix_utc(i64::try_from(secs).unwrap_or(i64::MAX))
 }
 
 /// Turns a failed handshake (tokio-rustls wraps rustls errors in io::Error) into

@@ -4,9 +4,9 @@
 
 use super::cause::DisconnectCause;
 use super::redact;
-use super::utc::Utc;
 use crate::config::ReportConfig;
 use crate::secret::Secret;
+use crate::time::Utc;
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{self, Write};
