@@ -525,7 +525,7 @@ impl Config {
 /// An absolute path naming a file (not a directory, not empty, no control
 /// characters, within the 108-byte limit of a unix socket address for sockets).
 fn abs_file(key: &str, p: &Path) -> Result<(), String> {
-    let shown = crate::logging::escape_controls(&p.display().to_string());
+    let shown = crate::text::printable(&p.display().to_string());
     if !p.is_absolute() {
         return Err(format!("{key} = {shown:?}: must be an absolute path"));
     }

@@ -12,14 +12,17 @@
 //! - `SPICED_INSTANCE` from the environment variable of that name (set by
 //!   `spiced@.service`), when non-empty.
 //!
-//! Span fields are not looked at (spiced logs no spans). A line the socket does
-//! not take (journald absent, a datagram too big, journald not reading) goes to
-//! the fallback writer (stderr) as `<N>text`, the prefix journald's stream
-//! reader turns into the priority: never a lost line. A send waits for room in
-//! journald's queue (bursts overrun the kernel's 10-datagram default) but at
-//! most [`SEND_TIMEOUT`]; after a timeout sends stop waiting until one gets
-//! through again, so a stalled journald costs the event loop one wait, not one
-//! per line.
+//! Span fields are not looked at (spiced logs no spans). An entry too big for
+//! a datagram (EMSGSIZE) goes, as journald's protocol documents, in a sealed
+//! memfd passed with SCM_RIGHTS in an empty datagram: it keeps its fields. A
+//! line the socket does not take (journald absent, journald not reading) goes
+//! to the fallback writer as `<N>text`, the prefix journald's stream reader
+//! turns into the priority. The daemon's fallback is [`crate::stderr::Stderr`],
+//! a queue that never blocks the caller (stderr may be a pipe nobody reads).
+//! A send waits for room in journald's queue (bursts overrun the kernel's
+//! 10-datagram default) but at most [`SEND_TIMEOUT`]; after a timeout sends
+//! stop waiting until one gets through again, so a stalled journald costs the
+//! event loop one wait, not one per line.
 
 use socket2::{Domain, SockAddr, Socket, Type};
 use std::io::Write as _;
@@ -45,34 +48,6 @@ pub fn priority(level: &Level) -> u8 {
         Level::WARN => 4,
         Level::INFO => 6,
         _ => 7,
-    }
-}
-
-/// Whether `JOURNAL_STREAM` (`DEV:INO`, decimal, as systemd sets it) names the
-/// file `dev`/`ino`. systemd documents this check: the variable is inherited by
-/// children whose stderr was redirected elsewhere, so its presence alone says
-/// nothing.
-pub fn stream_matches(journal_stream: Option<&str>, dev: u64, ino: u64) -> bool {
-    let Some((d, i)) = journal_stream.and_then(|v| v.trim().split_once(':')) else {
-        return false;
-    };
-    d.parse::<u64>().ok() == Some(dev) && i.parse::<u64>().ok() == Some(ino)
-}
-
-/// This process's stderr is a journald stream.
-pub fn stderr_is_journal() -> bool {
-    use std::os::fd::AsFd;
-    use std::os::unix::fs::MetadataExt;
-    let var = std::env::var("JOURNAL_STREAM").ok();
-    if var.is_none() {
-        return false;
-    }
-    let Ok(fd) = std::io::stderr().as_fd().try_clone_to_owned() else {
-        return false;
-    };
-    match std::fs::File::from(fd).metadata() {
-        Ok(m) => stream_matches(var.as_deref(), m.dev(), m.ino()),
-        Err(_) => false,
     }
 }
 
@@ -117,15 +92,12 @@ pub struct JournalLayer<W> {
     fallback: W,
 }
 
-impl JournalLayer<fn() -> std::io::Stderr> {
-    /// journald's socket, stderr as the fallback, the instance from the environment.
+impl JournalLayer<crate::stderr::Stderr> {
+    /// journald's socket, stderr (through its queue) as the fallback, the
+    /// instance from the environment.
     pub fn stderr() -> Self {
         let instance = std::env::var(INSTANCE_ENV).ok();
-        JournalLayer::new(
-            Path::new(SOCKET),
-            std::io::stderr as fn() -> std::io::Stderr,
-            instance,
-        )
+        JournalLayer::new(Path::new(SOCKET), crate::stderr::Stderr, instance)
     }
 }
 
@@ -146,15 +118,21 @@ where
         }
     }
 
-    /// Sends one datagram; false if journald did not take it.
+    /// Sends one entry; false if journald did not take it.
     fn send(&self, datagram: &[u8]) -> bool {
         let Some((sock, addr)) = &self.socket else {
             return false;
         };
         let stalled = self.stalled.load(Ordering::Relaxed);
         let flags = libc::MSG_NOSIGNAL | if stalled { libc::MSG_DONTWAIT } else { 0 };
-        match sock.send_to_with_flags(datagram, addr, flags) {
-            Ok(_) => {
+        let sent = match sock.send_to_with_flags(datagram, addr, flags) {
+            Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
+                sealed_memfd(datagram).and_then(|fd| send_fd(sock, addr, &fd, flags))
+            }
+            other => other.map(|_| ()),
+        };
+        match sent {
+            Ok(()) => {
                 if stalled {
                     self.stalled.store(false, Ordering::Relaxed);
                 }
@@ -182,31 +160,132 @@ where
             }
             message.push_str(&v.rest);
         }
-        let pri = priority(meta.level());
+        let code = meta.file().zip(meta.line());
+        self.entry(
+            priority(meta.level()),
+            &message,
+            v.message_id.as_deref(),
+            &v.journal,
+            code,
+        )
+    }
+
+    /// One entry: the native-protocol datagram, and the line for the fallback.
+    fn entry(
+        &self,
+        pri: u8,
+        message: &str,
+        message_id: Option<&str>,
+        fields: &[(&'static str, String)],
+        code: Option<(&str, u32)>,
+    ) -> (Vec<u8>, String) {
         let mut buf = Vec::with_capacity(message.len() + 256);
         put_field(&mut buf, "MESSAGE", message.as_bytes());
         put_field(&mut buf, "PRIORITY", pri.to_string().as_bytes());
         put_field(&mut buf, "SYSLOG_IDENTIFIER", b"spiced");
-        if let Some(id) = &v.message_id {
+        if let Some(id) = message_id {
             put_field(&mut buf, "MESSAGE_ID", id.as_bytes());
         }
-        for (name, value) in &v.journal {
+        for (name, value) in fields {
             put_field(&mut buf, name, value.as_bytes());
         }
         if let Some(i) = &self.instance {
             put_field(&mut buf, "SPICED_INSTANCE", i.as_bytes());
         }
-        if let Some(f) = meta.file() {
-            put_field(&mut buf, "CODE_FILE", f.as_bytes());
-        }
-        if let Some(l) = meta.line() {
-            put_field(&mut buf, "CODE_LINE", l.to_string().as_bytes());
+        if let Some((file, line)) = code {
+            put_field(&mut buf, "CODE_FILE", file.as_bytes());
+            put_field(&mut buf, "CODE_LINE", line.to_string().as_bytes());
         }
         // One event, one stream line: a newline would start an entry without a
         // priority.
-        let line = format!("<{pri}>{}\n", crate::logging::escape_controls(&message));
+        let line = format!("<{pri}>{}\n", crate::text::printable(message));
         (buf, line)
     }
+
+    /// Sends an entry, or writes its line to the fallback.
+    fn deliver(&self, datagram: &[u8], line: &str) {
+        if !self.send(datagram) {
+            // One write per line, so concurrent lines do not interleave.
+            let _ = self.fallback.make_writer().write_all(line.as_bytes());
+        }
+    }
+
+    /// Logs `message` at syslog `priority` (2 crit, 3 err, ...) outside
+    /// `tracing`: before it is set up (the config that says how to log did
+    /// not load), or from the panic hook.
+    pub fn emit(&self, priority: u8, message: &str) {
+        let (datagram, line) = self.entry(priority, message, None, &[], None);
+        self.deliver(&datagram, &line);
+    }
+}
+
+/// `data` in a memfd sealed against any change, as journald wants an entry
+/// too big for a datagram (it then maps it without copying).
+fn sealed_memfd(data: &[u8]) -> std::io::Result<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the name is a NUL-terminated literal; a descriptor returned is
+    // fresh and owned by the File from here on.
+    let mut f = unsafe {
+        let fd = libc::memfd_create(
+            c"spiced-journal".as_ptr(),
+            libc::MFD_ALLOW_SEALING | libc::MFD_CLOEXEC,
+        );
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        std::fs::File::from_raw_fd(fd)
+    };
+    f.write_all(data)?;
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE | libc::F_SEAL_SEAL;
+    // SAFETY: fcntl on the descriptor `f` owns.
+    if unsafe {
+        libc::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            libc::F_ADD_SEALS,
+            seals,
+        )
+    } < 0
+    {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(f)
+}
+
+/// Sends `fd` to `addr` with SCM_RIGHTS in an empty datagram.
+fn send_fd(
+    sock: &Socket,
+    addr: &SockAddr,
+    fd: &std::fs::File,
+    flags: libc::c_int,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // Aligned for a cmsghdr; 64 bytes hold one descriptor's message.
+    #[repr(C)]
+    union Control {
+        _align: libc::cmsghdr,
+        buf: [u8; 64],
+    }
+    // SAFETY: every pointer in the msghdr points into locals alive for the
+    // call; the control message is written through the CMSG macros within
+    // the CMSG_SPACE(sizeof(int)) bytes the msghdr gives (<= 64).
+    unsafe {
+        let mut control: Control = std::mem::zeroed();
+        let space = libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) as usize;
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_name = addr.as_ptr() as *mut libc::c_void;
+        msg.msg_namelen = addr.len();
+        msg.msg_control = control.buf.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>(), fd.as_raw_fd());
+        if libc::sendmsg(sock.as_raw_fd(), &msg, flags) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 impl<S, W> Layer<S> for JournalLayer<W>
@@ -216,10 +295,7 @@ where
 {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
         let (datagram, line) = self.encode(event);
-        if !self.send(&datagram) {
-            // One write per line, so concurrent lines do not interleave.
-            let _ = self.fallback.make_writer().write_all(line.as_bytes());
-        }
+        self.deliver(&datagram, &line);
     }
 }
 
@@ -343,18 +419,6 @@ mod tests {
     }
 
     #[test]
-    fn journal_stream_must_name_stderr() {
-        assert!(stream_matches(Some("64769:1234"), 64769, 1234));
-        assert!(stream_matches(Some(" 8:99\n"), 8, 99));
-        assert!(!stream_matches(Some("64769:1234"), 64769, 1235));
-        assert!(!stream_matches(Some("64768:1234"), 64769, 1234));
-        assert!(!stream_matches(Some(""), 0, 0));
-        assert!(!stream_matches(Some("1234"), 0, 1234));
-        assert!(!stream_matches(Some("a:b"), 0, 0));
-        assert!(!stream_matches(None, 0, 0));
-    }
-
-    #[test]
     fn every_event_field_has_a_journal_name() {
         for f in crate::events::FIELDS {
             assert_eq!(
@@ -465,6 +529,37 @@ mod tests {
         );
     }
 
+    /// A line from outside `tracing` (a config error before logging is set
+    /// up, a panic): an entry of its own priority; without the socket, `<N>`
+    /// and the text on one fallback line, which journald's stream reader
+    /// turns into that priority.
+    #[test]
+    fn direct_lines_keep_their_priority() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("socket");
+        let rx = UnixDatagram::bind(&path).unwrap();
+        rx.set_nonblocking(true).unwrap();
+        let buf = Buf::default();
+        let b = buf.clone();
+        let layer = JournalLayer::new(&path, move || b.clone(), Some("k1".into()));
+        layer.emit(3, "/etc/spiced/k1.toml: bad\nsecond line");
+        let mut d = vec![0u8; 4096];
+        let n = rx.recv(&mut d).unwrap();
+        let f = parse(&d[..n]);
+        assert_eq!(f["PRIORITY"], "3");
+        assert_eq!(f["MESSAGE"], "/etc/spiced/k1.toml: bad\nsecond line");
+        assert_eq!(f["SYSLOG_IDENTIFIER"], "spiced");
+        assert_eq!(f["SPICED_INSTANCE"], "k1");
+        assert_eq!(buf.text(), "");
+        let absent = JournalLayer::new(&dir.path().join("absent"), move || buf.clone(), None);
+        absent.emit(3, "bad\nforged");
+        absent.emit(2, "panicked");
+        assert_eq!(
+            absent.fallback.make_writer().text(),
+            "<3>bad\\x0aforged\n<2>panicked\n"
+        );
+    }
+
     /// journald not reading: lines wait once, then fall back without waiting,
     /// each line exactly once; once journald reads again, they go to it again.
     #[test]
@@ -510,27 +605,86 @@ mod tests {
         assert_eq!(parse(&d[..n])["MESSAGE"], "back");
     }
 
+    /// Receives one datagram and the descriptor it carries, if any.
+    fn recv_with_fd(rx: &UnixDatagram, buf: &mut [u8]) -> (usize, Option<std::fs::File>) {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        #[repr(C)]
+        union Control {
+            _align: libc::cmsghdr,
+            buf: [u8; 64],
+        }
+        // SAFETY: recvmsg into local buffers whose sizes it is given; the
+        // control message is read through the CMSG macros, within them.
+        unsafe {
+            let mut control: Control = std::mem::zeroed();
+            let mut iov = libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: buf.len(),
+            };
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.buf.as_mut_ptr().cast();
+            msg.msg_controllen = std::mem::size_of::<Control>() as _;
+            let n = libc::recvmsg(rx.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC);
+            assert!(n >= 0, "{}", std::io::Error::last_os_error());
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            let fd = if c.is_null() {
+                None
+            } else {
+                assert_eq!(
+                    ((*c).cmsg_level, (*c).cmsg_type),
+                    (libc::SOL_SOCKET, libc::SCM_RIGHTS)
+                );
+                let fd = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::c_int);
+                Some(std::fs::File::from_raw_fd(fd))
+            };
+            (n as usize, fd)
+        }
+    }
+
+    /// An entry too big for a datagram (EMSGSIZE) goes whole, every field
+    /// kept, in a sealed memfd passed with SCM_RIGHTS in an empty datagram, as
+    /// journald's native protocol documents; nothing falls back.
     #[test]
-    fn a_line_too_big_for_a_datagram_falls_back_alone() {
+    fn an_entry_too_big_for_a_datagram_goes_in_a_sealed_memfd() {
+        use std::io::{Read, Seek};
+        use std::os::fd::AsRawFd;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("socket");
         let rx = UnixDatagram::bind(&path).unwrap();
         rx.set_nonblocking(true).unwrap();
         let big = "x".repeat(8 << 20);
-        let out = capture(&path, None, || {
-            tracing::info!("{big}");
+        let out = capture(&path, Some("k"), || {
+            tracing::warn!(channel = %"display", "{big}");
             tracing::info!("small");
         });
-        let text = out.text();
         assert!(
-            text.starts_with("<6>xxx") && text.ends_with("x\n"),
-            "{}",
-            text.len()
+            out.text().is_empty(),
+            "{} bytes fell back",
+            out.text().len()
         );
-        assert_eq!(text.lines().count(), 1);
         let mut buf = vec![0u8; 65536];
-        let n = rx.recv(&mut buf).unwrap();
+        let (n, fd) = recv_with_fd(&rx, &mut buf);
+        assert_eq!(n, 0, "the payload is in the memfd alone");
+        let mut memfd = fd.expect("a descriptor");
+        // SAFETY: F_GET_SEALS on a descriptor this test owns.
+        let seals = unsafe { libc::fcntl(memfd.as_raw_fd(), libc::F_GET_SEALS) };
+        let want = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE | libc::F_SEAL_SEAL;
+        assert_eq!(seals & want, want, "sealed: {seals:#x}");
+        // The descriptor shares the sender's file offset (at the end):
+        // journald maps the file, so read it from the start.
+        let mut entry = Vec::new();
+        memfd.seek(std::io::SeekFrom::Start(0)).unwrap();
+        memfd.read_to_end(&mut entry).unwrap();
+        let f = parse(&entry);
+        assert_eq!(f["MESSAGE"].len(), big.len() + " channel=display".len());
+        assert_eq!(f["PRIORITY"], "4");
+        assert_eq!(f["SPICED_CHANNEL"], "display");
+        assert_eq!(f["SPICED_INSTANCE"], "k");
+        let (n, fd) = recv_with_fd(&rx, &mut buf);
+        assert!(fd.is_none());
         assert_eq!(parse(&buf[..n])["MESSAGE"], "small");
-        assert!(rx.recv(&mut buf).is_err(), "only one datagram");
+        assert!(rx.recv(&mut buf).is_err(), "two datagrams only");
     }
 }

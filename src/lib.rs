@@ -4,6 +4,7 @@
 //! is sans-IO: plain functions over bytes, events and injected time. tokio appears
 //! only at the edges (`link`, `session`, `daemon`).
 
+pub mod base64;
 pub mod channel;
 pub mod cli;
 pub mod config;
@@ -19,12 +20,14 @@ pub mod keepalive;
 pub mod link;
 pub mod logging;
 pub mod metrics;
+pub mod panic;
 pub mod reconnect;
 pub mod refresh;
 pub mod report;
 pub mod scrub;
 pub mod secret;
 pub mod session;
+pub mod stderr;
 pub mod systemd;
 pub mod tap;
 pub mod text;

@@ -3,7 +3,8 @@
 //!
 //! `log.target` picks the sink (see [`Sink`]): journald's native protocol
 //! ([`crate::journal`]), or one line per event on stderr, readable in a terminal
-//! and, without colours and timestamps of our own, in a journal stream.
+//! and, without colours and timestamps of our own, in a journal stream. stderr
+//! is written through [`crate::stderr`]'s queue, never on the caller's thread.
 
 use crate::config::{LogConfig, LogTarget};
 use tracing_subscriber::layer::SubscriberExt;
@@ -41,10 +42,11 @@ where
     let filter = EnvFilter::try_new(filter_string(rust_log.as_deref(), &log.filter))
         .or_else(|_| EnvFilter::try_new(&log.filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let sink = choose_sink(log.target, crate::journal::stderr_is_journal());
+    let sink = choose_sink(log.target, crate::stderr::is_journal_stream());
     let ansi = sink == Sink::Stderr && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // Through the queue: a write to stderr can block, lines come from the loop.
     let base = fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(crate::stderr::Stderr)
         .with_ansi(ansi)
         .with_target(false);
     let out = match sink {
@@ -59,6 +61,21 @@ where
         .try_init();
 }
 
+/// Logs `message` at syslog `priority` (2 crit, 3 err, 4 warning) outside
+/// `tracing`: before logging is set up (the config that says how failed to
+/// load) or from the panic hook. On a journal stream (under systemd) it is an
+/// entry of that priority: natively, else `<N>` on the stream; elsewhere a
+/// plain `spiced: ...` line on stderr. Waits at most
+/// [`crate::journal::SEND_TIMEOUT`], never for stderr (see [`crate::stderr`]):
+/// call [`crate::stderr::flush`] before exiting.
+pub fn direct(priority: u8, message: &str) {
+    if crate::stderr::is_journal_stream() {
+        crate::journal::JournalLayer::stderr().emit(priority, message);
+    } else {
+        crate::stderr::write_line(format!("spiced: {message}\n").into_bytes());
+    }
+}
+
 /// The filter to use: `RUST_LOG` when it says something, else `fallback`. A set
 /// but empty (or blank) `RUST_LOG`, as `Environment=RUST_LOG=` in a unit file
 /// leaves it, counts as unset: as a filter it would silence every line.
@@ -69,39 +86,9 @@ pub fn filter_string(rust_log: Option<&str>, fallback: &str) -> String {
     }
 }
 
-/// `s` safe for one terminal or log line: every control character (C0 such as
-/// ESC, CR, LF and tab; DEL; C1 such as CSI U+009B) written as `\x1b` (below
-/// 0x80) or `\u{9b}`, so text from a file or a child process cannot move the
-/// cursor, recolour the terminal or forge a line.
-pub fn escape_controls(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if c.is_control() {
-            let n = u32::from(c);
-            if n < 0x80 {
-                out.push_str(&format!("\\x{n:02x}"));
-            } else {
-                out.push_str(&format!("\\u{{{n:x}}}"));
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn controls_are_escaped() {
-        assert_eq!(escape_controls("plain é ✓"), "plain é ✓");
-        assert_eq!(
-            escape_controls("a\x1b[31mb\r\n\t\0\x7f\u{9b}c"),
-            "a\\x1b[31mb\\x0d\\x0a\\x09\\x00\\x7f\\u{9b}c"
-        );
-    }
 
     #[test]
     fn target_and_journal_stream_pick_the_sink() {

@@ -7,6 +7,8 @@ use spiced::{exit, vv};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // A panic is logged at crit and, outside a task, exits 70.
+    spiced::panic::install();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -31,6 +33,8 @@ fn main() -> ExitCode {
         None if cli.run.check => check(&cli.run),
         None => spiced::daemon::main(&cli.run),
     };
+    // Log lines still queued for stderr (it may not take them: bounded).
+    spiced::stderr::flush(spiced::stderr::EXIT_FLUSH);
     ExitCode::from(code)
 }
 
@@ -57,33 +61,23 @@ fn check(args: &RunArgs) -> u8 {
         eprintln!("spiced: --check needs --vv FILE");
         return exit::CONFIG;
     };
-    let mut failed = false;
-    let parsed = match vv::load(path, false) {
-        Ok(p) => Some(p),
-        Err(e) => {
-            eprintln!("{e}");
-            failed = true;
-            None
-        }
-    };
-    match args.load_config() {
-        Ok((_, Some(missing))) => {
-            eprintln!(
-                "note: no {}: every option has its default",
-                missing.display()
-            )
-        }
-        Ok((_, None)) => {}
-        Err(e) => {
-            eprintln!("{e}");
-            failed = true;
-        }
-    }
-    let Some(parsed) = parsed.filter(|_| !failed) else {
+    // Both are read, so both are reported when both are broken.
+    let parsed = vv::load(path, false).map_err(|e| eprintln!("{e}"));
+    let config = args.load_config().map_err(|e| eprintln!("{e}"));
+    let (Ok(parsed), Ok((config, missing))) = (parsed, config) else {
         return exit::CONFIG;
     };
+    if let Some(m) = missing {
+        eprintln!("note: no {}: every option has its default", m.display());
+    }
     for w in &parsed.warnings {
         eprintln!("warning: {w}");
+    }
+    // What the daemon builds at start, so what it would refuse (78) is
+    // refused here too: the `ca`, the host-subject, the system roots.
+    if let Err(e) = spiced::link::TlsSetup::for_settings(&parsed.settings, &config.tls) {
+        eprintln!("{}: {e}", path.display());
+        return exit::CONFIG;
     }
     println!("{}", vv::check_json(&parsed.settings));
     exit::OK

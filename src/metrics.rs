@@ -333,42 +333,44 @@ impl Schedule {
     }
 }
 
-/// Writes `text` to `path` atomically: a temp file in the same directory
-/// (mode 0644: node_exporter runs as its own user), written, renamed over
-/// `path`. A reader sees the old file or the new one, never half of one.
-/// Blocking: run it off the event loop.
+/// Writes `text` to `path` atomically: a temp file in the same directory,
+/// written, renamed over `path`. A reader sees the old file or the new one,
+/// never half of one. Blocking: run it off the event loop.
+///
+/// The temp file has a random name and is created with O_EXCL and
+/// O_NOFOLLOW, so a symlink planted in a directory others can write to is
+/// never followed; its mode is set to 0644 with fchmod, which the umask does
+/// not touch (the units' UMask=0077 would leave a file created 0644 at 0600,
+/// and node_exporter runs as its own user).
 pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let dir = path.parent().unwrap_or(Path::new("/"));
     let name = path
         .file_name()
         .ok_or_else(|| std::io::Error::other("the metrics path names no file"))?;
     // node_exporter's textfile collector reads only *.prom: a temp name
     // without that suffix is never read half-written.
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let r = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        // No fsync: the rename alone makes the switch atomic for readers, and
-        // after a power loss the next write (spiced starts again) replaces
-        // whatever survived; an fsync every 15 s would only wear a kiosk's
-        // flash.
-        drop(f);
-        std::fs::rename(&tmp, path)
-    })();
-    if r.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    r
+    let prefix = format!(".{}.", name.to_string_lossy());
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&prefix)
+        .suffix(".tmp")
+        .make_in(dir, |p| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .mode(0o600)
+                .open(p)
+        })?;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    tmp.write_all(text.as_bytes())?;
+    // No fsync: the rename alone makes the switch atomic for readers, and
+    // after a power loss the next write (spiced starts again) replaces
+    // whatever survived; an fsync every 15 s would only wear a kiosk's
+    // flash. On any error the temp file is removed when `tmp` drops.
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ pub async fn run(
         return Err("reconnect.refresh_command is empty".into());
     };
     // The program path is shown; its arguments may hold tokens and never are.
-    let prog_shown = crate::logging::escape_controls(prog);
+    let prog_shown = crate::text::printable(prog);
     let mut child = tokio::process::Command::new(prog)
         .args(args)
         .stdin(Stdio::null())
@@ -105,7 +105,7 @@ fn excerpt(stderr: &[u8], secrets: &[Secret]) -> String {
     let text = String::from_utf8_lossy(stderr);
     let mut first = text.lines().next().unwrap_or("").to_string();
     crate::report::scrub_string(&mut first, secrets);
-    let escaped = crate::logging::escape_controls(&first);
+    let escaped = crate::text::printable(&first);
     let mut out: String = escaped.chars().take(EXCERPT_CHARS).collect();
     if out.len() < escaped.len() {
         out.push('…');

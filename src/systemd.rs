@@ -42,5 +42,5 @@ pub fn watchdog_interval() -> Option<Duration> {
 
 /// stderr goes to the journal (JOURNAL_STREAM names it, not merely is set).
 pub fn logging_to_journal() -> bool {
-    crate::journal::stderr_is_journal()
+    crate::stderr::is_journal_stream()
 }

@@ -382,3 +382,63 @@ fn help_version_and_usage_errors() {
         assert_eq!(o.stdout, "");
     }
 }
+
+/// What the daemon refuses at start (exit 78) `--check` refuses too, with the
+/// same line: the TLS setup is built, not only the file parsed. A .vv without
+/// a tls-port never builds one, in either.
+#[test]
+fn check_builds_the_tls_setup() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let base = "[virt-viewer]\ntype=spice\nhost=h.example\ntls-port=61000\n";
+    let garbage_ca =
+        "ca=-----BEGIN CERTIFICATE-----\\nbm90IGEgY2VydA==\\n-----END CERTIFICATE-----\\n\n";
+    let cases = [
+        (
+            "garbage-ca.vv",
+            garbage_ca.to_string(),
+            "unusable CA certificates: `ca` in the .vv: certificate 1 of 1 cannot be a trust anchor",
+        ),
+        (
+            "bad-pem.vv",
+            "ca=-----BEGIN CERTIFICATE-----\\n!!!\\n-----END CERTIFICATE-----\\n\n".into(),
+            "unusable CA certificates: `ca` in the .vv is not valid PEM",
+        ),
+        (
+            "ca-path.vv",
+            "ca=/etc/pve/pve-root-ca.pem\n".into(),
+            "`ca` in the .vv holds no PEM certificate (it looks like a file name: the .vv carries the certificate itself)",
+        ),
+        (
+            "subject.vv",
+            "host-subject=XX=node1\n".into(),
+            "bad host-subject in the .vv: unknown attribute `XX` in host-subject",
+        ),
+        (
+            "subject-syntax.vv",
+            "host-subject=CN\n".into(),
+            "bad host-subject in the .vv: ",
+        ),
+    ];
+    for (name, extra, want) in cases {
+        let f = write(dir.path(), name, format!("{base}{extra}"));
+        let stderr = check_fails(&["--vv", &f, "--check"]);
+        let last = stderr.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with(&format!("{f}: ")) && last.contains(want),
+            "{name}: {stderr}"
+        );
+        // The daemon refuses the same file with the same words.
+        let o = run(&["--vv", &f, "--spool", spool.to_str().unwrap()], None);
+        assert_eq!(o.code, 78, "{name}: the daemon: {}", o.stderr);
+        assert!(o.stderr.contains(want), "{name}: the daemon: {}", o.stderr);
+    }
+    // The same broken `ca` on a plain port is never used: both accept it.
+    let plain = write(
+        dir.path(),
+        "plain.vv",
+        format!("[virt-viewer]\ntype=spice\nhost=h.example\nport=5900\n{garbage_ca}"),
+    );
+    let (j, _) = check_ok(&["--vv", &plain, "--check"], None);
+    assert_eq!(j["ca_present"], true);
+}

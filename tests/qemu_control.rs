@@ -1,7 +1,8 @@
 //! The control socket and the metrics file against a real QEMU and the real
 //! spiced binary: `status` while connected and pending, `subscribe` through a
 //! kill and the reconnect, `reconnect` relinks, a subscriber that never reads
-//! is dropped without slowing the session, the socket's mode and path rules,
+//! is dropped without slowing the session, one-off subscribers give their
+//! slots back as they close, the socket's mode and path rules,
 //! `spiced status`; the metrics file read by Debian's node_exporter (textfile
 //! collector) over HTTP after a connect, a kill and a reconnect.
 
@@ -11,6 +12,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -326,6 +328,37 @@ fn status_subscribe_reconnect_and_metrics_against_real_qemu() {
     assert_eq!(
         json(String::from_utf8_lossy(&out.stdout).trim())["state"],
         "connected"
+    );
+
+    // One-off subscribers, twice as many as there are client slots, come and
+    // go while nothing happens (nothing published): each slot comes back as
+    // its subscriber closes (spiced closes its end too), and `spiced status`
+    // is answered at once afterwards.
+    for i in 0..32 {
+        let mut c = UnixStream::connect(&sock).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        writeln!(c, "{{\"cmd\":\"subscribe\"}}").unwrap();
+        let mut r = BufReader::new(c.try_clone().unwrap());
+        let mut first = String::new();
+        r.read_line(&mut first).unwrap();
+        assert_eq!(json(&first)["type"], "status", "subscriber {i}");
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        assert!(
+            r.read_to_end(&mut rest).is_ok(),
+            "subscriber {i}: spiced still holds it 5 s after it closed"
+        );
+    }
+    let out = std::process::Command::new(spiced_bin())
+        .args(["status", "--json", "--socket"])
+        .arg(&sock)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "after 32 one-off subscribers: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
 
     if let Some(e) = &exporter {
@@ -646,6 +679,22 @@ fn wrong_permissions_are_refused() {
     if unsafe { libc::geteuid() } == 0 {
         assert_eq!(connect_as(65534, &sock), libc::EACCES, "nobody is refused");
         assert_eq!(connect_as(0, &sock), 0, "root may connect");
+        // Through a mode loosened by hand, spiced itself refuses the peer
+        // (SO_PEERCRED): `spiced status` says "not allowed", 77.
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let out = std::process::Command::new(spiced_bin())
+            .args(["status", "--socket"])
+            .arg(&sock)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(77), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("permission denied"),
+            "{out:?}"
+        );
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600)).unwrap();
     } else {
         eprintln!("SKIP the other-user check: it needs root to switch users");
     }

@@ -8,7 +8,8 @@
 //! inspected after a run.
 
 mod common;
-use ::spiced::report::{file_channel_name, Utc};
+use ::spiced::report::file_channel_name;
+use ::spiced::time::Utc;
 use common::*;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};

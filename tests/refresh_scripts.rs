@@ -22,7 +22,23 @@ use std::sync::{Arc, Mutex};
 
 const PVE_TOKEN: &str = "kiosk@pve!spiced=6f1c9c2e-0d8a-4b7e-9a51-secret";
 const OVIRT_PASSWORD: &str = "ovirt-S3cret/pw";
-const CA: &str = "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n";
+/// A real CA certificate (the Proxmox fixture's): `--check` builds the TLS
+/// setup, so a placeholder would be refused as the daemon refuses it.
+const CA: &str = concat!(
+    "-----BEGIN CERTIFICATE-----\n",
+    "MIICCDCCAa2gAwIBAgIUdmrj67UvGKwkbnjI7KEB/OQd9dYwCgYIKoZIzj0EAwIw\n",
+    "WTEkMCIGA1UEAwwbUHJveG1veCBWaXJ0dWFsIEVudmlyb25tZW50MRAwDgYDVQQL\n",
+    "DAdmaXh0dXJlMR8wHQYDVQQKDBZQVkUgQ2x1c3RlciBNYW5hZ2VyIENBMB4XDTI2\n",
+    "MTEyODEwMTYyNloXDTM2MTEyNTEwMTYyNlowWTEkMCIGA1UEAwwbUHJveG1veCBW\n",
+    "aXJ0dWFsIEVudmlyb25tZW50MRAwDgYDVQQLDAdmaXh0dXJlMR8wHQYDVQQKDBZQ\n",
+    "VkUgQ2x1c3RlciBNYW5hZ2VyIENBMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\n",
+    "k/tQxeXScHXk13rB6Rus1jO/9ZK8gxDIuwUZO9TXdsoWCaZ5w/Qp7xjTRBnxSAFg\n",
+    "B9iu0SA1IjUuJedHW6hqzKNTMFEwHQYDVR0OBBYEFGbVFRJIw5Tqcz81Gg8QzeVp\n",
+    "7gCNMB8GA1UdIwQYMBaAFGbVFRJIw5Tqcz81Gg8QzeVp7gCNMA8GA1UdEwEB/wQF\n",
+    "MAMBAf8wCgYIKoZIzj0EAwIDSQAwRgIhAKhElGL2d5Ab/TKIFlvk1gCfymk7kWrL\n",
+    "Ytn+eOvjN38GAiEAxRCLHqDrSZvz1MTOHB6I80vd9cS1o9sk/x7QIV4KAVg=\n",
+    "-----END CERTIFICATE-----\n",
+);
 
 /// One request as the fake API saw it.
 #[derive(Debug, Clone)]

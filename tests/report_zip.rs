@@ -711,3 +711,71 @@ fn json_output_is_checked_and_escaped() {
     assert!(s.contains("a\\u{9b}31m\\x7f"), "{s}");
     assert!(s.contains("\\x1b[2J"), "{s}");
 }
+
+/// A refresh command's ordinary arguments are not secrets: with `--vmid 101`
+/// the number 1101 and the text "vm 101" stay as they are, both JSON entries
+/// parse and `spiced report` summarises the file; what is a secret (the
+/// password, the value after `--token`) is still scrubbed from every entry.
+#[test]
+fn ordinary_refresh_arguments_are_not_secrets() {
+    use spiced::config::Config;
+    use spiced::vv::ConnectionSettings;
+    const TOKEN: &str = "T0k3nS3cr3tValue";
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.reconnect.refresh_command = [
+        "/usr/share/spiced/spiced-refresh-proxmox",
+        "--vmid",
+        "101",
+        "--node",
+        "pve1",
+        "--token",
+        TOKEN,
+        "--token-file",
+        "/etc/spiced/pve-token",
+    ]
+    .map(String::from)
+    .to_vec();
+    let settings = ConnectionSettings {
+        host: "pve1.example".into(),
+        password: Some(Secret::new(PASSWORD)),
+        ..Default::default()
+    };
+    let mut inp = input("main");
+    inp.secrets = spiced::scrub::secrets(&settings, &config);
+    inp.cause.per_channel.get_mut("main").unwrap().bytes_out = 1101;
+    inp.cause.error_message = format!("vm 101 on pve1: {TOKEN} and {PASSWORD} refused");
+    inp.session = serde_json::json!({
+        "server": {"name": "vm 101"},
+        "vmid": 1101,
+        "config": spiced::report::redacted_config(&config),
+    });
+    inp.log_lines = vec![format!("refresh for vm 101 on pve1 with {TOKEN}")];
+    let path = write_report(tmp.path(), &ReportConfig::default(), &inp, wall(T0)).unwrap();
+    let entries = unzip(&path);
+    for (name, bytes) in &entries {
+        for secret in [TOKEN, PASSWORD] {
+            assert!(!contains(bytes, secret.as_bytes()), "{secret} in {name}");
+        }
+    }
+    let entry = |n: &str| &entries.iter().find(|(name, _)| name == n).unwrap().1;
+    let cause: serde_json::Value =
+        serde_json::from_slice(entry("disconnect-cause.json")).expect("the cause parses");
+    assert_eq!(cause["per_channel"]["main"]["bytes_out"], 1101);
+    assert_eq!(
+        cause["error_message"],
+        "vm 101 on pve1: <redacted> and <redacted> refused"
+    );
+    let session: serde_json::Value =
+        serde_json::from_slice(entry("session.json")).expect("the session parses");
+    assert_eq!(session["vmid"], 1101);
+    assert_eq!(session["server"]["name"], "vm 101");
+    let argv = &session["config"]["reconnect"]["refresh_command"];
+    assert_eq!(argv[2], "101", "{argv}");
+    assert_eq!(argv[6], "<redacted>", "{argv}");
+    assert_eq!(argv[8], "/etc/spiced/pve-token", "{argv}");
+    let log = String::from_utf8_lossy(entry("log.txt"));
+    assert_eq!(log, "refresh for vm 101 on pve1 with <redacted>\n");
+    let out = summarize(&path).expect("spiced report reads it");
+    assert!(out.contains("vm 101 on pve1"), "{out}");
+}

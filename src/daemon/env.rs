@@ -135,10 +135,7 @@ fn tls_setup(
     s: &ConnectionSettings,
     config: &Config,
 ) -> Result<Option<Arc<TlsSetup>>, crate::link::TransportError> {
-    if s.tls_port.is_none() {
-        return Ok(None);
-    }
-    TlsSetup::new(s, &config.tls).map(|t| Some(Arc::new(t)))
+    TlsSetup::for_settings(s, &config.tls).map(|t| t.map(Arc::new))
 }
 
 async fn refresh(config: Arc<Config>, secrets: Vec<Secret>) -> Result<Loaded, String> {

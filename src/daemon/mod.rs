@@ -50,7 +50,8 @@ pub fn main(args: &RunArgs) -> u8 {
     let (config, missing_config) = match args.load_config() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("spiced: {e}");
+            // Logging is configured by this file: an error entry without it.
+            crate::logging::direct(3, &e.to_string());
             return exit::CONFIG;
         }
     };

@@ -180,35 +180,13 @@ pub fn connect_request(proxy: &ProxyUrl, host: &str, port: u16) -> Result<Vec<u8
     let mut req = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
     if let Some(user) = &proxy.user {
         let pass = proxy.password.as_ref().map(Secret::expose).unwrap_or("");
-        let token = base64(format!("{user}:{pass}").as_bytes());
+        let token = crate::base64::encode(format!("{user}:{pass}").as_bytes());
         req.push_str("Proxy-Authorization: Basic ");
         req.push_str(&token);
         req.push_str("\r\n");
     }
     req.push_str("\r\n");
     Ok(req.into_bytes())
-}
-
-/// Standard base64 with padding (RFC 4648), enough for one header.
-pub fn base64(data: &[u8]) -> String {
-    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ABC[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// What the bytes received so far say about the proxy's answer.
@@ -233,7 +211,7 @@ pub fn parse_answer(buf: &[u8]) -> ProxyAnswer {
     if buf[..n] != PREFIX[..n] {
         return ProxyAnswer::Invalid(format!(
             "the answer is not HTTP: `{}`",
-            printable(first_line(buf))
+            crate::text::printable_bytes(first_line(buf))
         ));
     }
     let header_len = match find_header_end(buf) {
@@ -252,7 +230,7 @@ pub fn parse_answer(buf: &[u8]) -> ProxyAnswer {
             MAX_HEADER / 1024
         ));
     }
-    let line = printable(first_line(&buf[..header_len]));
+    let line = crate::text::printable_bytes(first_line(&buf[..header_len]));
     let mut parts = line.splitn(3, ' ');
     let version = parts.next().unwrap_or("");
     let code = parts.next().unwrap_or("");
@@ -291,19 +269,6 @@ fn first_line(buf: &[u8]) -> &[u8] {
         .position(|&b| b == b'\n' || b == b'\r')
         .unwrap_or(buf.len());
     &buf[..end.min(200)]
-}
-
-/// Bytes from the network made safe for one log line.
-fn printable(b: &[u8]) -> String {
-    b.iter()
-        .map(|&c| {
-            if (0x20..0x7f).contains(&c) {
-                char::from(c)
-            } else {
-                '?'
-            }
-        })
-        .collect()
 }
 
 /// Sends CONNECT on `stream` (already connected to the proxy) and reads the answer
@@ -578,21 +543,6 @@ mod tests {
     }
 
     #[test]
-    fn base64_vectors() {
-        for (i, o) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-        ] {
-            assert_eq!(base64(i.as_bytes()), o);
-        }
-    }
-
-    #[test]
     fn answer_2xx_keeps_trailing_bytes() {
         let buf = b"HTTP/1.1 200 Connection established\r\nProxy-Agent: x\r\n\r\nREDQ";
         match parse_answer(buf) {
@@ -677,7 +627,9 @@ mod tests {
             ProxyAnswer::Invalid(_)
         ));
         match parse_answer(b"REDQ\x02\x00\x00\x00") {
-            ProxyAnswer::Invalid(d) => assert_eq!(d, "the answer is not HTTP: `REDQ????`"),
+            ProxyAnswer::Invalid(d) => {
+                assert_eq!(d, "the answer is not HTTP: `REDQ\\x02\\x00\\x00\\x00`")
+            }
             other => panic!("{other:?}"),
         }
     }

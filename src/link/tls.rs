@@ -78,6 +78,20 @@ impl std::fmt::Debug for TlsSetup {
 }
 
 impl TlsSetup {
+    /// The session's TLS material, built once per .vv, only when the .vv has
+    /// a tls-port. The daemon's start and `--check` both call this, so
+    /// `--check` refuses exactly what the daemon would (exit 78). Blocking
+    /// (the system root store is read from disk).
+    pub fn for_settings(
+        settings: &ConnectionSettings,
+        tls: &TlsConfig,
+    ) -> Result<Option<TlsSetup>, TransportError> {
+        if settings.tls_port.is_none() {
+            return Ok(None);
+        }
+        TlsSetup::new(settings, tls).map(Some)
+    }
+
     /// Parses `ca` and `host-subject`; loads the system roots when there is no `ca`.
     pub fn new(settings: &ConnectionSettings, tls: &TlsConfig) -> Result<TlsSetup, TransportError> {
         if let Some(ciphers) = &settings.tls_ciphers {
@@ -199,9 +213,15 @@ fn roots_from_pem(pem: &str) -> Result<RootCertStore, TransportError> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TransportError::BadCa(format!("`ca` in the .vv is not valid PEM: {e}")))?;
     if certs.is_empty() {
-        return Err(TransportError::BadCa(
-            "`ca` in the .vv holds no PEM certificate".into(),
-        ));
+        // remote-viewer's `ca` is the PEM text itself; a path is a common slip.
+        let hint = if pem.trim_start().starts_with('/') {
+            " (it looks like a file name: the .vv carries the certificate itself)"
+        } else {
+            ""
+        };
+        return Err(TransportError::BadCa(format!(
+            "`ca` in the .vv holds no PEM certificate{hint}"
+        )));
     }
     let n = certs.len();
     let mut roots = RootCertStore::empty();
@@ -524,7 +544,7 @@ fn presented_name(p: &str) -> String {
 }
 
 fn unix_time(secs: u64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+    crate::time::format_unix_utc(i64::try_from(secs).unwrap_or(i64::MAX))
 }
 
 /// Turns a failed handshake (tokio-rustls wraps rustls errors in io::Error) into

@@ -256,3 +256,83 @@ fn the_file_is_replaced_atomically_with_mode_0644() {
     // A directory that does not exist: an error, no panic, nothing left.
     assert!(write_atomic(&dir.path().join("no/such.prom"), "x").is_err());
 }
+
+/// Set in the child process of `the_file_is_0644_under_umask_077`.
+const UMASK_CHILD_DIR: &str = "SPICED_TEST_METRICS_UMASK_DIR";
+
+/// Half of `the_file_is_0644_under_umask_077`: runs only in the child it
+/// starts (the umask is process-wide, so the parent's other tests never see
+/// 077), and writes the file there.
+#[test]
+fn write_under_the_inherited_umask() {
+    let Some(dir) = std::env::var_os(UMASK_CHILD_DIR) else {
+        return;
+    };
+    // SAFETY: umask(2) cannot fail; read and put back.
+    let mask = unsafe { libc::umask(0o022) };
+    unsafe { libc::umask(mask) };
+    assert_eq!(mask, 0o077, "the child runs under the units' UMask");
+    write_atomic(&Path::new(&dir).join("spiced-x.prom"), "a 1\n").unwrap();
+}
+
+/// The units run spiced with UMask=0077; node_exporter runs as its own user
+/// and must still read the file: it ends 0644 whatever the umask.
+#[test]
+fn the_file_is_0644_under_umask_077() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+    child
+        .args([
+            "--exact",
+            "metrics::tests::write_under_the_inherited_umask",
+            "--test-threads=1",
+        ])
+        .env(UMASK_CHILD_DIR, dir.path());
+    // SAFETY: umask(2) is async-signal-safe and touches no memory.
+    unsafe {
+        child.pre_exec(|| {
+            libc::umask(0o077);
+            Ok(())
+        });
+    }
+    let out = child.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let m = std::fs::metadata(dir.path().join("spiced-x.prom"))
+        .unwrap_or_else(|e| panic!("the child wrote nothing: {e}"));
+    assert_eq!(m.permissions().mode() & 0o777, 0o644);
+}
+
+/// In a directory others can write to, whoever plants a symlink where the
+/// temp file might go must not get spiced to write through it: at the old
+/// predictable names (`.NAME.PID.tmp`, `.NAME.tmp`) a symlink to a victim
+/// file leaves the victim untouched, and the target ends a regular file.
+#[test]
+fn a_planted_symlink_is_never_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "precious\n").unwrap();
+    let path = dir.path().join("spiced-x.prom");
+    let planted = [
+        format!(".spiced-x.prom.{}.tmp", std::process::id()),
+        ".spiced-x.prom.tmp".to_string(),
+    ];
+    for name in &planted {
+        std::os::unix::fs::symlink(&victim, dir.path().join(name)).unwrap();
+    }
+    write_atomic(&path, "a 1\n").unwrap();
+    write_atomic(&path, "a 2\n").unwrap();
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+    let m = std::fs::symlink_metadata(&path).unwrap();
+    assert!(m.file_type().is_file(), "{:?}", m.file_type());
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "a 2\n");
+    for name in &planted {
+        let l = std::fs::symlink_metadata(dir.path().join(name)).unwrap();
+        assert!(l.file_type().is_symlink(), "{name} left alone");
+    }
+}

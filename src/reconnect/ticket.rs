@@ -42,18 +42,8 @@ pub fn implied_valid_until(s: &ConnectionSettings, can_refresh: bool, unix: f64)
         .then(|| unix.floor() as i64 + PROXMOX_TICKET_SECS)
 }
 
-/// Unix seconds as RFC 3339 UTC (`2025-01-31T12:00:00Z`); out-of-range values
-/// (before 1970, after 9999) as `unix time N`.
-pub fn format_unix_utc(secs: i64) -> String {
-    // humantime's Display fails beyond year 9999 and cannot express times before 1970.
-    const LAST: i64 = 253_402_300_799;
-    if (0..=LAST).contains(&secs) {
-        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs as u64);
-        humantime::format_rfc3339_seconds(t).to_string()
-    } else {
-        format!("unix time {secs}")
-    }
-}
+/// The one UTC formatter, where the ticket rules have always found it.
+pub use crate::time::format_unix_utc;
 
 /// The current ticket and what has happened to it.
 #[derive(Debug, Clone)]

@@ -156,11 +156,8 @@ impl ReportJob {
 /// broker token, so only the program name is kept.
 pub fn redacted_config(c: &Config) -> serde_json::Value {
     let mut c = c.clone();
-    if let Some((prog, args)) = c.reconnect.refresh_command.split_first() {
-        let mut v = vec![prog.clone()];
-        v.extend(args.iter().map(|_| super::REDACTED.to_string()));
-        c.reconnect.refresh_command = v;
-    }
+    c.reconnect.refresh_command =
+        crate::scrub::redact_refresh_command(&c.reconnect.refresh_command);
     serde_json::to_value(&c).unwrap_or_default()
 }
 

@@ -5,7 +5,7 @@
 //! `VecDeque` push/pop, so a logging thread never waits for long. A poisoned
 //! lock is recovered, never propagated: logging must not panic.
 
-use super::utc::Utc;
+use crate::time::Utc;
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, MutexGuard};

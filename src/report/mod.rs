@@ -17,7 +17,6 @@ mod pcap;
 mod redact;
 mod reporter;
 mod summary;
-mod utc;
 mod writer;
 
 pub use assemble::{redacted_config, Facts, ReportJob, ServerJson, SessionJson};
@@ -31,7 +30,6 @@ pub use summary::{
     cause_json_for_output, format_summary, read_cause_from, read_cause_json, summarize,
     ReportError, MAX_CAUSE_BYTES,
 };
-pub use utc::Utc;
 pub use writer::{
     enforce_retention, file_channel_name, numbered_file_name, report_file_name, resolve_spool_dir,
     resolve_spool_dir_from, write_report, write_report_named, ReportInput, CAUSE_ENTRY,

@@ -1,7 +1,11 @@
 //! The defensive secret check applied to every zip entry before it is written:
 //! whatever the caller put in, no byte sequence equal to a secret (password,
-//! ticket) leaves spiced. Text entries get `<redacted>`; binary entries (the
-//! pcap) get zeros of the same length so their framing stays intact.
+//! ticket) leaves spiced. JSON entries are scrubbed as values, every string
+//! and key ([`scrub_json`]), never as bytes (a secret that happens to match
+//! part of a number or of the syntax would garble the file; a number carries
+//! no secret); text entries (`log.txt`) get `<redacted>` for every byte
+//! occurrence; binary entries (the pcap) get zeros of the same length so their
+//! framing stays intact.
 
 use crate::secret::Secret;
 use serde_json::Value;

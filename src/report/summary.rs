@@ -121,9 +121,9 @@ pub fn summarize(zip_path: &Path) -> Result<String, ReportError> {
     Ok(format_summary(&name, &v))
 }
 
-/// `v` with every string and key passed through `escape_controls`.
+/// `v` with every string and key passed through [`crate::text::printable`].
 fn escaped(v: &Value) -> Value {
-    use crate::logging::escape_controls;
+    use crate::text::printable as escape_controls;
     match v {
         Value::String(s) => Value::String(escape_controls(s)),
         Value::Array(a) => Value::Array(a.iter().map(escaped).collect()),
@@ -140,7 +140,7 @@ fn escaped(v: &Value) -> Value {
 /// string from the file (and the file name) has its control characters escaped
 /// (`\x1b`, `\u{9b}`): a report is untrusted input printed to a terminal.
 pub fn format_summary(name: &str, v: &Value) -> String {
-    let name = crate::logging::escape_controls(name);
+    let name = crate::text::printable(name);
     let v = &escaped(v);
     let s = |k: &str| v.get(k).and_then(Value::as_str).filter(|s| !s.is_empty());
     let uptime = v.get("session_uptime_secs").and_then(Value::as_f64);

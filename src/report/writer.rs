@@ -4,9 +4,9 @@
 
 use super::cause::DisconnectCause;
 use super::redact;
-use super::utc::Utc;
 use crate::config::ReportConfig;
 use crate::secret::Secret;
+use crate::time::Utc;
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{self, Write};
@@ -221,9 +221,11 @@ fn build_entries(
     let mut session_v = input.session.clone();
     redact::scrub_json(&mut session_v, &input.secrets);
 
+    // JSON is scrubbed as values (above), never as bytes: a secret matching
+    // part of a number or of the syntax would garble the file.
     let mut entries = vec![
-        (CAUSE_ENTRY, json_bytes(&cause_v, &pats)?),
-        (SESSION_ENTRY, json_bytes(&session_v, &pats)?),
+        (CAUSE_ENTRY, json_bytes(&cause_v)?),
+        (SESSION_ENTRY, json_bytes(&session_v)?),
     ];
     if !input.pcap.is_empty() {
         let mut pcap = input.pcap.clone();
@@ -238,10 +240,10 @@ fn build_entries(
     Ok(entries)
 }
 
-fn json_bytes(v: &serde_json::Value, pats: &[Vec<u8>]) -> io::Result<Vec<u8>> {
+fn json_bytes(v: &serde_json::Value) -> io::Result<Vec<u8>> {
     let mut b = serde_json::to_vec_pretty(v).map_err(io::Error::other)?;
     b.push(b'\n');
-    Ok(redact::scrub_text(b, pats))
+    Ok(b)
 }
 
 /// The `yyyymmddThhmmssZ` stamp in a report file name, if any.

@@ -232,27 +232,8 @@ pub fn spawn_tied(mut cmd: std::process::Command) -> std::io::Result<std::proces
         .map_err(|_| std::io::Error::other("spawner thread gone"))?
 }
 
-/// RFC 4648 base64 with padding (the Basic credentials' encoding).
-pub fn base64(data: &[u8]) -> String {
-    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for k in 0..4 {
-            if k <= chunk.len() {
-                out.push(char::from(ABC[(n >> (18 - 6 * k) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
+/// RFC 4648 base64 with padding (the Basic credentials' encoding): spiced's own.
+pub use ::spiced::base64::encode as base64;
 
 /// xorshift64*: small, seeded, replayable (fuzzing, the chaos soak).
 pub struct Rng(pub u64);
