@@ -37,7 +37,8 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A client that sends no request for this long is closed (subscribers are
 /// exempt: they only read).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Where `spiced status INSTANCE` looks: `/run/spiced/INSTANCE.sock`.
+/// Where `spiced status INSTANCE` looks: `/run/spiced/INSTANCE/control.sock`
+/// (each instance's own directory: docs/systemd.md).
 pub const RUN_DIR: &str = "/run/spiced";
 
 /// The fan-out of subscribe lines. Cloning shares it.
@@ -471,7 +472,8 @@ async fn stream_to(mut rx: broadcast::Receiver<Arc<str>>, mut w: tokio::net::uni
 // ---------------------------------------------------------------- client
 
 /// Where `spiced status` connects: `--socket PATH`, else
-/// `/run/spiced/INSTANCE.sock` for INSTANCE (or `SPICED_INSTANCE`, or "default").
+/// `/run/spiced/INSTANCE/control.sock` for INSTANCE (or `SPICED_INSTANCE`, or
+/// "default").
 pub fn socket_for(socket: Option<&Path>, instance: Option<&str>) -> Result<PathBuf, String> {
     if let Some(p) = socket {
         return Ok(p.to_path_buf());
@@ -491,7 +493,7 @@ pub fn socket_for(socket: Option<&Path>, instance: Option<&str>) -> Result<PathB
             crate::logging::escape_controls(&name)
         ));
     }
-    Ok(Path::new(RUN_DIR).join(format!("{name}.sock")))
+    Ok(Path::new(RUN_DIR).join(name).join("control.sock"))
 }
 
 /// `spiced status [--json] [--socket PATH | INSTANCE]`. Exit: 0 ok; 69 no

@@ -285,7 +285,7 @@ fn the_client_finds_the_socket_by_instance() {
     );
     assert_eq!(
         socket_for(None, Some("kiosk1")).unwrap(),
-        Path::new("/run/spiced/kiosk1.sock")
+        Path::new("/run/spiced/kiosk1/control.sock")
     );
     for bad in ["../etc", "a/b", "", "a\x1bb"] {
         let e = socket_for(None, Some(bad)).unwrap_err();
