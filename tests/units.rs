@@ -1,8 +1,8 @@
 //! The systemd units in systemd/, read as files and run as command lines on the
 //! built binary: the template's ExecStart works with and without the optional
 //! per-instance config, the path unit watches the file the service reads and
-//! hands it to the reload unit (the old place moved in), each service may
-//! write only its own
+//! hands it to the reload unit (no start limit, failures forgotten on a new
+//! file, the old place moved in), each service may write only its own
 //! directory under /run, the restart rules match spiced's exit codes, and the
 //! man page the .deb ships comes from the same command line definitions.
 //! (systemd-analyze verify/security run in scripts/check-units.sh: CI.)
@@ -176,16 +176,43 @@ fn the_path_unit_hands_the_file_the_service_reads_to_the_reload_unit() {
         [format!("|{vv}"), format!("|{LEGACY_VV}")]
     );
     let exec = values(&reload, "ExecStart");
-    assert_eq!(exec.len(), 2, "{exec:?}");
+    assert_eq!(exec.len(), 3, "{exec:?}");
     assert!(exec[0].starts_with("/bin/sh -c "), "{exec:?}");
     assert_eq!(
-        exec[1],
+        exec[2],
         "/usr/bin/systemctl --no-block reload-or-restart spiced@%i.service"
     );
 }
 
 /// Where spiced@NAME's .vv was before each instance had its own directory.
 const LEGACY_VV: &str = "/run/spiced/%i.vv";
+
+#[test]
+fn no_new_file_is_refused_by_a_start_limit() {
+    // systemd's default start limit on the reload unit (5 in 10 s) failed the
+    // sixth file within 10 s, and the path unit with it, for good.
+    let reload = unit("spiced-reload@.service");
+    assert_eq!(value(&reload, "StartLimitIntervalSec"), "0");
+    // A path unit past its trigger limit stops watching for good too.
+    let path = unit("spiced@.path");
+    assert_eq!(value(&path, "TriggerLimitIntervalSec"), "0");
+    // The instance's own start limit bounds systemd's restarts...
+    let service = unit("spiced@.service");
+    assert_eq!(value(&service, "StartLimitBurst"), "10");
+    // ...but a new file forgets earlier failures before it starts the instance:
+    // ten bad files (exit 78) must not make an eleventh, good one "repeated too
+    // quickly".
+    let exec = values(&reload, "ExecStart");
+    let reset = exec
+        .iter()
+        .position(|l| l == "-/usr/bin/systemctl reset-failed spiced@%i.service")
+        .unwrap_or_else(|| panic!("no reset-failed in {exec:?}"));
+    let start = exec
+        .iter()
+        .position(|l| l.contains("reload-or-restart spiced@%i.service"))
+        .unwrap_or_else(|| panic!("no reload-or-restart in {exec:?}"));
+    assert!(reset < start, "{exec:?}");
+}
 
 /// Runs a unit's `[+-]/bin/sh -c '...'` line with %i = `instance` and every
 /// /run path moved under `root`.
