@@ -338,7 +338,7 @@ impl Schedule {
 /// `path`. A reader sees the old file or the new one, never half of one.
 /// Blocking: run it off the event loop.
 pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let dir = path.parent().unwrap_or(Path::new("/"));
     let name = path
         .file_name()
@@ -357,6 +357,9 @@ pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
             .truncate(true)
             .mode(0o644)
             .open(&tmp)?;
+        // The umask (the units' UMask=0077) would leave it 0600, unreadable
+        // for node_exporter; fchmod is not subject to it.
+        f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
         f.write_all(text.as_bytes())?;
         // No fsync: the rename alone makes the switch atomic for readers, and
         // after a power loss the next write (spiced starts again) replaces

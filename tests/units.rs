@@ -401,6 +401,31 @@ fn the_template_command_line_refuses_an_invalid_instance_config() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(78), "{stderr}");
     assert!(stderr.contains("kiosk1.toml"), "{stderr}");
+    assert!(stderr.starts_with("spiced: "), "{stderr}");
+}
+
+#[test]
+fn an_invalid_instance_config_is_an_error_line_in_the_journal() {
+    // Under systemd stderr is a journal stream (JOURNAL_STREAM names it) and
+    // the config is read before logging is set up: the line must carry its
+    // priority itself, or journald files it as info and `-p err` misses it.
+    use std::os::unix::fs::MetadataExt;
+    let root = Root::new(5900);
+    std::fs::write(root.path("etc/spiced/kiosk1.toml"), "[bogus]\nx = 1\n").expect("write");
+    let err_path = root.path("stderr");
+    let err = std::fs::File::create(&err_path).expect("stderr file");
+    let m = err.metadata().expect("stat");
+    let status = root
+        .command(&[])
+        .env("JOURNAL_STREAM", format!("{}:{}", m.dev(), m.ino()))
+        .stdout(Stdio::null())
+        .stderr(err)
+        .status()
+        .expect("run spiced");
+    let stderr = std::fs::read_to_string(&err_path).expect("read");
+    assert_eq!(status.code(), Some(78), "{stderr}");
+    assert!(stderr.starts_with("<3>spiced: "), "{stderr}");
+    assert!(stderr.contains("kiosk1.toml"), "{stderr}");
 }
 
 #[test]

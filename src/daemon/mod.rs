@@ -49,7 +49,14 @@ pub fn main(args: &RunArgs) -> u8 {
     let (config, missing_config) = match args.load_config() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("spiced: {e}");
+            // Logging is not set up yet. On a journal stream, "<3>" makes the
+            // line an error (PRIORITY=3), as `journalctl -p err` expects.
+            let prio = if crate::journal::stderr_is_journal() {
+                "<3>"
+            } else {
+                ""
+            };
+            eprintln!("{prio}spiced: {e}");
             return exit::CONFIG;
         }
     };
