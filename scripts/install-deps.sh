@@ -15,6 +15,9 @@
 #                     journald + journalctl for scripts/journald-sandbox.sh)
 #   metrics reader:   prometheus-node-exporter (its textfile collector parses
 #                     spiced's metrics file in tests/qemu_control.rs)
+#   kiosk VM:         mmdebstrap (scripts/kiosk-vm.sh builds its Debian 12
+#                     image from this machine's apt mirror; e2fsprogs'
+#                     mkfs.ext4 -d makes the disk)
 #   plus ca-certificates.
 # --check: install nothing, list what is missing, exit 1 if anything is.
 set -euo pipefail
@@ -22,7 +25,7 @@ set -euo pipefail
 me=install-deps.sh
 pkgs=(qemu-system-x86 binutils openssl tshark tinyproxy nftables iproute2 ca-certificates procps
   python3-gi gir1.2-spiceclientglib-2.0 spice-client-gtk dpkg-dev man-db systemd
-  prometheus-node-exporter)
+  prometheus-node-exporter mmdebstrap e2fsprogs)
 check=0
 for a in "$@"; do
   case "$a" in
@@ -37,7 +40,7 @@ for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
 # The programs the tests run, in case a package is installed but broken or renamed.
-for c in qemu-system-x86_64 openssl tshark tinyproxy nft ip systemd-analyze man dpkg-shlibdeps prometheus-node-exporter; do
+for c in qemu-system-x86_64 openssl tshark tinyproxy nft ip systemd-analyze man dpkg-shlibdeps prometheus-node-exporter mmdebstrap mkfs.ext4; do
   command -v "$c" >/dev/null || PATH="$PATH:/usr/sbin:/sbin" command -v "$c" >/dev/null ||
     echo "$me: note: $c not found on PATH" >&2
 done

@@ -5,7 +5,8 @@
 //! file, the old place moved in), each service may write only its own
 //! directory under /run, the restart rules match spiced's exit codes, and the
 //! man page the .deb ships comes from the same command line definitions.
-//! (systemd-analyze verify/security run in scripts/check-units.sh: CI.)
+//! (systemd-analyze verify/security run in scripts/check-units.sh, and the
+//! units live under a real systemd in scripts/kiosk-vm.sh: CI.)
 
 mod common;
 
