@@ -119,7 +119,8 @@ fn own_run_dir(name: &str) -> String {
     assert_eq!(value(&u, "TemporaryFileSystem"), "/run/spiced:ro", "{name}");
     assert_eq!(value(&u, "ProtectSystem"), "strict", "{name}");
     // systemd 252 left /run writable under ProtectSystem=strict once
-    // ProtectKernelTunables=yes was set too (the kiosk VM found it).
+    // ProtectKernelTunables= and the other kernel protections were set too
+    // (the kiosk VM found it).
     assert!(
         values(&u, "ReadOnlyPaths").contains(&"/run".to_string()),
         "{name}"
