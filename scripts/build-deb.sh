@@ -8,7 +8,7 @@
 #
 # The package: /usr/bin/spiced (stripped); the units in /usr/lib/systemd/system
 # (installed, not enabled: which sessions run is the site's choice);
-# /usr/lib/tmpfiles.d/spiced.conf (/run/spiced); the journal catalog
+# /usr/lib/tmpfiles.d/spiced.conf (/run/spiced, /run/spiced/default); the journal catalog
 # /usr/lib/systemd/catalog/spiced.catalog when systemd/spiced.catalog exists;
 # /etc/spiced/spiced.toml as a conffile; README and docs in /usr/share/doc/spiced;
 # the refresh commands for Proxmox VE, oVirt and Kerbside in /usr/share/spiced (python3);
@@ -128,7 +128,7 @@ Description: headless SPICE session daemon for kiosks
  and writes a disconnect-cause report for every disconnect.
  .
  Units: spiced.service (one session, /run/console.vv), spiced@NAME.service
- and spiced@NAME.path (one instance per session, /run/spiced/NAME.vv).
+ and spiced@NAME.path (one instance per session, /run/spiced/NAME/console.vv).
  None is enabled on install.
 EOF
 echo /etc/spiced/spiced.toml > "$stage/DEBIAN/conffiles"

@@ -19,6 +19,9 @@
 #                     contrib/prometheus/, tests/alert_rules.rs)
 #   central journal:  systemd-journal-remote (systemd-journal-upload and
 #                     -remote, tests/journal_upload.rs)
+#   kiosk VM:         mmdebstrap (scripts/kiosk-vm.sh builds its Debian 12
+#                     image from this machine's apt mirror; e2fsprogs'
+#                     mkfs.ext4 -d makes the disk)
 #   plus ca-certificates.
 # --check: install nothing, list what is missing, exit 1 if anything is.
 set -euo pipefail
@@ -26,12 +29,12 @@ set -euo pipefail
 me=install-deps.sh
 pkgs=(qemu-system-x86 binutils openssl tshark tinyproxy nftables iproute2 ca-certificates procps
   python3-gi gir1.2-spiceclientglib-2.0 spice-client-gtk dpkg-dev man-db systemd
-  prometheus-node-exporter prometheus systemd-journal-remote)
+  prometheus-node-exporter prometheus systemd-journal-remote mmdebstrap e2fsprogs)
 check=0
 for a in "$@"; do
   case "$a" in
     --check) check=1 ;;
-    -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "$me: unknown option $a (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -41,7 +44,7 @@ for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
 # The programs the tests run, in case a package is installed but broken or renamed.
-for c in qemu-system-x86_64 openssl tshark tinyproxy nft ip systemd-analyze man dpkg-shlibdeps prometheus-node-exporter promtool; do
+for c in qemu-system-x86_64 openssl tshark tinyproxy nft ip systemd-analyze man dpkg-shlibdeps prometheus-node-exporter promtool mmdebstrap mkfs.ext4; do
   command -v "$c" >/dev/null || PATH="$PATH:/usr/sbin:/sbin" command -v "$c" >/dev/null ||
     echo "$me: note: $c not found on PATH" >&2
 done

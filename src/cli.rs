@@ -65,7 +65,7 @@ pub enum Command {
         /// Print the daemon's JSON answer (protocol v1) instead of the summary.
         #[arg(long)]
         json: bool,
-        /// The control socket (default: /run/spiced/INSTANCE.sock).
+        /// The control socket (default: /run/spiced/INSTANCE/control.sock).
         #[arg(long, value_name = "PATH", conflicts_with = "instance")]
         socket: Option<PathBuf>,
         /// The instance (spiced@INSTANCE); default: $SPICED_INSTANCE, else "default".

@@ -312,7 +312,7 @@ pub struct MetricsConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ControlConfig {
     /// Absolute path of the unix socket (mode 0600), conventionally
-    /// `/run/spiced/INSTANCE.sock`. Unset: no control socket.
+    /// `/run/spiced/INSTANCE/control.sock`. Unset: no control socket.
     pub socket: Option<PathBuf>,
 }
 
@@ -633,7 +633,7 @@ mod tests {
                 textfile: Some("/var/lib/prometheus/node-exporter/spiced-default.prom".into()),
             },
             control: ControlConfig {
-                socket: Some("/run/spiced/default.sock".into()),
+                socket: Some("/run/spiced/default/control.sock".into()),
             },
             ..Config::default()
         };

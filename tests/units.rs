@@ -1,9 +1,12 @@
 //! The systemd units in systemd/, read as files and run as command lines on the
 //! built binary: the template's ExecStart works with and without the optional
 //! per-instance config, the path unit watches the file the service reads and
-//! hands it to the reload unit, the restart rules match spiced's exit codes, and
-//! the man page the .deb ships comes from the same command line definitions.
-//! (systemd-analyze verify/security run in scripts/check-units.sh: CI.)
+//! hands it to the reload unit (no start limit, failures forgotten on a new
+//! file, the old place moved in), each service may write only its own
+//! directory under /run, the restart rules match spiced's exit codes, and the
+//! man page the .deb ships comes from the same command line definitions.
+//! (systemd-analyze verify/security run in scripts/check-units.sh, and the
+//! units live under a real systemd in scripts/kiosk-vm.sh: CI.)
 
 mod common;
 
@@ -73,7 +76,11 @@ fn service_units_restart_only_when_it_can_help() {
             format!("{} {}", spiced::exit::TICKET, spiced::exit::CONFIG),
             "{name}"
         );
-        assert_eq!(value(&u, "ExecReload"), "/bin/kill -HUP $MAINPID", "{name}");
+        assert_eq!(
+            values(&u, "ExecReload").last().map(String::as_str),
+            Some("/bin/kill -HUP $MAINPID"),
+            "{name}"
+        );
         assert!(!values(&u, "WatchdogSec").is_empty(), "{name}");
         assert!(
             value(&u, "ExecStart").starts_with("/usr/bin/spiced "),
@@ -85,20 +92,74 @@ fn service_units_restart_only_when_it_can_help() {
 #[test]
 fn the_template_is_one_session_per_instance() {
     let u = unit("spiced@.service");
-    assert_eq!(exec_arg(&u, "--vv"), "/run/spiced/%i.vv");
+    assert_eq!(exec_arg(&u, "--vv"), "/run/spiced/%i/console.vv");
     assert_eq!(exec_arg(&u, "--config-if-exists"), "/etc/spiced/%i.toml");
     assert!(values(&u, "Environment").contains(&"SPICED_INSTANCE=%i".to_string()));
     assert_eq!(value(&u, "StateDirectory"), "spiced/%i");
-    // Deleting a single-use .vv needs its directory writable, and tmpfiles makes it.
-    assert!(values(&u, "ReadWritePaths").contains(&"/run/spiced".to_string()));
     let tmpfiles = unit("spiced.tmpfiles");
-    assert!(
-        tmpfiles.lines().any(|l| l.starts_with("d /run/spiced ")),
-        "{tmpfiles}"
-    );
+    for dir in ["/run/spiced", "/run/spiced/default"] {
+        assert!(
+            tmpfiles
+                .lines()
+                .any(|l| l.starts_with(&format!("d {dir} 0700 root root"))),
+            "{tmpfiles}"
+        );
+    }
+    // The single-session unit is the instance "default": what `spiced status`
+    // without a name asks.
     let single = unit("spiced.service");
-    assert_eq!(exec_arg(&single, "--vv"), "/run/console.vv");
-    assert!(values(&single, "ReadWritePaths").contains(&"/run".to_string()));
+    assert_eq!(exec_arg(&single, "--vv"), "/run/spiced/default/console.vv");
+}
+
+/// The one directory under /run a service unit may write: `-/run/spiced/X`
+/// bound into a read-only tmpfs on /run/spiced (so no other instance's files
+/// are even visible), nothing else under /run.
+fn own_run_dir(name: &str) -> String {
+    let u = unit(name);
+    assert_eq!(value(&u, "TemporaryFileSystem"), "/run/spiced:ro", "{name}");
+    assert_eq!(value(&u, "ProtectSystem"), "strict", "{name}");
+    // systemd 252 left /run writable under ProtectSystem=strict once
+    // ProtectKernelTunables= and the other kernel protections were set too
+    // (the kiosk VM found it).
+    assert!(
+        values(&u, "ReadOnlyPaths").contains(&"/run".to_string()),
+        "{name}"
+    );
+    let bind = value(&u, "BindPaths");
+    let dir = bind
+        .strip_prefix("-/run/spiced/")
+        .unwrap_or_else(|| panic!("{name}: BindPaths={bind}"));
+    assert!(!dir.is_empty() && !dir.contains('/'), "{name}: {bind}");
+    for key in ["ReadWritePaths", "BindPaths", "RuntimeDirectory"] {
+        for v in values(&u, key) {
+            let p = v.trim_start_matches(['-', '+']);
+            assert!(
+                !p.starts_with("/run") || v == bind,
+                "{name}: {key}={v} makes more of /run writable than its own directory"
+            );
+        }
+    }
+    dir.to_string()
+}
+
+#[test]
+fn each_service_writes_only_its_own_directory_under_run() {
+    // Deleting (renaming aside) a single-use .vv needs its directory writable;
+    // the control socket is bound there too.
+    let dir = own_run_dir("spiced@.service");
+    assert_eq!(dir, "%i");
+    let vv = exec_arg(&unit("spiced@.service"), "--vv");
+    assert_eq!(Path::new(&vv).parent(), Some(Path::new("/run/spiced/%i")));
+    assert_eq!(own_run_dir("spiced.service"), "default");
+    // The reload unit writes /run/spiced (the move from the old place) only.
+    let reload = unit("spiced-reload@.service");
+    assert_eq!(value(&reload, "ReadOnlyPaths"), "/run");
+    assert_eq!(value(&reload, "ReadWritePaths"), "/run/spiced");
+    // `spiced status NAME` looks where spiced@NAME may bind its socket.
+    let sock = spiced::control::socket_for(None, Some("kiosk1")).expect("socket path");
+    assert_eq!(sock.parent(), Some(Path::new("/run/spiced/kiosk1")));
+    let sock = spiced::control::socket_for(None, Some("default")).expect("socket path");
+    assert_eq!(sock.parent(), Some(Path::new("/run/spiced/default")));
 }
 
 #[test]
@@ -108,13 +169,125 @@ fn the_path_unit_hands_the_file_the_service_reads_to_the_reload_unit() {
     let reload = unit("spiced-reload@.service");
     let vv = exec_arg(&service, "--vv");
     // PathExists= would retrigger while a rejected file stays (restart loop).
-    assert_eq!(value(&path, "PathChanged"), vv);
+    // The second path is the old place, moved in by the reload unit.
+    assert_eq!(values(&path, "PathChanged"), [vv.as_str(), LEGACY_VV]);
     assert!(values(&path, "PathExists").is_empty());
     assert_eq!(value(&path, "Unit"), "spiced-reload@%i.service");
-    assert_eq!(value(&reload, "ConditionPathExists"), vv);
     assert_eq!(
-        value(&reload, "ExecStart"),
+        values(&reload, "ConditionPathExists"),
+        [format!("|{vv}"), format!("|{LEGACY_VV}")]
+    );
+    let exec = values(&reload, "ExecStart");
+    assert_eq!(exec.len(), 3, "{exec:?}");
+    assert!(exec[0].starts_with("/bin/sh -c "), "{exec:?}");
+    assert_eq!(
+        exec[2],
         "/usr/bin/systemctl --no-block reload-or-restart spiced@%i.service"
+    );
+}
+
+/// Where spiced@NAME's .vv was before each instance had its own directory.
+const LEGACY_VV: &str = "/run/spiced/%i.vv";
+
+#[test]
+fn no_new_file_is_refused_by_a_start_limit() {
+    // systemd's default start limit on the reload unit (5 in 10 s) failed the
+    // sixth file within 10 s, and the path unit with it, for good.
+    let reload = unit("spiced-reload@.service");
+    assert_eq!(value(&reload, "StartLimitIntervalSec"), "0");
+    // A path unit past its trigger limit stops watching for good too.
+    let path = unit("spiced@.path");
+    assert_eq!(value(&path, "TriggerLimitIntervalSec"), "0");
+    // The instance's own start limit bounds systemd's restarts...
+    let service = unit("spiced@.service");
+    assert_eq!(value(&service, "StartLimitBurst"), "10");
+    // ...but a new file forgets earlier failures before it starts the instance:
+    // ten bad files (exit 78) must not make an eleventh, good one "repeated too
+    // quickly".
+    let exec = values(&reload, "ExecStart");
+    let reset = exec
+        .iter()
+        .position(|l| l == "-/usr/bin/systemctl reset-failed spiced@%i.service")
+        .unwrap_or_else(|| panic!("no reset-failed in {exec:?}"));
+    let start = exec
+        .iter()
+        .position(|l| l.contains("reload-or-restart spiced@%i.service"))
+        .unwrap_or_else(|| panic!("no reload-or-restart in {exec:?}"));
+    assert!(reset < start, "{exec:?}");
+}
+
+/// Runs a unit's `[+-]/bin/sh -c '...'` line with %i = `instance` and every
+/// /run path moved under `root`.
+fn run_shell_line(line: &str, instance: &str, root: &Path) -> std::process::Output {
+    let line = line.trim_start_matches(['+', '-']).replace("%i", instance);
+    let script = line
+        .strip_prefix("/bin/sh -c '")
+        .and_then(|s| s.strip_suffix('\''))
+        .unwrap_or_else(|| panic!("not a /bin/sh -c '...' line: {line}"));
+    let script = script.replace("/run/", &format!("{}/run/", root.display()));
+    Command::new("/bin/sh")
+        .args(["-c", &script])
+        .output()
+        .expect("run sh")
+}
+
+#[test]
+fn a_file_at_the_old_place_is_moved_into_the_instance_directory() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let run = root.path().join("run/spiced");
+    std::fs::create_dir_all(&run).expect("mkdir");
+    let line = &values(&unit("spiced-reload@.service"), "ExecStart")[0];
+    // Nothing at the old place: nothing happens.
+    let out = run_shell_line(line, "kiosk1", root.path());
+    assert!(out.status.success(), "{out:?}");
+    assert!(!run.join("kiosk1").exists());
+    // A file there: moved to kiosk1/console.vv, the directory made 0700.
+    std::fs::write(run.join("kiosk1.vv"), "[virt-viewer]\n").expect("write");
+    let out = run_shell_line(line, "kiosk1", root.path());
+    assert!(out.status.success(), "{out:?}");
+    assert!(!run.join("kiosk1.vv").exists());
+    assert_eq!(
+        std::fs::read_to_string(run.join("kiosk1/console.vv")).expect("moved"),
+        "[virt-viewer]\n"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(run.join("kiosk1"))
+        .expect("dir")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700);
+    // ...replacing what was there (the newer file wins).
+    std::fs::write(run.join("kiosk1.vv"), "newer").expect("write");
+    let out = run_shell_line(line, "kiosk1", root.path());
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        std::fs::read_to_string(run.join("kiosk1/console.vv")).expect("moved"),
+        "newer"
+    );
+}
+
+#[test]
+fn the_single_session_unit_still_takes_run_console_vv() {
+    let u = unit("spiced.service");
+    let root = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(root.path().join("run")).expect("mkdir");
+    // Before start and before the SIGHUP of a reload, outside the sandbox ("+").
+    let pre = value(&u, "ExecStartPre");
+    let reload = &values(&u, "ExecReload")[0];
+    assert!(
+        pre.starts_with('+') && reload.starts_with('+'),
+        "{pre} {reload}"
+    );
+    assert_eq!(&pre, reload);
+    let out = run_shell_line(&pre, "", root.path());
+    assert!(out.status.success(), "{out:?}");
+    std::fs::write(root.path().join("run/console.vv"), "old place").expect("write");
+    let out = run_shell_line(&pre, "", root.path());
+    assert!(out.status.success(), "{out:?}");
+    assert!(!root.path().join("run/console.vv").exists());
+    assert_eq!(
+        std::fs::read_to_string(root.path().join("run/spiced/default/console.vv")).expect("moved"),
+        "old place"
     );
 }
 
@@ -123,14 +296,14 @@ struct Root {
 }
 
 impl Root {
-    /// A fake / with /run/spiced/kiosk1.vv pointing at `port`.
+    /// A fake / with /run/spiced/kiosk1/console.vv pointing at `port`.
     fn new(port: u16) -> Root {
         let dir = tempfile::tempdir().expect("tempdir");
-        for d in ["run/spiced", "etc/spiced", "state"] {
+        for d in ["run/spiced/kiosk1", "etc/spiced", "state"] {
             std::fs::create_dir_all(dir.path().join(d)).expect("mkdir");
         }
         std::fs::write(
-            dir.path().join("run/spiced/kiosk1.vv"),
+            dir.path().join("run/spiced/kiosk1/console.vv"),
             format!("[virt-viewer]\ntype=spice\nhost=127.0.0.1\nport={port}\n"),
         )
         .expect("write .vv");
@@ -229,6 +402,31 @@ fn the_template_command_line_refuses_an_invalid_instance_config() {
         .expect("run spiced");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("kiosk1.toml"), "{stderr}");
+    assert!(stderr.starts_with("spiced: "), "{stderr}");
+}
+
+#[test]
+fn an_invalid_instance_config_is_an_error_line_in_the_journal() {
+    // Under systemd stderr is a journal stream (JOURNAL_STREAM names it) and
+    // the config is read before logging is set up: the line must carry its
+    // priority itself, or journald files it as info and `-p err` misses it.
+    use std::os::unix::fs::MetadataExt;
+    let root = Root::new(5900);
+    std::fs::write(root.path("etc/spiced/kiosk1.toml"), "[bogus]\nx = 1\n").expect("write");
+    let err_path = root.path("stderr");
+    let err = std::fs::File::create(&err_path).expect("stderr file");
+    let m = err.metadata().expect("stat");
+    let status = root
+        .command(&[])
+        .env("JOURNAL_STREAM", format!("{}:{}", m.dev(), m.ino()))
+        .stdout(Stdio::null())
+        .stderr(err)
+        .status()
+        .expect("run spiced");
+    let stderr = std::fs::read_to_string(&err_path).expect("read");
+    assert_eq!(status.code(), Some(78), "{stderr}");
+    assert!(stderr.starts_with("<3>"), "{stderr}");
     assert!(stderr.contains("kiosk1.toml"), "{stderr}");
 }
 

@@ -5,11 +5,13 @@ use super::protocol::{PERMISSION_DENIED, VERSION};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Where `spiced status INSTANCE` looks: `/run/spiced/INSTANCE.sock`.
+/// Where `spiced status INSTANCE` looks: `/run/spiced/INSTANCE/control.sock`
+/// (each instance's own directory: docs/systemd.md).
 pub const RUN_DIR: &str = "/run/spiced";
 
 /// Where `spiced status` connects: `--socket PATH`, else
-/// `/run/spiced/INSTANCE.sock` for INSTANCE (or `SPICED_INSTANCE`, or "default").
+/// `/run/spiced/INSTANCE/control.sock` for INSTANCE (or `SPICED_INSTANCE`, or
+/// "default").
 pub fn socket_for(socket: Option<&Path>, instance: Option<&str>) -> Result<PathBuf, String> {
     if let Some(p) = socket {
         return Ok(p.to_path_buf());
@@ -29,7 +31,7 @@ pub fn socket_for(socket: Option<&Path>, instance: Option<&str>) -> Result<PathB
             crate::text::printable(&name)
         ));
     }
-    Ok(Path::new(RUN_DIR).join(format!("{name}.sock")))
+    Ok(Path::new(RUN_DIR).join(name).join("control.sock"))
 }
 
 /// `spiced status [--json] [--socket PATH | INSTANCE]`. Exit: 0 ok; 69 no
@@ -264,7 +266,7 @@ mod tests {
         );
         assert_eq!(
             socket_for(None, Some("kiosk1")).unwrap(),
-            Path::new("/run/spiced/kiosk1.sock")
+            Path::new("/run/spiced/kiosk1/control.sock")
         );
         for bad in ["../etc", "a/b", "", "a\x1bb"] {
             let e = socket_for(None, Some(bad)).unwrap_err();
