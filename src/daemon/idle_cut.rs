@@ -51,6 +51,13 @@ pub fn pattern(end: &SessionEnd) -> Option<f64> {
         .fold(f64::NEG_INFINITY, f64::max);
         last.is_finite().then_some(closed - last)
     };
+    // The server's address refused a connection right after the close: the
+    // server itself went away (killed, restarted), whatever the silence was.
+    // Once the keepalive is short, every loss comes after a silence of about
+    // that interval, so without this two server restarts look like one cut.
+    if end.server_gone {
+        return None;
+    }
     let main = end.counters.get(&crate::wire::ChannelId::MAIN)?;
     if !matches!(
         main.close_reason.as_deref(),
@@ -226,6 +233,34 @@ mod tests {
         // The same again cannot lower it further: 2.5 s is already below T/2.
         assert_eq!(c.observe(&proxy_cut(), t0 + Duration::from_secs(20)), None);
         assert_eq!(c.observe(&proxy_cut(), t0 + Duration::from_secs(30)), None);
+    }
+
+    /// Chaos seed 14849789246449697476: after a cut had lowered the keepalive
+    /// to 2.5 s, two server kills 25 s apart both came after ~2.4 s of silence
+    /// on main and were taken for a cut at 2.4 s. The server had gone away
+    /// both times (its address refused a connection): no middlebox.
+    #[tokio::test(start_paused = true)]
+    async fn a_server_that_went_away_is_no_idle_cut() {
+        let gone = || SessionEnd {
+            server_gone: true,
+            ..end(&[
+                (0.10, 2.50, "server_closed"),
+                (0.12, 2.50, "server_closed"),
+                (0.15, 2.51, "server_closed"),
+            ])
+        };
+        assert_eq!(pattern(&gone()), None);
+        let mut c = IdleCuts::new(Some(Duration::from_millis(2500)));
+        let t0 = Instant::now();
+        assert_eq!(c.observe(&gone(), t0), None);
+        assert_eq!(c.observe(&gone(), t0 + Duration::from_secs(25)), None);
+        // The same silences with the server still there are a cut.
+        let there = || SessionEnd {
+            server_gone: false,
+            ..gone()
+        };
+        assert_eq!(c.observe(&there(), t0 + Duration::from_secs(30)), None);
+        assert!(c.observe(&there(), t0 + Duration::from_secs(40)).is_some());
     }
 
     #[tokio::test(start_paused = true)]
