@@ -19,6 +19,7 @@ pub struct Config {
     pub channels: ChannelsConfig,
     pub metrics: MetricsConfig,
     pub control: ControlConfig,
+    pub display: DisplayConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -316,6 +317,52 @@ pub struct ControlConfig {
     pub socket: Option<PathBuf>,
 }
 
+/// `[display]`: the display mirror (docs/display.md).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DisplayConfig {
+    /// Decode the display channel into a mirror of the screen (screenshots,
+    /// the last frame in reports, freshness). Off: the display channel is
+    /// drained as before, nothing decoded or allocated.
+    pub mirror: bool,
+    /// Put `last-frame.png` into disconnect reports (it can show private
+    /// data, as the capture can).
+    pub report_last_frame: bool,
+    /// A screen unchanged this long is logged as stale (once, until it
+    /// changes). 0 = off; else 5 to 604800 s.
+    pub stale_after_secs: f64,
+    /// Bytes for off-screen surfaces, in KiB: 0 to 262144.
+    pub offscreen_kib: usize,
+    /// Bytes for the image cache the server fills, in KiB (the server is told
+    /// a quarter of it in pixels; the GLZ window gets half of it): 64 to
+    /// 262144.
+    pub cache_kib: usize,
+}
+
+impl Default for DisplayConfig {
+    fn default() -> Self {
+        DisplayConfig {
+            mirror: true,
+            report_last_frame: true,
+            stale_after_secs: 0.0,
+            offscreen_kib: 512,
+            cache_kib: 1024,
+        }
+    }
+}
+
+impl DisplayConfig {
+    /// The mirror's caps from this config.
+    pub fn limits(&self) -> crate::display::Limits {
+        crate::display::Limits {
+            offscreen_bytes: self.offscreen_kib.saturating_mul(1024),
+            pixmap_cache_bytes: self.cache_kib.saturating_mul(1024),
+            glz_window_bytes: self.cache_kib.saturating_mul(512),
+            ..crate::display::Limits::default()
+        }
+    }
+}
+
 /// A config file that could not be used. Displays as one line naming the file.
 #[derive(Debug)]
 pub struct ConfigError(pub String);
@@ -488,6 +535,23 @@ impl Config {
             " bytes",
         )?;
         int("report.log_lines", p.log_lines, ON, 0, 100_000, "")?;
+        let d = &self.display;
+        secs(
+            "display.stale_after_secs",
+            d.stale_after_secs,
+            OFF,
+            5.0,
+            604_800.0,
+        )?;
+        int(
+            "display.offscreen_kib",
+            d.offscreen_kib,
+            ON,
+            0,
+            262_144,
+            " KiB",
+        )?;
+        int("display.cache_kib", d.cache_kib, ON, 64, 262_144, " KiB")?;
 
         for (key, path) in [
             ("metrics.textfile", &self.metrics.textfile),

@@ -216,6 +216,8 @@ pub struct ServerCtx {
     pub hub: Hub,
     /// `reconnect` requests into the daemon loop.
     pub reconnect: mpsc::Sender<()>,
+    /// What `screenshot` reads (the display mirror; off: an error answer).
+    pub screen: crate::display::screen::Screen,
 }
 
 /// Checks the socket path and binds it with mode 0600. The rules
@@ -373,6 +375,7 @@ enum Request {
     Status,
     Subscribe,
     Reconnect,
+    Screenshot,
     Bad(String),
 }
 
@@ -386,8 +389,9 @@ fn parse_request(line: &str) -> Request {
             "status" => Request::Status,
             "subscribe" => Request::Subscribe,
             "reconnect" => Request::Reconnect,
+            "screenshot" => Request::Screenshot,
             other => Request::Bad(format!(
-                "unknown cmd {:?} (status, subscribe, reconnect)",
+                "unknown cmd {:?} (status, subscribe, reconnect, screenshot)",
                 crate::logging::escape_controls(other)
             )),
         },
@@ -433,6 +437,7 @@ async fn client(stream: UnixStream, ctx: ServerCtx) {
                 stream_to(rx, w).await;
                 return;
             }
+            Request::Screenshot => crate::display::control::screenshot_line(&ctx.screen).await,
             Request::Bad(e) => error_line(&e),
         };
         if send(&mut w, &reply).await.is_err() {

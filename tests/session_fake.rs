@@ -220,6 +220,7 @@ fn ctx(fault: Fault, cfg: Config) -> (SessionCtx, Arc<Fake>) {
         generation: 1,
         traffic: Default::default(),
         adopted: None,
+        screen: spiced::display::screen::Screen::off(),
     };
     (c, fake)
 }

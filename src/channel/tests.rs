@@ -303,3 +303,42 @@ proptest::proptest! {
         }
     }
 }
+
+/// With the display mirror, DISPLAY_INIT carries its sizes, LZ is asked for
+/// when the server takes a preference, and every display message reaches the
+/// mirror; without it, the bytes are today's.
+#[test]
+fn display_channel_feeds_the_mirror() {
+    use crate::display::screen::Screen;
+    let id = ChannelId::new(ChannelType::Display, 0);
+    let mut plain = Channel::new(id, HeaderKind::Mini, &cfg(15.0, 0.0), S(0));
+    let init = plain.poll_transmit(S(0)).unwrap();
+    assert_eq!(init.len(), 20);
+    assert!(plain.poll_transmit(S(0)).is_none());
+
+    let screen = Screen::on(crate::display::Limits::default());
+    let feed = std::sync::Arc::new(screen.attach(0.0).unwrap());
+    let mut ch = Channel::with_mirror(
+        id,
+        HeaderKind::Mini,
+        &cfg(15.0, 0.0),
+        S(0),
+        super::MirrorLink {
+            sink: feed,
+            pixmap_cache: 1000,
+            glz_window: 500,
+            prefer_lz: true,
+        },
+    );
+    let init = ch.poll_transmit(S(0)).unwrap();
+    assert_eq!(&init[..7], &[101, 0, 14, 0, 0, 0, 1]);
+    assert_eq!(&init[7..15], &1000i64.to_le_bytes());
+    assert_eq!(&init[16..20], &500i32.to_le_bytes());
+    assert_eq!(ch.poll_transmit(S(0)).unwrap(), vec![103, 0, 1, 0, 0, 0, 6]);
+    let body = crate::display::tests::surface_create(0, 4, 4, true);
+    let mut msg = 314u16.to_le_bytes().to_vec();
+    msg.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    msg.extend_from_slice(&body);
+    ch.on_bytes(&msg, S(1)).unwrap();
+    assert_eq!(screen.shot().unwrap().frame.width, 4);
+}

@@ -149,6 +149,8 @@ struct Shell {
     pending_start: Option<PendingStart>,
     /// Live traffic totals every session adds to (metrics).
     traffic: crate::channel::counters::Traffic,
+    /// The display mirror's screen; outlives sessions (the last frame).
+    screen: crate::display::screen::Screen,
     /// What `status` answers; sent on every change.
     status_tx: watch::Sender<Arc<status::Status>>,
     /// The metrics file and when to write it.
@@ -182,6 +184,11 @@ pub async fn run(
     }));
     // The control socket first: a path that cannot be used is a config error.
     let (reconnect_tx, mut reconnect_rx) = mpsc::channel::<()>(4);
+    let screen = if config.display.mirror {
+        crate::display::screen::Screen::on(config.display.limits())
+    } else {
+        crate::display::screen::Screen::off()
+    };
     let _control = match &config.control.socket {
         Some(path) => match crate::control::bind(path) {
             Ok(listener) => {
@@ -190,6 +197,7 @@ pub async fn run(
                     status: status_rx,
                     hub: env.hub.clone(),
                     reconnect: reconnect_tx,
+                    screen: screen.clone(),
                 };
                 info!("control socket listening on {}", path.display());
                 Some(ControlGuard {
@@ -216,6 +224,7 @@ pub async fn run(
         stamp: None,
         pending_start: None,
         traffic: Default::default(),
+        screen,
         status_tx,
         metrics: config.metrics.textfile.clone().map(|p| MetricsFile {
             path: Arc::new(p),
@@ -590,6 +599,7 @@ impl Shell {
             generation,
             traffic: self.traffic.clone(),
             adopted: None,
+            screen: self.screen.clone(),
         }
     }
 

@@ -8,6 +8,7 @@
 //! clipped; what the mirror cannot decode or draw is counted (and logged once
 //! per kind), never a panic. See docs/display.md.
 
+pub mod control;
 pub mod digest;
 pub mod image;
 pub mod jpeg;
@@ -598,4 +599,4 @@ pub fn msg_name(t: u16) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

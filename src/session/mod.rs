@@ -232,6 +232,8 @@ pub struct SessionCtx {
     pub traffic: crate::channel::counters::Traffic,
     /// Links made at a migration target for this session to run over.
     pub adopted: Option<Arc<Adopted>>,
+    /// The display mirror's screen (off: [`crate::display::screen::Screen::off`]).
+    pub screen: crate::display::screen::Screen,
 }
 
 impl SessionCtx {

@@ -1,0 +1,200 @@
+//! The control socket's `screenshot` request (protocol v1, docs/control.md)
+//! and `spiced screenshot`, kept here so the control module only dispatches.
+//!
+//! Answer: `{"version":1,"type":"screenshot","width":W,"height":H,
+//! "changed_at":T,"digest":"..","png":"<base64>"}`. The PNG is encoded off
+//! the event loop from a copy-on-write handle on the frame.
+
+use super::screen::Screen;
+use std::path::Path;
+use std::time::Duration;
+
+/// The largest answer `spiced screenshot` reads (a 4096 x 4096 frame of
+/// noise, base64).
+const MAX_ANSWER: u64 = 96 << 20;
+
+/// The answer line to a `screenshot` request.
+pub async fn screenshot_line(screen: &Screen) -> String {
+    let err = |e: &str| {
+        serde_json::json!({"version": crate::control::VERSION, "type": "error", "error": e})
+            .to_string()
+    };
+    if !screen.is_on() {
+        return err("the display mirror is off ([display] mirror = false)");
+    }
+    let Some(shot) = screen.shot() else {
+        return err("no frame yet: the display channel has not drawn a screen");
+    };
+    let job = tokio::task::spawn_blocking(move || {
+        let png = shot.frame.png()?;
+        Ok::<_, std::io::Error>(
+            serde_json::json!({
+                "version": crate::control::VERSION,
+                "type": "screenshot",
+                "width": shot.frame.width,
+                "height": shot.frame.height,
+                "changed_at": shot.changed_at_unix,
+                "digest": shot.frame.digest(),
+                "png": base64(&png),
+            })
+            .to_string(),
+        )
+    });
+    match job.await {
+        Ok(Ok(line)) => line,
+        Ok(Err(e)) => err(&format!("encoding the frame failed: {e}")),
+        Err(_) => err("encoding the frame failed"),
+    }
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+pub fn base64(data: &[u8]) -> String {
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for c in data.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(char::from(B64[(n >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+pub fn unbase64(s: &str) -> Option<Vec<u8>> {
+    let val = |c: u8| B64.iter().position(|b| *b == c).map(|v| v as u32);
+    let s = s.as_bytes();
+    if !s.len().is_multiple_of(4) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(s.len() / 4 * 3);
+    for q in s.chunks(4) {
+        let pad = q.iter().rev().take_while(|c| **c == b'=').count();
+        if pad > 2 {
+            return None;
+        }
+        let mut n = 0u32;
+        for c in &q[..4 - pad] {
+            n = (n << 6) | val(*c)?;
+        }
+        n <<= 6 * pad as u32;
+        out.extend_from_slice(&n.to_be_bytes()[1..4 - pad]);
+    }
+    Some(out)
+}
+
+/// `spiced screenshot [--socket PATH | INSTANCE] FILE.png`. Exit codes as
+/// `spiced status`: 0, 69 no daemon, 77 not allowed, 78 bad arguments, 1 a
+/// protocol error or no frame.
+pub fn client_main(file: &Path, socket: Option<&Path>, instance: Option<&str>) -> u8 {
+    use std::io::{BufRead, Read, Write};
+    let path = match crate::control::socket_for(socket, instance) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("spiced screenshot: {e}");
+            return crate::exit::CONFIG;
+        }
+    };
+    let shown = crate::logging::escape_controls(&path.display().to_string());
+    let fail = |e: &str| {
+        eprintln!(
+            "spiced screenshot: {shown}: {}",
+            crate::logging::escape_controls(e)
+        );
+        crate::exit::FAILURE
+    };
+    let mut s = match std::os::unix::net::UnixStream::connect(&path) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("spiced screenshot: cannot connect to {shown}: {e} (is spiced running?)");
+            return if e.kind() == std::io::ErrorKind::PermissionDenied {
+                crate::exit::TICKET
+            } else {
+                crate::exit::RETRIES_EXHAUSTED
+            };
+        }
+    };
+    let t = Some(Duration::from_secs(20));
+    if s.set_read_timeout(t).is_err() || s.set_write_timeout(t).is_err() {
+        return fail("cannot set socket timeouts");
+    }
+    if let Err(e) = s.write_all(b"{\"cmd\":\"screenshot\"}\n") {
+        return fail(&e.to_string());
+    }
+    let mut line = String::new();
+    if let Err(e) = std::io::BufReader::new(s.take(MAX_ANSWER)).read_line(&mut line) {
+        return fail(&e.to_string());
+    }
+    let v: serde_json::Value = match serde_json::from_str(&line) {
+        Ok(v) => v,
+        Err(e) => return fail(&format!("the answer is not JSON: {e}")),
+    };
+    if v["type"] != "screenshot" {
+        return fail(v["error"].as_str().unwrap_or("unexpected answer"));
+    }
+    let Some(png) = v["png"].as_str().and_then(unbase64) else {
+        return fail("the answer carries no PNG");
+    };
+    if let Err(e) = std::fs::write(file, &png) {
+        eprintln!(
+            "spiced screenshot: cannot write {}: {e}",
+            crate::logging::escape_controls(&file.display().to_string())
+        );
+        return crate::exit::FAILURE;
+    }
+    crate::exit::OK
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_round_trips() {
+        for n in 0..40u8 {
+            let d: Vec<u8> = (0..n).map(|i| i.wrapping_mul(37)).collect();
+            assert_eq!(unbase64(&base64(&d)).as_deref(), Some(&d[..]));
+        }
+        assert_eq!(base64(b"Man"), "TWFu");
+        assert_eq!(base64(b"Ma"), "TWE=");
+        assert!(unbase64("a===").is_none());
+        assert!(unbase64("abc").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_screenshot_is_the_frame_as_png() {
+        let off = screenshot_line(&Screen::off()).await;
+        assert!(off.contains("mirror is off"), "{off}");
+        let screen = Screen::on(super::super::Limits::default());
+        let empty = screenshot_line(&screen).await;
+        assert!(empty.contains("no frame yet"), "{empty}");
+        let feed = screen.attach(1000.0).unwrap();
+        use super::super::screen::DisplaySink;
+        feed.message(
+            super::super::wire::msg::SURFACE_CREATE,
+            &super::super::tests::surface_create(0, 4, 2, true),
+            Duration::from_secs(2),
+        );
+        feed.message(
+            super::super::wire::msg::DRAW_FILL,
+            &super::super::tests::fill(0, 0, 0, 2, 2, 0xff0000),
+            Duration::from_secs(3),
+        );
+        let line = screenshot_line(&screen).await;
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["type"], "screenshot");
+        assert_eq!(v["changed_at"], 1003.0);
+        let png = unbase64(v["png"].as_str().unwrap()).unwrap();
+        let (w, h, px) = super::super::png::decode_rgb(&png).unwrap();
+        assert_eq!((w, h), (4, 2));
+        assert_eq!(px, vec![0xff0000, 0xff0000, 0, 0, 0xff0000, 0xff0000, 0, 0]);
+        // The link ends: the last frame stays.
+        feed.end();
+        assert!(screen.shot().is_some());
+    }
+}
