@@ -170,3 +170,101 @@ fn screenshot_equals_screendump_over_a_series_of_still_moments() {
     let log = s.log();
     assert!(!log.contains("session lost"), "{log}");
 }
+
+/// The report written when QEMU is killed holds the last frame: equal to the
+/// last screendump before the kill, with when it was drawn.
+#[test]
+fn the_report_after_a_kill_holds_the_last_frame() {
+    if !require_qemu() {
+        return;
+    }
+    let Some(kernel) = vga_noise_kernel_or_skip() else {
+        return;
+    };
+    let q = Qemu::start(QemuOpts {
+        extra_args: vec!["-kernel".into(), kernel.display().to_string()],
+        ..Default::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("c.sock");
+    let spool = dir.path().join("spool");
+    let vv = write_vv(
+        dir.path(),
+        &[("host", "127.0.0.1"), ("port", &q.port().to_string())],
+    );
+    let toml = format!(
+        "[report]\nspool_dir = \"{}\"\n[control]\nsocket = \"{}\"\n[reconnect]\nenabled = false\n",
+        spool.display(),
+        sock.display()
+    );
+    let s = Spiced::start(&vv, &toml, &[]);
+    assert!(
+        s.wait_log("session fully linked", LINK_TIMEOUT),
+        "{}",
+        s.log()
+    );
+    assert!(wait_until(Duration::from_secs(20), || {
+        sock.exists() && ask(&sock, "screenshot")["type"] == "screenshot"
+    }));
+    q.qmp().execute("stop", None).expect("QMP stop");
+    let mut last = screenshot(&sock);
+    assert!(wait_until(Duration::from_secs(15), || {
+        std::thread::sleep(Duration::from_millis(1000));
+        let now = screenshot(&sock);
+        let same = now.0 == last.0;
+        last = now;
+        same
+    }));
+    let dump = dir.path().join("dump.ppm");
+    q.qmp()
+        .execute(
+            "screendump",
+            Some(serde_json::json!({"filename": dump.display().to_string()})),
+        )
+        .expect("screendump");
+    let (w, h, want) = read_ppm(&dump);
+    q.kill();
+    let zip = wait_for_report(&spool, Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("no report: {}", s.log()));
+    let mut z = zip::ZipArchive::new(std::fs::File::open(&zip).unwrap()).unwrap();
+    let mut png = Vec::new();
+    std::io::Read::read_to_end(
+        &mut z.by_name("last-frame.png").expect("last-frame.png"),
+        &mut png,
+    )
+    .unwrap();
+    let (pw, ph, got) = ::spiced::display::png::decode_rgb(&png).unwrap();
+    assert_eq!((pw, ph), (w, h));
+    let (n, max) = diff(&got, &want);
+    eprintln!("last frame vs the last screendump: {n} pixels differ (max {max})");
+    assert_eq!(n, 0);
+    let mut cause = String::new();
+    std::io::Read::read_to_string(&mut z.by_name("disconnect-cause.json").unwrap(), &mut cause)
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&cause).unwrap();
+    assert_eq!(v["last_frame"]["file"], "last-frame.png", "{v}");
+    assert!(v["last_frame"]["drawn_at"].is_string(), "{v}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spiced"))
+        .arg("report")
+        .arg(&zip)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("screen:     last-frame.png (720x400), last drawn"),
+        "{text}"
+    );
+}
+
+fn wait_for_report(spool: &Path, timeout: Duration) -> Option<std::path::PathBuf> {
+    let mut found = None;
+    wait_until(timeout, || {
+        found = std::fs::read_dir(spool).ok().and_then(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .find(|p| p.extension().is_some_and(|x| x == "zip"))
+        });
+        found.is_some()
+    });
+    found
+}

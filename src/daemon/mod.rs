@@ -528,7 +528,10 @@ impl Shell {
                     let _ = tx.send(Msg::Loaded(Origin::Refresh, r));
                 });
             }
-            Effect::WriteReport(job) => {
+            Effect::WriteReport(mut job) => {
+                if self.config.display.report_last_frame {
+                    job.last_frame = self.screen.shot();
+                }
                 let capture = self
                     .sessions
                     .get(&job.generation)
