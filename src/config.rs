@@ -328,9 +328,6 @@ pub struct DisplayConfig {
     /// Put `last-frame.png` into disconnect reports (it can show private
     /// data, as the capture can).
     pub report_last_frame: bool,
-    /// A screen unchanged this long is logged as stale (once, until it
-    /// changes). 0 = off; else 5 to 604800 s.
-    pub stale_after_secs: f64,
     /// Bytes for off-screen surfaces, in KiB: 0 to 262144.
     pub offscreen_kib: usize,
     /// Bytes for the image cache the server fills, in KiB (the server is told
@@ -344,7 +341,6 @@ impl Default for DisplayConfig {
         DisplayConfig {
             mirror: true,
             report_last_frame: true,
-            stale_after_secs: 0.0,
             offscreen_kib: 512,
             cache_kib: 1024,
         }
@@ -536,13 +532,6 @@ impl Config {
         )?;
         int("report.log_lines", p.log_lines, ON, 0, 100_000, "")?;
         let d = &self.display;
-        secs(
-            "display.stale_after_secs",
-            d.stale_after_secs,
-            OFF,
-            5.0,
-            604_800.0,
-        )?;
         int(
             "display.offscreen_kib",
             d.offscreen_kib,
@@ -896,6 +885,8 @@ mod tests {
                 &["268435457"],
             ),
             ("report", "log_lines", &["0", "100000"], &["100001"]),
+            ("display", "offscreen_kib", &["0", "262144"], &["262145"]),
+            ("display", "cache_kib", &["64", "262144"], &["63", "262145"]),
         ];
         for (section, key, good, bad) in table {
             for v in *good {
