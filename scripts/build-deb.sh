@@ -12,6 +12,7 @@
 # /usr/lib/systemd/catalog/spiced.catalog when systemd/spiced.catalog exists;
 # /etc/spiced/spiced.toml as a conffile; README and docs in /usr/share/doc/spiced;
 # the refresh commands for Proxmox VE, oVirt and Kerbside in /usr/share/spiced (python3);
+# the Prometheus alerting rules and their unit tests in /usr/share/spiced/prometheus;
 # the man pages spiced(1), spiced-report(1)..., generated from the command line
 # definitions by `spiced manpage`. Needs dpkg-deb, dpkg-shlibdeps (dpkg-dev), gzip, strip.
 # Runs lintian on the result when it is installed.
@@ -25,7 +26,7 @@ for a in "$@"; do
   case "$a" in
     --debug) profile=debug ;;
     --no-build) build=0 ;;
-    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "$me: unknown option $a (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -70,6 +71,11 @@ install -D -m 0644 config/spiced.toml "$stage/etc/spiced/spiced.toml"
 install -d "$stage/usr/share/spiced"
 install -m 0755 scripts/spiced-refresh-proxmox scripts/spiced-refresh-ovirt scripts/spiced-refresh-kerbside \
   "$stage/usr/share/spiced/"
+# The fleet's Prometheus alerting rules and their promtool unit tests
+# (docs/metrics.md, "Alerting"), for the monitoring host to copy or include.
+install -d "$stage/usr/share/spiced/prometheus"
+install -m 0644 contrib/prometheus/spiced-alerts.yml contrib/prometheus/spiced-alerts.test.yml \
+  "$stage/usr/share/spiced/prometheus/"
 
 doc=$stage/usr/share/doc/spiced
 install -d "$doc/docs"

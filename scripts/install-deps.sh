@@ -15,6 +15,10 @@
 #                     journald + journalctl for scripts/journald-sandbox.sh)
 #   metrics reader:   prometheus-node-exporter (its textfile collector parses
 #                     spiced's metrics file in tests/qemu_control.rs)
+#   alerting rules:   prometheus (promtool: check and unit-test
+#                     contrib/prometheus/, tests/alert_rules.rs)
+#   central journal:  systemd-journal-remote (systemd-journal-upload and
+#                     -remote, tests/journal_upload.rs)
 #   plus ca-certificates.
 # --check: install nothing, list what is missing, exit 1 if anything is.
 set -euo pipefail
@@ -22,12 +26,12 @@ set -euo pipefail
 me=install-deps.sh
 pkgs=(qemu-system-x86 binutils openssl tshark tinyproxy nftables iproute2 ca-certificates procps
   python3-gi gir1.2-spiceclientglib-2.0 spice-client-gtk dpkg-dev man-db systemd
-  prometheus-node-exporter)
+  prometheus-node-exporter prometheus systemd-journal-remote)
 check=0
 for a in "$@"; do
   case "$a" in
     --check) check=1 ;;
-    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "$me: unknown option $a (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -37,7 +41,7 @@ for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
 # The programs the tests run, in case a package is installed but broken or renamed.
-for c in qemu-system-x86_64 openssl tshark tinyproxy nft ip systemd-analyze man dpkg-shlibdeps prometheus-node-exporter; do
+for c in qemu-system-x86_64 openssl tshark tinyproxy nft ip systemd-analyze man dpkg-shlibdeps prometheus-node-exporter promtool; do
   command -v "$c" >/dev/null || PATH="$PATH:/usr/sbin:/sbin" command -v "$c" >/dev/null ||
     echo "$me: note: $c not found on PATH" >&2
 done
@@ -51,7 +55,7 @@ if [ "$check" = 1 ]; then echo "$me: missing: ${missing[*]}"; exit 1; fi
 export DEBIAN_FRONTEND=noninteractive
 # tshark asks whether non-root users may capture: answer "no" up front.
 echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
-# Packages with daemons (tinyproxy, prometheus-node-exporter) must not start them: the tests run their own.
+# Packages with daemons (tinyproxy, prometheus-node-exporter, prometheus, systemd-journal-remote) must not start them: the tests run their own.
 # Only when the image has no policy of its own, and removed again afterwards.
 policy=/usr/sbin/policy-rc.d
 if [ ! -e "$policy" ]; then

@@ -47,11 +47,12 @@ vv=$t/console.vv
 cp "$KERBSIDE_LAB_VV" "$vv"
 pw=$(sed -n 's/^password=//p' "$vv")
 [ -n "$pw" ] || { echo "kerbside.sh: the minted .vv has no password" >&2; exit 1; }
+# The lab's API speaks plain HTTP on loopback: --allow-http is the lab opt-in.
 cat > "$t/spiced.toml" <<EOF
 [report]
 spool_dir = "$t/spool"
 [reconnect]
-refresh_command = ["$root/scripts/spiced-refresh-kerbside", "--url", "http://127.0.0.1:$API_PORT", "--source", "lab", "--uuid", "$CONSOLE_UUID", "--token-file", "$KERBSIDE_LAB_DIR/api-token.txt"]
+refresh_command = ["$root/scripts/spiced-refresh-kerbside", "--url", "http://127.0.0.1:$API_PORT", "--allow-http", "--source", "lab", "--uuid", "$CONSOLE_UUID", "--token-file", "$KERBSIDE_LAB_DIR/api-token.txt"]
 EOF
 log=$t/spiced.log
 now() { date +%s.%N; }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # test-deb.sh -- install the built .deb on this machine (as root) and check it as
 # an operator would: dpkg -i, `spiced --version`, `man spiced`, the files and
-# the conffile where the package says, and scripts/check-units.sh --installed
+# the conffile where the package says, the alerting rules through promtool,
+# and scripts/check-units.sh --installed
 # (systemd-analyze verify and the sandbox score of the installed units).
 # Run scripts/build-deb.sh first. CI runs both (.ci/run). The package stays
 # installed: it is what the checks looked at.
@@ -36,9 +37,18 @@ for f in /usr/lib/systemd/system/spiced.service /usr/lib/systemd/system/spiced@.
   /usr/lib/systemd/system/spiced@.path /usr/lib/systemd/system/spiced-reload@.service \
   /usr/lib/tmpfiles.d/spiced.conf /usr/share/doc/spiced/copyright \
   /usr/share/doc/spiced/docs/systemd.md /usr/share/man/man1/spiced.1.gz \
-  /usr/share/man/man1/spiced-report.1.gz; do
+  /usr/share/man/man1/spiced-report.1.gz /usr/share/spiced/prometheus/spiced-alerts.yml \
+  /usr/share/spiced/prometheus/spiced-alerts.test.yml; do
   [ -f "$f" ] || fail "$f not installed"
 done
+# The alerting rules as installed: they load and their unit tests pass there
+# (the test file names the rules file beside it).
+if command -v promtool >/dev/null; then
+  (cd /usr/share/spiced/prometheus && promtool check rules spiced-alerts.yml &&
+    promtool test rules spiced-alerts.test.yml) || fail "promtool rejects the installed alerting rules"
+elif [ -n "${CI:-}" ]; then
+  fail "promtool missing (scripts/install-deps.sh installs prometheus)"
+fi
 if [ -f systemd/spiced.catalog ]; then
   [ -f /usr/lib/systemd/catalog/spiced.catalog ] || fail "the journal catalog is not installed"
 fi

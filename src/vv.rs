@@ -196,43 +196,204 @@ impl fmt::Display for VvError {
 
 impl std::error::Error for VvError {}
 
+/// What identifies a file on disk: a file renamed into place, or the same file
+/// rewritten, has another. Regular files only: a FIFO or a device has no
+/// contents to compare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i64,
+}
+
+impl Stamp {
+    pub fn of(m: &std::fs::Metadata) -> Option<Stamp> {
+        use std::os::unix::fs::MetadataExt;
+        m.file_type().is_file().then(|| Stamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.len(),
+            mtime_ns: m
+                .mtime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(m.mtime_nsec()),
+        })
+    }
+
+    /// The file at `path` now (following a symlink), if it is a regular one.
+    pub fn at(path: &Path) -> Option<Stamp> {
+        Stamp::of(&std::fs::metadata(path).ok()?)
+    }
+}
+
+/// One read of a .vv file.
+#[derive(Debug)]
+pub struct VvFile {
+    /// The file read, taken from the open file (not the path): a file renamed
+    /// into place during the read has another stamp. None for stdin, a FIFO,
+    /// or a file that could not be opened.
+    pub stamp: Option<Stamp>,
+    /// There was no file at the path.
+    pub missing: bool,
+    pub parsed: Result<Parsed, VvError>,
+}
+
 /// Reads a .vv file (`-` = stdin) and parses it. With `delete_if_requested`, a file
 /// saying `delete-this-file=1` is deleted after a successful parse, as
 /// remote-viewer does (also like remote-viewer, not when `VIRT_VIEWER_KEEP_FILE`
 /// is set). A failed delete is a warning, not an error.
 pub fn load(path: &Path, delete_if_requested: bool) -> Result<Parsed, VvError> {
+    read(path, delete_if_requested).parsed
+}
+
+/// [`load`], saying which file was read.
+pub fn read(path: &Path, delete_if_requested: bool) -> VvFile {
+    read_with(path, delete_if_requested, &mut || {})
+}
+
+/// [`read`] with a seam between the read and the delete (tests: a producer's
+/// rename landing there).
+fn read_with(path: &Path, delete_if_requested: bool, before_delete: &mut dyn FnMut()) -> VvFile {
     let from_stdin = path.as_os_str() == "-";
     let origin = if from_stdin {
         "<stdin>".to_string()
     } else {
         path.display().to_string()
     };
-    let read = if from_stdin {
-        read_bounded(std::io::stdin().lock())
-    } else {
-        std::fs::File::open(path).and_then(read_bounded)
-    };
-    let bytes = read.map_err(|e| VvError {
+    let cannot_read = |e: std::io::Error| VvError {
         origin: origin.clone(),
         line: None,
         key: None,
         message: format!("cannot read: {e}"),
-    })?;
-    let mut parsed = parse(&bytes, &origin)?;
-    if parsed.settings.delete_this_file && delete_if_requested && !from_stdin {
-        if std::env::var_os("VIRT_VIEWER_KEEP_FILE").is_some() {
-            parsed.warnings.push(format!(
-                "{origin}: delete-this-file is set but VIRT_VIEWER_KEEP_FILE is too: file kept"
-            ));
-        } else if let Err(e) = std::fs::remove_file(path) {
-            parsed.warnings.push(format!(
-                "{origin}: delete-this-file is set but the file could not be deleted: {e}"
-            ));
-        } else {
-            tracing::debug!(file = %origin, "deleted the .vv file (delete-this-file)");
+    };
+    // The file stays open until the delete is done: its inode cannot be
+    // reused by a newer file meanwhile, so device and inode name it.
+    let (read, opened, _file) = if from_stdin {
+        (read_bounded(std::io::stdin().lock()), None, None)
+    } else {
+        match std::fs::File::open(path) {
+            Ok(f) => {
+                let meta = f.metadata().ok();
+                (read_bounded(&f), meta, Some(f))
+            }
+            Err(e) => {
+                return VvFile {
+                    stamp: None,
+                    missing: e.kind() == std::io::ErrorKind::NotFound,
+                    parsed: Err(cannot_read(e)),
+                }
+            }
         }
+    };
+    let stamp = opened.as_ref().and_then(Stamp::of);
+    let parsed = read.map_err(cannot_read).and_then(|bytes| {
+        let mut parsed = parse(&bytes, &origin)?;
+        if parsed.settings.delete_this_file && delete_if_requested && !from_stdin {
+            if std::env::var_os("VIRT_VIEWER_KEEP_FILE").is_some() {
+                parsed.warnings.push(format!(
+                    "{origin}: delete-this-file is set but VIRT_VIEWER_KEEP_FILE is too: file kept"
+                ));
+            } else {
+                before_delete();
+                if let Err(e) = consume(path, opened.as_ref()) {
+                    parsed.warnings.push(format!(
+                        "{origin}: delete-this-file is set but the file could not be deleted: {e}"
+                    ));
+                } else {
+                    tracing::debug!(file = %origin, "deleted the .vv file (delete-this-file)");
+                }
+            }
+        }
+        Ok(parsed)
+    });
+    VvFile {
+        stamp,
+        missing: false,
+        parsed,
     }
-    Ok(parsed)
+}
+
+/// Deletes the single-use file that was read, and only that one (`read`: its
+/// metadata, from the file, still open). A producer may rename a newer file into
+/// place at any moment, so the path is first renamed to a private name in the
+/// same directory and compared with what was read (device and inode): the
+/// file read is deleted; a newer one is put back, unless a yet newer one is
+/// there by then (the older is then dropped). The path never names a file
+/// spiced is about to delete.
+fn consume(path: &Path, read: Option<&std::fs::Metadata>) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let Some(read) = read else {
+        return std::fs::remove_file(path);
+    };
+    // Named after the file (two instances sharing a directory never collide,
+    // even with the same pid in their own namespaces), within NAME_MAX.
+    let name = path.file_name().unwrap_or_default().as_bytes();
+    let mut private = std::ffi::OsString::from(".");
+    private.push(std::ffi::OsStr::from_bytes(&name[..name.len().min(128)]));
+    private.push(format!(
+        ".spiced-used-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let private = path.with_file_name(private);
+    match std::fs::rename(path, &private) {
+        Ok(()) => {}
+        // Gone already (deleted by someone else): nothing to do.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    let moved = std::fs::metadata(&private)?;
+    if (moved.dev(), moved.ino()) == (read.dev(), read.ino()) {
+        return std::fs::remove_file(&private);
+    }
+    // A newer file landed between the read and the rename: it goes back.
+    match rename_noreplace(&private, path) {
+        Ok(()) => {
+            tracing::debug!(file = %path.display(), "a newer .vv was renamed into place during the read: kept for the next read");
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => std::fs::remove_file(&private),
+        Err(e) => Err(std::io::Error::new(
+            e.kind(),
+            format!(
+                "a newer file renamed into place during the read could not be put back from {}: {e}",
+                private.display()
+            ),
+        )),
+    }
+}
+
+/// rename(2) that never replaces an existing `to` (renameat2 RENAME_NOREPLACE;
+/// a hard link and an unlink where the file system lacks it).
+fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+    };
+    let (cf, ct) = (c(from)?, c(to)?);
+    // SAFETY: two valid NUL-terminated paths, relative to the working directory.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            cf.as_ptr(),
+            libc::AT_FDCWD,
+            ct.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if !matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS)) {
+        return Err(e);
+    }
+    std::fs::hard_link(from, to)?;
+    std::fs::remove_file(from)
 }
 
 /// Reads at most one byte more than [`MAX_FILE_BYTES`], so `parse` can refuse
@@ -1358,6 +1519,65 @@ mod tests {
         assert!(path.exists());
     }
 
+    /// The names in `dir`, sorted.
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// A producer renames a newer single-use .vv into place after spiced read
+    /// the old one and before it deletes it: the newer file survives (it is
+    /// the next read's), nothing else is left behind.
+    #[test]
+    fn a_vv_renamed_into_place_during_the_read_survives_the_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.vv");
+        std::fs::write(&path, PVE).unwrap();
+        let newer = std::str::from_utf8(PVE)
+            .unwrap()
+            .replace(PW, "Newer0000000000000000");
+        let mut producer = || {
+            let tmp = dir.path().join("console.vv.tmp");
+            std::fs::write(&tmp, &newer).unwrap();
+            std::fs::rename(&tmp, &path).unwrap();
+        };
+        let f = read_with(&path, true, &mut producer);
+        let p = f.parsed.unwrap();
+        assert_eq!(p.settings.password.as_ref().map(|s| s.expose()), Some(PW));
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), newer);
+        assert_eq!(names(dir.path()), ["console.vv"]);
+        assert!(f.stamp.is_some());
+        assert_ne!(f.stamp, Stamp::at(&path), "the file there is another");
+
+        let f = read(&path, true);
+        let p = f.parsed.unwrap();
+        assert_eq!(
+            p.settings.password.as_ref().map(|s| s.expose()),
+            Some("Newer0000000000000000")
+        );
+        assert!(names(dir.path()).is_empty(), "{:?}", names(dir.path()));
+    }
+
+    /// Putting a newer file back never replaces a yet newer one.
+    #[test]
+    fn a_newer_file_is_never_put_back_over_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let (older, newest) = (dir.path().join(".older"), dir.path().join("console.vv"));
+        std::fs::write(&older, "older").unwrap();
+        std::fs::write(&newest, "newest").unwrap();
+        let e = rename_noreplace(&older, &newest).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read_to_string(&newest).unwrap(), "newest");
+        std::fs::remove_file(&newest).unwrap();
+        rename_noreplace(&older, &newest).unwrap();
+        assert_eq!(names(dir.path()), ["console.vv"]);
+    }
+
     #[test]
     fn load_unreadable() {
         let dir = tempfile::tempdir().unwrap();
@@ -1369,8 +1589,12 @@ mod tests {
             s.starts_with(&format!("{}: cannot read: ", path.display())),
             "{s}"
         );
+        assert!(read(&path, true).missing);
         let e = load(dir.path(), false).unwrap_err();
         assert!(e.to_string().contains("cannot read"), "{e}");
+        let f = read(dir.path(), false);
+        assert!(!f.missing);
+        assert_eq!(f.stamp, None, "a directory has no contents to compare");
     }
 
     proptest! {

@@ -142,6 +142,45 @@ fn a_fifo_vv_never_freezes_the_daemon() {
     assert_quick_clean_exit(&mut s, "stuck .vv read");
 }
 
+/// Whether `pid` has a handler for `sig` (its SigCgt mask in /proc).
+fn catches(pid: i32, sig: i32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .is_some_and(|m| m & (1 << (sig - 1)) != 0)
+}
+
+/// The very first read of a .vv that is a FIFO nobody writes: a SIGHUP while
+/// it hangs must not make spiced deaf to the SIGTERM after it (it once exited
+/// 78 five seconds later, when the read timed out).
+#[test]
+fn sighup_then_sigterm_during_the_first_read_of_a_fifo_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let vv = dir.path().join("console.vv");
+    let st = std::process::Command::new("mkfifo")
+        .arg(&vv)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mut s = Spiced::start(&vv, &spool(dir.path()), &[]);
+    let pid = s.pid();
+    assert!(
+        common::wait_until(Duration::from_secs(5), || catches(pid, libc::SIGHUP)
+            && catches(pid, libc::SIGTERM)),
+        "{}",
+        s.log()
+    );
+    s.signal(libc::SIGHUP);
+    assert!(
+        s.wait_log("SIGHUP while the .vv is being read", Duration::from_secs(3)),
+        "{}",
+        s.log()
+    );
+    assert_quick_clean_exit(&mut s, "SIGHUP during the first read of a FIFO");
+}
+
 #[test]
 fn sigterm_while_connected_to_real_qemu() {
     if !require_qemu() {

@@ -8,6 +8,10 @@
 //! Kerbside is exercised by `scripts/kerbside.sh`.
 //! Their stdout must be a .vv that `spiced --check` accepts with the right
 //! settings; a refused credential is one line on stderr that never quotes it.
+//! The credential goes to `--url`'s host only: a second fake host (127.0.0.2)
+//! that a redirect points at must never see it, and a plain http:// URL is
+//! refused without `--allow-http` (the tests' fake APIs speak plain HTTP, so
+//! every other run passes it).
 
 mod common;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -38,9 +42,48 @@ impl Request {
     }
 }
 
-/// A one-thread HTTP/1.1 server: `answer` maps a request to (status, type, body).
-fn serve(answer: fn(&Request) -> (u16, &'static str, String)) -> (u16, Arc<Mutex<Vec<Request>>>) {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+/// What the fake API answers.
+struct Reply {
+    status: u16,
+    ty: &'static str,
+    body: String,
+    location: Option<String>,
+}
+
+impl From<(u16, &'static str, String)> for Reply {
+    fn from((status, ty, body): (u16, &'static str, String)) -> Reply {
+        Reply {
+            status,
+            ty,
+            body,
+            location: None,
+        }
+    }
+}
+
+/// A redirect (`status` 301/302/303/307/308) to `location`.
+fn redirect(status: u16, location: String) -> Reply {
+    Reply {
+        status,
+        ty: "text/plain",
+        body: String::new(),
+        location: Some(location),
+    }
+}
+
+type Seen = Arc<Mutex<Vec<Request>>>;
+
+/// A one-thread HTTP/1.1 server on 127.0.0.1: `answer` maps a request to a reply.
+fn serve<R: Into<Reply>>(answer: impl Fn(&Request) -> R + Send + 'static) -> (u16, Seen) {
+    serve_on("127.0.0.1", answer)
+}
+
+/// `serve` on another loopback address (127.0.0.2 is another host to a client).
+fn serve_on<R: Into<Reply>>(
+    ip: &str,
+    answer: impl Fn(&Request) -> R + Send + 'static,
+) -> (u16, Seen) {
+    let l = TcpListener::bind((ip, 0)).expect("bind");
     let port = l.local_addr().expect("addr").port();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = Arc::clone(&seen);
@@ -80,12 +123,19 @@ fn serve(answer: fn(&Request) -> (u16, &'static str, String)) -> (u16, Arc<Mutex
                 headers,
                 body: String::from_utf8_lossy(&body).into_owned(),
             };
-            let (status, ty, text) = answer(&req);
+            let reply: Reply = answer(&req).into();
             log.lock().unwrap().push(req);
+            let location = reply
+                .location
+                .map(|l| format!("Location: {l}\r\n"))
+                .unwrap_or_default();
             let _ = write!(
                 s,
-                "HTTP/1.1 {status} X\r\nContent-Type: {ty}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
-                text.len()
+                "HTTP/1.1 {} X\r\nContent-Type: {}\r\n{location}Content-Length: {}\r\nConnection: close\r\n\r\n{}",
+                reply.status,
+                reply.ty,
+                reply.body.len(),
+                reply.body
             );
         }
     });
@@ -190,6 +240,7 @@ fn proxmox_refresh_mints_a_vv_spiced_accepts() {
         &[
             "--url",
             &url,
+            "--allow-http",
             "--node",
             "pve1",
             "--vmid",
@@ -217,6 +268,7 @@ fn proxmox_refresh_mints_a_vv_spiced_accepts() {
         &[
             "--url",
             &url,
+            "--allow-http",
             "--node",
             "pve1",
             "--vmid",
@@ -299,6 +351,7 @@ fn ovirt_refresh_fetches_the_engines_file() {
         &[
             "--url",
             &url,
+            "--allow-http",
             "--user",
             "kiosk@internal",
             "--password-file",
@@ -322,6 +375,7 @@ fn ovirt_refresh_fetches_the_engines_file() {
         &[
             "--url",
             &url,
+            "--allow-http",
             "--user",
             "kiosk@internal",
             "--password-file",
@@ -396,7 +450,15 @@ fn kerbside_refresh_fetches_a_proxy_vv_with_a_token_or_a_login() {
     let token = dir.path().join("token");
     std::fs::write(&token, format!("{KERBSIDE_JWT}\n")).unwrap();
     let token = token.display().to_string();
-    let base = ["--url", url.as_str(), "--source", "lab", "--uuid", uuid];
+    let base = [
+        "--url",
+        url.as_str(),
+        "--allow-http",
+        "--source",
+        "lab",
+        "--uuid",
+        uuid,
+    ];
     let with =
         |more: &[&str]| -> Vec<String> { base.iter().chain(more).map(|s| s.to_string()).collect() };
     let args = with(&["--token-file", &token]);
@@ -428,6 +490,7 @@ fn kerbside_refresh_fetches_a_proxy_vv_with_a_token_or_a_login() {
         &[
             "--url",
             &url,
+            "--allow-http",
             "--source",
             "lab",
             "--uuid",
@@ -447,4 +510,202 @@ fn kerbside_refresh_fetches_a_proxy_vv_with_a_token_or_a_login() {
     let (code, out, _) = run("spiced-refresh-kerbside", &["--help"]);
     assert_eq!(code, 0);
     assert!(out.contains("/console/proxy/"));
+}
+
+/// The other host a redirect pointed at must have seen nothing: no request at
+/// all (the redirect was refused, not followed), so surely none carrying
+/// `secret` in a header, its path or its body.
+fn assert_untouched(other: &Seen, secrets: &[&str]) {
+    let seen = other.lock().unwrap();
+    for r in seen.iter() {
+        for secret in secrets {
+            let carried = r.headers.iter().any(|(_, v)| v.contains(secret))
+                || r.path.contains(secret)
+                || r.body.contains(secret);
+            assert!(
+                !carried,
+                "the credential reached the other host: {} {}",
+                r.method, r.path
+            );
+        }
+    }
+    assert!(
+        seen.is_empty(),
+        "a redirect to another host was followed: {:?}",
+        seen.iter()
+            .map(|r| format!("{} {}", r.method, r.path))
+            .collect::<Vec<_>>()
+    );
+}
+
+/// One line on stderr saying a redirect to 127.0.0.2 was refused.
+fn assert_refused_redirect(code: i32, out: &str, err: &str, secrets: &[&str]) {
+    assert_eq!((code, out), (1, ""), "{err}");
+    assert!(
+        err.lines().count() == 1 && err.contains("redirect") && err.contains("127.0.0.2"),
+        "{err}"
+    );
+    for s in secrets {
+        assert!(!err.contains(s), "{err}");
+    }
+}
+
+/// Without `--allow-http` a plain http:// URL is a usage error, before any
+/// request.
+fn assert_plain_http_refused(cmd: &str, args: &[&str], seen: &Seen) {
+    let before = seen.lock().unwrap().len();
+    let args: Vec<&str> = args
+        .iter()
+        .copied()
+        .filter(|a| *a != "--allow-http")
+        .collect();
+    let (code, out, err) = run(cmd, &args);
+    assert_eq!((code, out.as_str()), (2, ""), "{err}");
+    assert!(
+        err.lines().count() == 1 && err.contains("http://") && err.contains("--allow-http"),
+        "{err}"
+    );
+    assert_eq!(seen.lock().unwrap().len(), before, "{cmd} sent a request");
+}
+
+#[test]
+fn proxmox_refresh_sends_its_token_to_no_other_host_and_not_over_plain_http() {
+    if !have_python() {
+        return;
+    }
+    // The other host takes the token as the API would: following the
+    // redirect with it would even "work".
+    let (other, other_seen) = serve_on("127.0.0.2", pve_api);
+    let (port, seen) =
+        serve(move |r: &Request| redirect(302, format!("http://127.0.0.2:{other}{}", r.path)));
+    let dir = tempfile::tempdir().unwrap();
+    let token = secret_file(dir.path(), PVE_TOKEN);
+    let url = format!("http://127.0.0.1:{port}");
+    let args = [
+        "--url",
+        &url,
+        "--allow-http",
+        "--node",
+        "pve1",
+        "--vmid",
+        "101",
+        "--token-file",
+        &token,
+    ];
+    let (code, out, err) = run("spiced-refresh-proxmox", &args);
+    assert_refused_redirect(code, &out, &err, &[PVE_TOKEN, "secret"]);
+    assert_untouched(&other_seen, &["6f1c9c2e"]);
+    assert_eq!(
+        seen_calls(&seen),
+        ["POST /api2/json/nodes/pve1/qemu/101/spiceproxy"]
+    );
+    assert_plain_http_refused("spiced-refresh-proxmox", &args, &seen);
+}
+
+#[test]
+fn ovirt_refresh_sends_its_password_and_token_to_no_other_host_and_not_over_plain_http() {
+    if !have_python() {
+        return;
+    }
+    let (other, other_seen) = serve_on("127.0.0.2", ovirt_api);
+    // The engine hands out the token, then redirects the VM search (with the
+    // bearer token) elsewhere; a second engine redirects the password POST.
+    let (port, seen) = serve(move |r: &Request| {
+        if r.path.starts_with("/ovirt-engine/api/vms?") {
+            redirect(302, format!("http://127.0.0.2:{other}{}", r.path))
+        } else {
+            ovirt_api(r).into()
+        }
+    });
+    let (port2, seen2) =
+        serve(move |r: &Request| redirect(308, format!("http://127.0.0.2:{other}{}", r.path)));
+    let dir = tempfile::tempdir().unwrap();
+    let pw = secret_file(dir.path(), OVIRT_PASSWORD);
+    for (port, seen) in [(port, &seen), (port2, &seen2)] {
+        let url = format!("http://127.0.0.1:{port}/ovirt-engine");
+        let args = [
+            "--url",
+            &url,
+            "--allow-http",
+            "--user",
+            "kiosk@internal",
+            "--password-file",
+            &pw,
+            "--vm",
+            "kiosk-07",
+        ];
+        let (code, out, err) = run("spiced-refresh-ovirt", &args);
+        assert_refused_redirect(code, &out, &err, &[OVIRT_PASSWORD, "T0KEN-abc"]);
+        assert_untouched(&other_seen, &["T0KEN-abc", "S3cret"]);
+        assert_plain_http_refused("spiced-refresh-ovirt", &args, seen);
+    }
+    assert_eq!(
+        seen_calls(&seen),
+        [
+            "POST /ovirt-engine/sso/oauth/token",
+            "GET /ovirt-engine/api/vms"
+        ]
+    );
+}
+
+#[test]
+fn kerbside_refresh_follows_redirects_on_its_host_only_and_not_over_plain_http() {
+    if !have_python() {
+        return;
+    }
+    let uuid = "6f4e2c1a-0000-0000-0000-000000000001";
+    let (other, other_seen) = serve_on("127.0.0.2", kerbside_api);
+    // Console "moved" redirects on the same host (relative Location) and is
+    // served there; console "elsewhere" redirects to the other host.
+    let (port, seen) = serve(move |r: &Request| -> Reply {
+        match r.path.as_str() {
+            "/console/proxy/lab/moved/console.vv" => {
+                redirect(302, format!("/v2/console/proxy/lab/{uuid}/console.vv"))
+            }
+            "/console/proxy/lab/elsewhere/console.vv" => redirect(
+                302,
+                format!("http://127.0.0.2:{other}/console/proxy/lab/{uuid}/console.vv"),
+            ),
+            p => {
+                let mut r = r.clone();
+                r.path = p.strip_prefix("/v2").unwrap_or(p).to_string();
+                kerbside_api(&r).into()
+            }
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let token = secret_file(dir.path(), KERBSIDE_JWT);
+    let url = format!("http://127.0.0.1:{port}");
+    let args = |console: &'static str| {
+        [
+            "--url".to_string(),
+            url.clone(),
+            "--allow-http".into(),
+            "--source".into(),
+            "lab".into(),
+            "--uuid".into(),
+            console.into(),
+            "--token-file".into(),
+            token.clone(),
+        ]
+    };
+    let moved = args("moved");
+    let moved: Vec<&str> = moved.iter().map(String::as_str).collect();
+    let (code, out, err) = run("spiced-refresh-kerbside", &moved);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(check(&out)["single_use_ticket"], true);
+    let elsewhere = args("elsewhere");
+    let elsewhere: Vec<&str> = elsewhere.iter().map(String::as_str).collect();
+    let (code, out, err) = run("spiced-refresh-kerbside", &elsewhere);
+    assert_refused_redirect(code, &out, &err, &[KERBSIDE_JWT]);
+    assert_untouched(&other_seen, &[KERBSIDE_JWT]);
+    assert_eq!(
+        seen_calls(&seen),
+        [
+            "GET /console/proxy/lab/moved/console.vv",
+            &format!("GET /v2/console/proxy/lab/{uuid}/console.vv"),
+            "GET /console/proxy/lab/elsewhere/console.vv",
+        ]
+    );
+    assert_plain_http_refused("spiced-refresh-kerbside", &moved, &seen);
 }

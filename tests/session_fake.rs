@@ -596,6 +596,11 @@ async fn a_panicking_channel_task_is_never_lost_silently() {
     assert_eq!(run.await.unwrap().failure, None);
 }
 
+/// The deadline of the links made ahead of a migration.
+fn soon() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(7)
+}
+
 /// Links made at a migration target ahead of the move (`session::prelink`)
 /// are run by the next session without a new connect: main says MIGRATE_END
 /// (109) before anything else, and the other channels run from the start.
@@ -610,7 +615,9 @@ async fn a_session_runs_over_the_links_made_ahead_of_a_migration() {
     .into_iter()
     .map(|t| ChannelId::new(t, 0))
     .collect();
-    let links = session::prelink(c.clone(), 0x1234, chans).await.unwrap();
+    let links = session::prelink(c.clone(), 0x1234, chans, soon())
+        .await
+        .unwrap();
     assert_eq!(links.len(), 4);
     assert_eq!(fake.connects.lock().unwrap().len(), 4);
     let mut moved = c.clone();
@@ -636,6 +643,6 @@ async fn links_ahead_of_a_migration_fail_when_main_cannot_link() {
     s.port = None;
     s.tls_port = None;
     c.settings = Arc::new(s);
-    let r = session::prelink(c, 0x1234, vec![]).await;
+    let r = session::prelink(c, 0x1234, vec![], soon()).await;
     assert!(r.is_err());
 }

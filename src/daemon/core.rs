@@ -39,24 +39,60 @@ pub enum Signal {
     Reconnect,
 }
 
-/// Why the .vv is (re)read, or where fresh settings came from.
+/// Why the .vv is (re)read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
     Sighup,
     NewFile,
-    Refresh,
-    /// The settings of a live migration's target (TLS material built off-loop).
-    Migration,
 }
 
-impl Origin {
+/// Where fresh settings came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Vv(Origin),
+    Refresh,
+}
+
+impl Source {
     fn describe(self) -> &'static str {
         match self {
-            Origin::Sighup => "SIGHUP",
-            Origin::NewFile => "new .vv file",
-            Origin::Refresh => "refresh command",
-            Origin::Migration => "live migration",
+            Source::Vv(Origin::Sighup) => "SIGHUP",
+            Source::Vv(Origin::NewFile) => "new .vv file",
+            Source::Refresh => "refresh command",
         }
+    }
+}
+
+/// The refresh command in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Refreshing {
+    /// Its number: results name it.
+    run: u64,
+    /// The `settings_epoch` it was started under.
+    epoch: u64,
+}
+
+/// Why settings could not be loaded (a .vv read, the refresh command).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadError {
+    /// One line, no secret.
+    pub message: String,
+    /// There was no file at the .vv path.
+    pub no_file: bool,
+}
+
+impl From<String> for LoadError {
+    fn from(message: String) -> LoadError {
+        LoadError {
+            message,
+            no_file: false,
+        }
+    }
+}
+
+impl From<&str> for LoadError {
+    fn from(message: &str) -> LoadError {
+        message.to_string().into()
     }
 }
 
@@ -81,6 +117,13 @@ impl std::fmt::Debug for Loaded {
 /// each: a server that stays down costs one SYN a second).
 pub const PROBE_EVERY: Duration = Duration::from_secs(1);
 
+/// The .vv path is looked at once this long after READY. Under systemd a
+/// reload requested while the unit is still activating is merged into its
+/// start job and never reaches spiced as a SIGHUP; PID 1 has handled READY
+/// well within this, so a file written before the look is seen by it and one
+/// written after gets its own reload (docs/reconnect.md, "Fresh tickets").
+pub const VV_CHECK_AFTER_READY: Duration = Duration::from_secs(1);
+
 /// What the shell tells the core.
 pub enum Input {
     Signal(Signal),
@@ -92,20 +135,32 @@ pub enum Input {
         generation: u64,
         end: Box<SessionEnd>,
     },
-    /// The watcher saw a different .vv file while waiting for a ticket.
+    /// A look at the .vv path (after a read, after READY, every second while
+    /// waiting for a ticket) found a file other than the one last read.
     VvChanged,
-    /// The result of [`Effect::ReadVv`] or [`Effect::RunRefresh`].
+    /// The result of [`Effect::ReadVv`].
     Loaded {
         origin: Origin,
+        result: Result<Box<Loaded>, LoadError>,
+    },
+    /// The result of [`Effect::RunRefresh`] `run`.
+    Refreshed {
+        run: u64,
+        result: Result<Box<Loaded>, String>,
+    },
+    /// The result of [`Effect::PrepareMigration`] for migration plan `plan`.
+    MigrationPrepared {
+        plan: u64,
         result: Result<Box<Loaded>, String>,
     },
     /// A [`Effect::WriteReport`] finished.
     ReportDone(Result<PathBuf, String>),
     /// A [`Effect::Probe`] finished: did the server accept a connection?
     Probed(crate::link::Probe),
-    /// A [`Effect::Prelink`] finished: how many links wait at the target.
+    /// A [`Effect::Prelink`] for migration plan `plan` finished: how many
+    /// links wait at the target.
     Prelinked {
-        generation: u64,
+        plan: u64,
         result: Result<usize, String>,
     },
 }
@@ -117,9 +172,10 @@ pub enum Effect {
         settings: Arc<ConnectionSettings>,
         config: Arc<Config>,
         tls: Option<Arc<TlsSetup>>,
-        /// Run it over the links made at a migration target (held by the shell
-        /// since [`Effect::Prelink`]); false: those links are dropped.
-        adopt: bool,
+        /// Run it over the links made at a migration target for this plan
+        /// (held by the shell since [`Effect::Prelink`]); any other links are
+        /// dropped.
+        adopt: Option<u64>,
     },
     /// Stop it (its end still comes back as `SessionEnded`).
     StopSession {
@@ -131,30 +187,42 @@ pub enum Effect {
         origin: Origin,
     },
     /// Build the TLS material for these settings off the loop; answer with
-    /// `Input::Loaded { origin: Migration, .. }`.
+    /// `Input::MigrationPrepared { plan, .. }`.
     PrepareMigration {
+        plan: u64,
         settings: Box<ConnectionSettings>,
     },
     /// Link main and `channels` at a migration target with connection id
-    /// `session_id`, off the loop, and keep the links for a later
-    /// `StartSession { adopt: true }`; answer with `Input::Prelinked`.
+    /// `session_id`, off the loop, by `deadline`, and keep the links for a
+    /// later `StartSession { adopt: Some(plan) }`; answer with
+    /// `Input::Prelinked { plan, .. }`.
     Prelink {
+        plan: u64,
         generation: u64,
         settings: Arc<ConnectionSettings>,
         tls: Option<Arc<TlsSetup>>,
         session_id: u32,
         channels: Vec<ChannelId>,
+        deadline: Instant,
     },
     /// Answer the server's MIGRATE_BEGIN on session `generation`'s main.
     MigrateReply {
         generation: u64,
         linked: bool,
     },
-    /// Close the links kept since [`Effect::Prelink`] (and stop making them).
-    DropPrelinked,
-    /// Run `refresh_command` off the loop; answer with `Input::Loaded`. Its
+    /// Close the links kept for `plan` since [`Effect::Prelink`] (and stop
+    /// making them).
+    DropPrelinked {
+        plan: u64,
+    },
+    /// Stat the .vv path off the loop; a file other than the one last read
+    /// comes back as `Input::VvChanged`.
+    CheckVv,
+    /// Run `refresh_command` off the loop (stopping and killing an earlier
+    /// run still going); answer with `Input::Refreshed { run, .. }`. Its
     /// stderr is scrubbed of `secrets` before it reaches a log line.
     RunRefresh {
+        run: u64,
         secrets: Vec<crate::secret::Secret>,
     },
     /// Write a disconnect report off the loop; answer with `Input::ReportDone`.
@@ -223,8 +291,9 @@ pub struct DaemonCore {
     tls: Option<Arc<TlsSetup>>,
     /// The live migration in flight.
     migration: Migrations,
-    /// The next session starts over the links made at a migration target.
-    adopt_next: bool,
+    /// The next session starts over the links made at a migration target for
+    /// this plan.
+    adopt_next: Option<u64>,
     opts: Options,
     sup: Supervisor,
     reporter: Reporter,
@@ -236,7 +305,15 @@ pub struct DaemonCore {
     next_watchdog: Option<Instant>,
     reading: bool,
     reread: Option<Origin>,
-    refreshing: bool,
+    /// Counts fresh settings (a new .vv, the refresh command's): a refresh
+    /// result is for the settings it was started under.
+    settings_epoch: u64,
+    /// The refresh command in flight.
+    refreshing: Option<Refreshing>,
+    /// The last refresh run number handed out.
+    refresh_runs: u64,
+    /// When to look at the .vv path once after READY.
+    vv_check_at: Option<Instant>,
     idle_cuts: IdleCuts,
     last_failure: Option<String>,
     stopping: bool,
@@ -267,7 +344,7 @@ impl DaemonCore {
             config,
             from_vv,
             migration: Migrations::default(),
-            adopt_next: false,
+            adopt_next: None,
             settings: Arc::new(settings),
             tls: loaded.tls,
             next_watchdog: opts.watchdog.map(|w| crate::time::after(now.mono, w)),
@@ -281,7 +358,10 @@ impl DaemonCore {
             ready_by: None,
             reading: false,
             reread: None,
-            refreshing: false,
+            settings_epoch: 0,
+            refreshing: None,
+            refresh_runs: 0,
+            vv_check_at: None,
             idle_cuts: IdleCuts::new(idle),
             last_failure: None,
             stopping: false,
@@ -317,6 +397,8 @@ impl DaemonCore {
             self.ready_by.filter(|_| !self.ready_sent),
             self.next_watchdog,
             self.probe_at.filter(|_| !self.probing),
+            self.migration.poll_timeout(),
+            self.vv_check_at,
         ]
         .into_iter()
         .flatten()
@@ -358,8 +440,14 @@ impl DaemonCore {
                 "not every channel linked within {:.0} s of the session start; telling systemd we are ready anyway",
                 self.config.keepalive.connect_timeout_secs
             );
-            self.ready();
+            self.ready(now);
         }
+        if self.vv_check_at.is_some_and(|t| now.mono >= t) {
+            self.vv_check_at = None;
+            self.effects.push_back(Effect::CheckVv);
+        }
+        let orders = self.migration.handle_timeout(now.mono);
+        self.follow(orders, now);
         if self.sup.next_deadline().is_some_and(|d| now.mono >= d) {
             let actions = self.sup.poll(now);
             self.apply(actions, now);
@@ -421,24 +509,42 @@ impl DaemonCore {
                 info!("SIGHUP: re-reading {}", self.opts.vv_path.display());
                 self.read_vv(Origin::Sighup);
             }
-            Input::Signal(Signal::Reconnect) => {
-                info!("SIGUSR1: reconnect requested");
-                let actions = self.sup.handle(SupInput::ReconnectNow, now);
-                self.apply(actions, now);
-            }
+            Input::Signal(Signal::Reconnect) => self.on_reconnect_request(now),
             Input::VvChanged => self.read_vv(Origin::NewFile),
-            Input::Loaded { origin, result } => self.on_loaded(origin, result, now),
+            Input::Loaded { origin, result } => self.on_loaded(Source::Vv(origin), result, now),
+            Input::Refreshed { run, result } => self.on_refreshed(run, result, now),
+            Input::MigrationPrepared { plan, result } => {
+                let orders = self.migration.ready(plan, result);
+                self.follow(orders, now);
+            }
             Input::Session { generation, event } => self.on_session_event(generation, event, now),
             Input::SessionEnded { generation, end } => self.on_session_end(generation, *end, now),
             Input::ReportDone(r) => self.report_done(r),
             Input::Probed(seen) => self.on_probed(seen, now),
-            Input::Prelinked { generation, result } => {
-                let orders = self.migration.prelinked(generation, result);
+            Input::Prelinked { plan, result } => {
+                let orders = self.migration.prelinked(plan, result);
                 self.follow(orders, now);
             }
         }
         self.schedule_probe(now);
         self.observe(now);
+    }
+
+    /// SIGUSR1 or the control socket's `reconnect`.
+    fn on_reconnect_request(&mut self, now: Now) {
+        info!("SIGUSR1: reconnect requested");
+        let moving = self
+            .running
+            .as_ref()
+            .is_some_and(|r| self.migration.following(r.generation));
+        if moving {
+            // The VM has left the source: a relink now would land on the
+            // stopped source; the session relinks at the target anyway.
+            info!("reconnect requested while the session follows a live migration: it relinks at the target");
+            return;
+        }
+        let actions = self.sup.handle(SupInput::ReconnectNow, now);
+        self.apply(actions, now);
     }
 
     fn read_vv(&mut self, origin: Origin) {
@@ -451,31 +557,48 @@ impl DaemonCore {
         self.effects.push_back(Effect::ReadVv { origin });
     }
 
-    fn on_loaded(&mut self, origin: Origin, result: Result<Box<Loaded>, String>, now: Now) {
-        match origin {
-            Origin::Migration => {
-                let orders = self.migration.ready(result);
-                return self.follow(orders, now);
-            }
-            Origin::Refresh => self.refreshing = false,
-            Origin::Sighup | Origin::NewFile => {
-                self.reading = false;
-                if let Some(again) = self.reread.take() {
-                    self.read_vv(again);
-                }
+    fn on_refreshed(&mut self, run: u64, result: Result<Box<Loaded>, String>, now: Now) {
+        let Some(r) = self.refreshing.filter(|r| r.run == run) else {
+            return; // a run stopped for a newer one
+        };
+        self.refreshing = None;
+        if r.epoch != self.settings_epoch {
+            // Newer settings came meanwhile (a producer's .vv) and may run a
+            // session already: this answer is for the old ones.
+            info!("refresh command: its .vv came after newer settings; not used");
+            return;
+        }
+        self.on_loaded(Source::Refresh, result.map_err(LoadError::from), now);
+    }
+
+    fn on_loaded(&mut self, origin: Source, result: Result<Box<Loaded>, LoadError>, now: Now) {
+        if origin != Source::Refresh {
+            self.reading = false;
+            if let Some(again) = self.reread.take() {
+                self.read_vv(again);
             }
         }
         let loaded = match result {
             Ok(l) => l,
             Err(e) => {
-                let e = crate::text::printable(&e);
-                if origin == Origin::Refresh {
-                    warn!("{e}");
-                    let actions = self.sup.handle(SupInput::RefreshFailed { message: e }, now);
+                let msg = crate::text::printable(&e.message);
+                if origin == Source::Refresh {
+                    warn!("{msg}");
+                    let actions = self
+                        .sup
+                        .handle(SupInput::RefreshFailed { message: msg }, now);
                     self.apply(actions, now);
+                } else if e.no_file && self.from_vv.delete_this_file {
+                    // The single-use .vv was used and deleted: a reload for
+                    // that deletion (or for the file already read) finds none.
+                    info!(
+                        "{}: no file at {} (the single-use .vv was used); keeping the current settings",
+                        origin.describe(),
+                        self.opts.vv_path.display()
+                    );
                 } else {
                     warn!(
-                        "{}: cannot use the new .vv ({e}); keeping the current one",
+                        "{}: cannot use the new .vv ({msg}); keeping the current one",
                         origin.describe()
                     );
                 }
@@ -486,7 +609,7 @@ impl DaemonCore {
             warn!("{w}");
         }
         // The same settings again (a SIGHUP storm, a file touched): nothing new.
-        if origin != Origin::Refresh && loaded.settings == *self.from_vv {
+        if origin != Source::Refresh && loaded.settings == *self.from_vv {
             info!(
                 "{}: the .vv is unchanged; keeping the session",
                 origin.describe()
@@ -499,6 +622,7 @@ impl DaemonCore {
             loaded.settings.shown_host()
         );
         self.from_vv = Arc::new(loaded.settings.clone());
+        self.settings_epoch += 1;
         let mut settings = loaded.settings;
         imply_expiry(&mut settings, &self.config, now);
         let ticket = TicketInfo::from_settings(&settings);
@@ -514,40 +638,62 @@ impl DaemonCore {
     fn follow(&mut self, orders: Vec<Order>, now: Now) {
         for o in orders {
             match o {
-                Order::Prepare(settings) => self
+                Order::Prepare { plan, settings } => self
                     .effects
-                    .push_back(Effect::PrepareMigration { settings }),
+                    .push_back(Effect::PrepareMigration { plan, settings }),
                 Order::Prelink {
+                    plan,
                     generation,
                     target,
                     session_id,
                     channels,
+                    deadline,
                 } => self.effects.push_back(Effect::Prelink {
+                    plan,
                     generation,
                     settings: Arc::new(target.settings),
                     tls: target.tls,
                     session_id,
                     channels,
+                    deadline,
                 }),
                 Order::Reply { generation, linked } => self
                     .effects
                     .push_back(Effect::MigrateReply { generation, linked }),
-                Order::DropPrelinked => self.effects.push_back(Effect::DropPrelinked),
+                Order::DropPrelinked { plan } => {
+                    self.effects.push_back(Effect::DropPrelinked { plan })
+                }
                 Order::Follow {
+                    plan,
                     generation,
                     target,
                     adopt,
                 } => {
+                    // Only the session that announced the move follows it, and
+                    // only while the supervisor has it connected: the settings
+                    // change with the move, never before it is accepted.
+                    let accepted = self.is_current(generation)
+                        && matches!(self.sup.state(), State::Connected { generation: g, .. } if *g == generation);
+                    if !accepted {
+                        info!("live migration: session {generation} was replaced meanwhile; its move is not followed");
+                        if adopt {
+                            self.effects.push_back(Effect::DropPrelinked { plan });
+                        }
+                        continue;
+                    }
                     let to = target.settings.shown_host();
                     self.settings = Arc::new(target.settings);
                     self.tls = target.tls;
-                    self.adopt_next = adopt;
+                    self.adopt_next = adopt.then_some(plan);
                     let actions = self.sup.handle(SupInput::Migrated { generation, to }, now);
                     self.apply(actions, now);
                     // No session started over them (stopping, say): they go.
-                    if std::mem::take(&mut self.adopt_next) {
-                        self.effects.push_back(Effect::DropPrelinked);
+                    if let Some(plan) = self.adopt_next.take() {
+                        self.effects.push_back(Effect::DropPrelinked { plan });
                     }
+                }
+                Order::Lost { generation, .. } if !self.is_current(generation) => {
+                    // That session was replaced: its loss is no news.
                 }
                 Order::Lost { generation, cause } => {
                     let actions = self.sup.handle(
@@ -564,6 +710,13 @@ impl DaemonCore {
                 }
             }
         }
+    }
+
+    /// Session `generation` is the one in flight.
+    fn is_current(&self, generation: u64) -> bool {
+        self.running
+            .as_ref()
+            .is_some_and(|r| r.generation == generation)
     }
 
     fn on_session_event(&mut self, generation: u64, event: SessionEvent, now: Now) {
@@ -633,7 +786,7 @@ impl DaemonCore {
                 let settings = target_settings(&self.settings, target);
                 let orders = self
                     .migration
-                    .begin(generation, settings, session_id, channels);
+                    .begin(generation, settings, session_id, channels, now.mono);
                 self.follow(orders, now);
             }
             SessionEvent::MigrateCancel => {
@@ -650,7 +803,7 @@ impl DaemonCore {
                 }
                 let _ = down;
                 self.send_status();
-                self.ready();
+                self.ready(now);
             }
         }
     }
@@ -899,7 +1052,7 @@ impl DaemonCore {
                         // waiting, so systemd's start does not hang on a dead server.
                         State::Pending { .. } | State::WaitingForTicket { .. } => {
                             self.send_status();
-                            self.ready();
+                            self.ready(now);
                         }
                         _ => self.send_status(),
                     }
@@ -907,11 +1060,14 @@ impl DaemonCore {
                 Action::Info(m) => info!("{m}"),
                 Action::Warn(w) => warn!(message_id = w.event, "{}", w.text),
                 Action::RunRefreshCommand => {
-                    if !self.refreshing {
-                        self.refreshing = true;
-                        info!("running reconnect.refresh_command for a fresh ticket");
-                        let secrets = crate::scrub::secrets(&self.settings, &self.config);
-                        self.effects.push_back(Effect::RunRefresh { secrets });
+                    // One child at a time: one running for these settings
+                    // answers this request too; one for older settings is
+                    // stopped for a new one.
+                    if self
+                        .refreshing
+                        .is_none_or(|r| r.epoch != self.settings_epoch)
+                    {
+                        self.refresh();
                     }
                 }
                 Action::GiveUp(reason) => {
@@ -938,8 +1094,24 @@ impl DaemonCore {
         }
     }
 
+    fn refresh(&mut self) {
+        self.refresh_runs += 1;
+        let run = self.refresh_runs;
+        self.refreshing = Some(Refreshing {
+            run,
+            epoch: self.settings_epoch,
+        });
+        info!("running reconnect.refresh_command for a fresh ticket");
+        let secrets = crate::scrub::secrets(&self.settings, &self.config);
+        self.effects.push_back(Effect::RunRefresh { run, secrets });
+    }
+
     fn connect(&mut self, attempt: u32, now: Now) {
         self.stop_running();
+        // A migration planned for the session replaced here is over (a move
+        // being followed took its plan already).
+        let orders = self.migration.abandon();
+        self.follow(orders, now);
         self.generation += 1;
         let host = self.settings.shown_host();
         if attempt > 0 {
@@ -969,7 +1141,7 @@ impl DaemonCore {
             settings: self.settings.clone(),
             config: self.session_config.clone(),
             tls: self.tls.clone(),
-            adopt: std::mem::take(&mut self.adopt_next),
+            adopt: self.adopt_next.take(),
         });
     }
 
@@ -989,10 +1161,11 @@ impl DaemonCore {
         self.exited = true;
     }
 
-    fn ready(&mut self) {
+    fn ready(&mut self, now: Now) {
         if !self.ready_sent {
             self.ready_sent = true;
             self.effects.push_back(Effect::Notify(Notice::Ready));
+            self.vv_check_at = Some(crate::time::after(now.mono, VV_CHECK_AFTER_READY));
         }
     }
 

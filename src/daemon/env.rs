@@ -2,7 +2,7 @@
 //! systemd, child processes, signals — gathered in one [`Env`] so tests run the
 //! whole loop against fakes in paused time.
 
-use super::core::{Loaded, Signal};
+use super::core::{LoadError, Loaded, Signal};
 use crate::config::Config;
 use crate::link::{Connector, TlsSetup, TransportConnector};
 use crate::report::{LogRing, ReportJob, SharedCapture};
@@ -16,12 +16,19 @@ use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
-/// What identifies a .vv file on disk, to notice a new one.
-pub type Stamp = (u64, u64, i64, u64);
+pub use crate::vv::Stamp;
+
+/// One read of the .vv: the file read and what came of it.
+pub struct VvRead {
+    /// The file read (a regular file's identity, from the open file): a
+    /// different file at the path later is a new one.
+    pub stamp: Option<Stamp>,
+    pub result: Result<Loaded, LoadError>,
+}
 
 /// Reads and checks the .vv (blocking; run off the loop). `delete`: honour
 /// `delete-this-file=1`.
-pub type LoadVv = Arc<dyn Fn(&Path, &Config, bool) -> Result<Loaded, String> + Send + Sync>;
+pub type LoadVv = Arc<dyn Fn(&Path, &Config, bool) -> VvRead + Send + Sync>;
 /// Opens channel streams for one session's settings.
 pub type MakeConnector = Arc<
     dyn Fn(Arc<ConnectionSettings>, Arc<Config>, Option<Arc<TlsSetup>>) -> Arc<dyn Connector>
@@ -41,6 +48,7 @@ pub struct Env {
     pub load_vv: LoadVv,
     pub write_report: WriteReport,
     pub refresh: Refresh,
+    /// The regular file at the .vv path now (blocking; run off the loop).
     pub stamp: fn(&Path) -> Option<Stamp>,
     /// Where subscribe lines go (the log layer feeds the same hub).
     pub hub: crate::control::Hub,
@@ -79,7 +87,7 @@ impl Env {
                     .map_err(|e| e.to_string())
             }),
             refresh: Arc::new(|config, secrets| Box::pin(refresh(config, secrets))),
-            stamp: file_stamp,
+            stamp: Stamp::at,
             hub,
             instance: crate::metrics::instance_name(
                 std::env::var(crate::metrics::INSTANCE_ENV).ok().as_deref(),
@@ -90,15 +98,25 @@ impl Env {
 
 /// The real .vv load: parse (deleting a single-use file once read), then the TLS
 /// material, whose root-store scan is blocking too.
-pub fn load_vv(path: &Path, config: &Config, delete: bool) -> Result<Loaded, String> {
-    let parsed = vv::load(path, delete).map_err(|e| e.to_string())?;
-    let tls =
-        tls_setup(&parsed.settings, config).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(Loaded {
-        settings: parsed.settings,
-        warnings: parsed.warnings,
-        tls,
-    })
+pub fn load_vv(path: &Path, config: &Config, delete: bool) -> VvRead {
+    let file = vv::read(path, delete);
+    let result = match file.parsed {
+        Err(e) => Err(LoadError {
+            message: e.to_string(),
+            no_file: file.missing,
+        }),
+        Ok(parsed) => tls_setup(&parsed.settings, config)
+            .map(|tls| Loaded {
+                settings: parsed.settings,
+                warnings: parsed.warnings,
+                tls,
+            })
+            .map_err(|e| format!("{}: {e}", path.display()).into()),
+    };
+    VvRead {
+        stamp: file.stamp,
+        result,
+    }
 }
 
 /// Settings that did not come from a file (a live migration's target), with
@@ -138,17 +156,6 @@ async fn refresh(config: Arc<Config>, secrets: Vec<Secret>) -> Result<Loaded, St
         warnings: parsed.warnings,
         tls,
     })
-}
-
-fn file_stamp(p: &Path) -> Option<Stamp> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(p).ok()?;
-    Some((
-        m.dev(),
-        m.ino(),
-        m.mtime_nsec() + m.mtime() * 1_000_000_000,
-        m.len(),
-    ))
 }
 
 /// SIGTERM, SIGINT, SIGHUP and SIGUSR1 into the loop's signal queue.

@@ -17,34 +17,53 @@ use super::core::Loaded;
 use crate::session::MigrationTarget;
 use crate::vv::ConnectionSettings;
 use crate::wire::ChannelId;
+use std::time::Duration;
+use tokio::time::Instant;
 use tracing::{info, warn};
 
-/// What the core must do next.
+/// spice-server waits 10 s (`MIGRATE_TIMEOUT`, reds.cpp) for MIGRATE_CONNECTED
+/// or MIGRATE_CONNECT_ERROR after it sent MIGRATE_BEGIN, then falls back to
+/// switch-host. Building the target's settings and linking there share this
+/// one budget, counted from the announcement's arrival; the other 3 s are the
+/// margin for the announcement's and the answer's way and a busy loop.
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(7);
+
+/// What the core must do next. Every result a plan waits for names the plan
+/// (`plan`): a result of a plan that is gone (cancelled, replaced, timed out)
+/// acts on nothing.
 #[derive(Debug)]
 pub enum Order {
     /// Build the TLS material for the target's settings off the loop, then call
     /// [`Migrations::ready`].
-    Prepare(Box<ConnectionSettings>),
-    /// Link main and `channels` at the target with `session_id` (the shell keeps
-    /// the links), then call [`Migrations::prelinked`].
+    Prepare {
+        plan: u64,
+        settings: Box<ConnectionSettings>,
+    },
+    /// Link main and `channels` at the target with `session_id` by `deadline`
+    /// (the shell keeps the links), then call [`Migrations::prelinked`].
     Prelink {
+        plan: u64,
         generation: u64,
         target: Box<Loaded>,
         session_id: u32,
         channels: Vec<ChannelId>,
+        deadline: Instant,
     },
     /// Answer MIGRATE_BEGIN on the source session's main.
     Reply { generation: u64, linked: bool },
-    /// The links made at the target are not needed any more.
-    DropPrelinked,
-    /// Move the session to the target now, spending no attempt; `adopt`: over
-    /// the links made there ahead of the move.
+    /// The links made at the target for `plan` are not needed any more.
+    DropPrelinked { plan: u64 },
+    /// Move session `generation` to the target now, spending no attempt;
+    /// `adopt`: over the links made there ahead of the move (for `plan`).
+    /// Only while that session is the current one.
     Follow {
+        plan: u64,
         generation: u64,
         target: Box<Loaded>,
         adopt: bool,
     },
-    /// The source session ended and its target cannot be used: a loss.
+    /// The source session `generation` ended and its target cannot be used: a
+    /// loss. Only while that session is the current one.
     Lost { generation: u64, cause: String },
 }
 
@@ -52,20 +71,28 @@ pub enum Order {
 enum Stage {
     /// Switch-host: the target's settings are being built.
     SwitchHost,
-    /// Semi-seamless: the target's settings are being built.
+    /// Semi-seamless: the target's settings are being built; the server must
+    /// have its answer by `answer_by`.
     Preparing {
         session_id: u32,
         channels: Vec<ChannelId>,
+        answer_by: Instant,
     },
     /// Semi-seamless: linking at the target. `moved`: the server has moved the
     /// VM already (it fell back to SWITCH_HOST): follow as soon as linked.
-    Prelinking { target: Box<Loaded>, moved: bool },
+    Prelinking {
+        target: Box<Loaded>,
+        moved: bool,
+        answer_by: Instant,
+    },
     /// Semi-seamless: linked at the target, waiting for the source's word.
     Prelinked(Box<Loaded>),
 }
 
 #[derive(Debug)]
 struct Migration {
+    /// This plan's number: results name it.
+    plan: u64,
     /// The session that announced it (on the source).
     generation: u64,
     /// That session has ended since.
@@ -77,6 +104,8 @@ struct Migration {
 #[derive(Debug, Default)]
 pub struct Migrations {
     current: Option<Migration>,
+    /// The last plan number handed out.
+    plans: u64,
 }
 
 /// The target's settings: the current ones with the announced host, ports and
@@ -102,21 +131,45 @@ fn describe(s: &ConnectionSettings) -> String {
 }
 
 impl Migrations {
-    /// Whether the links made at the target (if any) belong to a live plan.
-    fn holds_links(&self) -> bool {
-        self.current.as_ref().is_some_and(|m| {
-            matches!(
-                m.stage,
-                Stage::Prelinking { .. } | Stage::Prelinked(_) | Stage::Preparing { .. }
-            )
-        })
+    fn start(&mut self, generation: u64, stage: Stage) -> u64 {
+        self.plans += 1;
+        self.current = Some(Migration {
+            plan: self.plans,
+            generation,
+            ended: false,
+            stage,
+        });
+        self.plans
     }
 
-    /// Forgets the migration (a new .vv replaces everything).
+    /// The plan `plan`, if it is the one in flight.
+    fn is_current(&self, plan: u64) -> bool {
+        self.current.as_ref().is_some_and(|m| m.plan == plan)
+    }
+
+    /// Forgets the migration (a new .vv replaces everything; another session
+    /// starts).
     pub fn abandon(&mut self) -> Vec<Order> {
-        let drop = self.holds_links();
-        self.current = None;
-        drop.then_some(Order::DropPrelinked).into_iter().collect()
+        let Some(m) = self.current.take() else {
+            return Vec::new();
+        };
+        match m.stage {
+            Stage::SwitchHost => Vec::new(),
+            _ => vec![Order::DropPrelinked { plan: m.plan }],
+        }
+    }
+
+    /// The server has moved the VM and session `generation` is on its way to
+    /// the target (its settings or its links are being made): relinking
+    /// anywhere else would land on the stopped source.
+    pub fn following(&self, generation: u64) -> bool {
+        self.current.as_ref().is_some_and(|m| {
+            m.generation == generation
+                && matches!(
+                    m.stage,
+                    Stage::SwitchHost | Stage::Prelinking { moved: true, .. }
+                )
+        })
     }
 
     /// MAIN_MIGRATE_SWITCH_HOST: the move is done; relink at `settings`.
@@ -132,7 +185,7 @@ impl Migrations {
                 // faster than the links): the target still waits for them. Use
                 // them rather than closing links mid-handshake, which can leave
                 // the target holding a half-made channel.
-                Stage::Prelinking { target, moved } if same(target) => {
+                Stage::Prelinking { target, moved, .. } if same(target) => {
                     info!("live migration: the server moved the VM before the links at the target were ready; the session follows once they are");
                     *moved = true;
                     return Vec::new();
@@ -140,6 +193,7 @@ impl Migrations {
                 Stage::Prelinked(target) if same(target) => {
                     info!("live migration: the server moved the VM (switch-host); the session moves over the links made at the target");
                     let Some(Migration {
+                        plan,
                         stage: Stage::Prelinked(target),
                         ..
                     }) = self.current.take()
@@ -147,6 +201,7 @@ impl Migrations {
                         return Vec::new();
                     };
                     return vec![Order::Follow {
+                        plan,
                         generation,
                         target,
                         adopt: true,
@@ -161,22 +216,23 @@ impl Migrations {
             "live migration: the server moves the session to {}",
             describe(&settings)
         );
-        self.current = Some(Migration {
-            generation,
-            ended: false,
-            stage: Stage::SwitchHost,
+        let plan = self.start(generation, Stage::SwitchHost);
+        out.push(Order::Prepare {
+            plan,
+            settings: Box::new(settings),
         });
-        out.push(Order::Prepare(Box::new(settings)));
         out
     }
 
-    /// MAIN_MIGRATE_BEGIN: the move is coming; link at `settings` now.
+    /// MAIN_MIGRATE_BEGIN, arrived at `now`: the move is coming; link at
+    /// `settings` now, and answer within [`ANSWER_WITHIN`].
     pub fn begin(
         &mut self,
         generation: u64,
         settings: ConnectionSettings,
         session_id: u32,
         channels: Vec<ChannelId>,
+        now: Instant,
     ) -> Vec<Order> {
         // spice-server cancels a previous announcement before a new one; a
         // leftover plan goes anyway.
@@ -186,26 +242,33 @@ impl Migrations {
             describe(&settings),
             channels.len() + 1
         );
-        self.current = Some(Migration {
+        let plan = self.start(
             generation,
-            ended: false,
-            stage: Stage::Preparing {
+            Stage::Preparing {
                 session_id,
                 channels,
+                answer_by: crate::time::after(now, ANSWER_WITHIN),
             },
+        );
+        out.push(Order::Prepare {
+            plan,
+            settings: Box::new(settings),
         });
-        out.push(Order::Prepare(Box::new(settings)));
         out
     }
 
-    /// The target's settings are built (or cannot be).
-    pub fn ready(&mut self, result: Result<Box<Loaded>, String>) -> Vec<Order> {
+    /// The target's settings of `plan` are built (or cannot be).
+    pub fn ready(&mut self, plan: u64, result: Result<Box<Loaded>, String>) -> Vec<Order> {
+        if !self.is_current(plan) {
+            return Vec::new(); // a plan given up since
+        }
         let Some(m) = self.current.take() else {
             return Vec::new();
         };
         let generation = m.generation;
         match (m.stage, result) {
             (Stage::SwitchHost, Ok(target)) => vec![Order::Follow {
+                plan,
                 generation,
                 target,
                 adopt: false,
@@ -228,6 +291,7 @@ impl Migrations {
                 Stage::Preparing {
                     session_id,
                     channels,
+                    answer_by,
                 },
                 Ok(target),
             ) => {
@@ -235,14 +299,17 @@ impl Migrations {
                     stage: Stage::Prelinking {
                         target: target.clone(),
                         moved: false,
+                        answer_by,
                     },
                     ..m
                 });
                 vec![Order::Prelink {
+                    plan,
                     generation,
                     target,
                     session_id,
                     channels,
+                    deadline: answer_by,
                 }]
             }
             (Stage::Preparing { .. }, Err(e)) => {
@@ -262,19 +329,19 @@ impl Migrations {
         }
     }
 
-    /// Linking at the target finished: `Ok(n)` links are parked there.
-    pub fn prelinked(&mut self, generation: u64, result: Result<usize, String>) -> Vec<Order> {
-        let wanted = self.current.as_ref().is_some_and(|m| {
-            m.generation == generation && matches!(m.stage, Stage::Prelinking { .. })
-        });
-        if !wanted {
-            return vec![Order::DropPrelinked];
+    /// Linking at the target for `plan` finished: `Ok(n)` links are parked
+    /// there. The links of a plan that is gone were dropped by the shell.
+    pub fn prelinked(&mut self, plan: u64, result: Result<usize, String>) -> Vec<Order> {
+        if !self.is_current(plan) {
+            return Vec::new();
         }
         let Some(m) = self.current.take() else {
             return Vec::new();
         };
-        let Stage::Prelinking { target, moved } = m.stage else {
-            return Vec::new();
+        let generation = m.generation;
+        let Stage::Prelinking { target, moved, .. } = m.stage else {
+            self.current = Some(m);
+            return vec![Order::DropPrelinked { plan }];
         };
         match result {
             Ok(n) if moved => {
@@ -283,6 +350,7 @@ impl Migrations {
                     target.settings.shown_host()
                 );
                 vec![Order::Follow {
+                    plan,
                     generation,
                     target,
                     adopt: true,
@@ -295,8 +363,9 @@ impl Migrations {
                     crate::text::printable(&e)
                 );
                 vec![
-                    Order::DropPrelinked,
+                    Order::DropPrelinked { plan },
                     Order::Follow {
+                        plan,
                         generation,
                         target,
                         adopt: false,
@@ -324,7 +393,7 @@ impl Migrations {
                     crate::text::printable(&e)
                 );
                 vec![
-                    Order::DropPrelinked,
+                    Order::DropPrelinked { plan },
                     Order::Reply {
                         generation,
                         linked: false,
@@ -334,9 +403,78 @@ impl Migrations {
         }
     }
 
+    /// When the server must have its answer, while it has not got one.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.current.as_ref()?.stage {
+            Stage::Preparing { answer_by, .. } | Stage::Prelinking { answer_by, .. } => {
+                Some(answer_by)
+            }
+            _ => None,
+        }
+    }
+
+    /// The answer is due: whatever is not ready by now is given up on.
+    pub fn handle_timeout(&mut self, now: Instant) -> Vec<Order> {
+        if self.poll_timeout().is_none_or(|t| now < t) {
+            return Vec::new();
+        }
+        let Some(m) = self.current.take() else {
+            return Vec::new();
+        };
+        let (plan, generation) = (m.plan, m.generation);
+        let secs = ANSWER_WITHIN.as_secs();
+        match m.stage {
+            Stage::Prelinking {
+                target,
+                moved: true,
+                ..
+            } => {
+                warn!(
+                    "live migration: the links at {} were not made within {secs} s; relinking there",
+                    target.settings.shown_host()
+                );
+                vec![
+                    Order::DropPrelinked { plan },
+                    Order::Follow {
+                        plan,
+                        generation,
+                        target,
+                        adopt: false,
+                    },
+                ]
+            }
+            Stage::Prelinking { target, .. } => {
+                warn!(
+                    "live migration ahead: not linked at {} within {secs} s of the announcement; the session stays here and the server is told",
+                    target.settings.shown_host()
+                );
+                vec![
+                    Order::DropPrelinked { plan },
+                    Order::Reply {
+                        generation,
+                        linked: false,
+                    },
+                ]
+            }
+            _ => {
+                warn!(
+                    "live migration ahead: the target's settings were not ready within {secs} s of the announcement; the session stays here and the server is told"
+                );
+                vec![Order::Reply {
+                    generation,
+                    linked: false,
+                }]
+            }
+        }
+    }
+
     /// MAIN_MIGRATE_CANCEL: the move failed; the session stays on the source.
     pub fn cancel(&mut self, generation: u64) -> Vec<Order> {
-        if !self.holds_links() || self.current.as_ref().map(|m| m.generation) != Some(generation) {
+        let semi = self
+            .current
+            .as_ref()
+            .is_some_and(|m| m.generation == generation && !matches!(m.stage, Stage::SwitchHost));
+        if !semi {
             return Vec::new();
         }
         info!("the server cancelled the live migration; the session stays here");
@@ -356,6 +494,7 @@ impl Migrations {
                     target.settings.shown_host()
                 );
                 vec![Order::Follow {
+                    plan: m.plan,
                     generation,
                     target,
                     adopt: true,
@@ -421,16 +560,20 @@ mod tests {
         orders
             .iter()
             .map(|o| match o {
-                Order::Prepare(_) => "prepare",
+                Order::Prepare { .. } => "prepare",
                 Order::Prelink { .. } => "prelink",
                 Order::Reply { linked: true, .. } => "connected",
                 Order::Reply { linked: false, .. } => "connect-error",
-                Order::DropPrelinked => "drop",
+                Order::DropPrelinked { .. } => "drop",
                 Order::Follow { adopt: true, .. } => "follow-adopting",
                 Order::Follow { adopt: false, .. } => "follow",
                 Order::Lost { .. } => "lost",
             })
             .collect()
+    }
+
+    fn t0() -> Instant {
+        Instant::now()
     }
 
     fn channels() -> Vec<ChannelId> {
@@ -441,10 +584,10 @@ mod tests {
     fn semi_seamless_links_ahead_then_moves_onto_the_links() {
         let mut m = Migrations::default();
         assert_eq!(
-            names(&m.begin(3, settings("dst"), 77, channels())),
+            names(&m.begin(3, settings("dst"), 77, channels(), t0())),
             ["prepare"]
         );
-        let o = m.ready(Ok(loaded("dst")));
+        let o = m.ready(m.plans, Ok(loaded("dst")));
         match &o[..] {
             [Order::Prelink {
                 generation: 3,
@@ -454,7 +597,7 @@ mod tests {
             }] => assert_eq!(c, &channels()),
             o => panic!("{o:?}"),
         }
-        assert_eq!(names(&m.prelinked(3, Ok(2))), ["connected"]);
+        assert_eq!(names(&m.prelinked(m.plans, Ok(2))), ["connected"]);
         // The source's session keeps running meanwhile; its end is a loss.
         assert_eq!(names(&m.end(3)), ["follow-adopting"]);
         assert!(m.current.is_none());
@@ -463,38 +606,42 @@ mod tests {
     #[test]
     fn a_target_that_cannot_be_linked_leaves_the_session_on_the_source() {
         let mut m = Migrations::default();
-        m.begin(3, settings("dst"), 77, channels());
-        m.ready(Ok(loaded("dst")));
+        m.begin(3, settings("dst"), 77, channels(), t0());
+        m.ready(m.plans, Ok(loaded("dst")));
         assert_eq!(
-            names(&m.prelinked(3, Err("refused".into()))),
+            names(&m.prelinked(m.plans, Err("refused".into()))),
             ["drop", "connect-error"]
         );
         assert!(m.current.is_none());
         // The server falls back to switch-host when the move completes.
         assert_eq!(names(&m.switch_host(3, settings("dst"))), ["prepare"]);
-        assert_eq!(names(&m.ready(Ok(loaded("dst")))), ["follow"]);
+        assert_eq!(names(&m.ready(m.plans, Ok(loaded("dst")))), ["follow"]);
         // Bad TLS material for the target: told at once as well.
-        m.begin(4, settings("dst"), 77, channels());
-        assert_eq!(names(&m.ready(Err("no CA".into()))), ["connect-error"]);
+        m.begin(4, settings("dst"), 77, channels(), t0());
+        assert_eq!(
+            names(&m.ready(m.plans, Err("no CA".into()))),
+            ["connect-error"]
+        );
     }
 
     #[test]
     fn a_cancel_or_a_source_that_ends_drops_the_links() {
         let mut m = Migrations::default();
-        m.begin(3, settings("dst"), 77, channels());
-        m.ready(Ok(loaded("dst")));
-        m.prelinked(3, Ok(2));
+        m.begin(3, settings("dst"), 77, channels(), t0());
+        m.ready(m.plans, Ok(loaded("dst")));
+        m.prelinked(m.plans, Ok(2));
         assert!(m.cancel(2).is_empty(), "another session's word");
         assert_eq!(names(&m.cancel(3)), ["drop"]);
         assert!(m.end(3).is_empty(), "nothing left to follow");
 
-        m.begin(5, settings("dst"), 77, channels());
-        m.ready(Ok(loaded("dst")));
+        m.begin(5, settings("dst"), 77, channels(), t0());
+        m.ready(m.plans, Ok(loaded("dst")));
         let (waits, o) = m.session_ended(5);
         assert!(!waits);
         assert_eq!(names(&o), ["drop"]);
-        // Links that arrive after that are dropped too.
-        assert_eq!(names(&m.prelinked(5, Ok(2))), ["drop"]);
+        // Links that arrive after that act on nothing (the shell drops the
+        // links of a plan it no longer holds).
+        assert!(m.prelinked(m.plans, Ok(2)).is_empty());
     }
 
     /// The server moved the VM before our answer (SWITCH_HOST after
@@ -503,26 +650,26 @@ mod tests {
     #[test]
     fn a_switch_host_during_the_links_follows_over_them() {
         let mut m = Migrations::default();
-        m.begin(3, settings("dst"), 77, channels());
-        m.ready(Ok(loaded("dst")));
+        m.begin(3, settings("dst"), 77, channels(), t0());
+        m.ready(m.plans, Ok(loaded("dst")));
         assert!(m.switch_host(3, settings("dst")).is_empty());
         // The source closes meanwhile: that end is part of the move.
         let (waits, o) = m.session_ended(3);
         assert!(waits && o.is_empty());
-        assert_eq!(names(&m.prelinked(3, Ok(2))), ["follow-adopting"]);
+        assert_eq!(names(&m.prelinked(m.plans, Ok(2))), ["follow-adopting"]);
 
-        m.begin(4, settings("dst"), 77, channels());
-        m.ready(Ok(loaded("dst")));
+        m.begin(4, settings("dst"), 77, channels(), t0());
+        m.ready(m.plans, Ok(loaded("dst")));
         m.switch_host(4, settings("dst"));
         assert_eq!(
-            names(&m.prelinked(4, Err("refused".into()))),
+            names(&m.prelinked(m.plans, Err("refused".into()))),
             ["drop", "follow"]
         );
 
         // Linked already: follow over the links at once.
-        m.begin(5, settings("dst"), 77, channels());
-        m.ready(Ok(loaded("dst")));
-        m.prelinked(5, Ok(2));
+        m.begin(5, settings("dst"), 77, channels(), t0());
+        m.ready(m.plans, Ok(loaded("dst")));
+        m.prelinked(m.plans, Ok(2));
         assert_eq!(
             names(&m.switch_host(5, settings("dst"))),
             ["follow-adopting"]
@@ -530,18 +677,18 @@ mod tests {
 
         // Announced elsewhere than the links, or before the settings were
         // built: a fresh relink.
-        m.begin(6, settings("dst"), 77, channels());
-        m.ready(Ok(loaded("dst")));
+        m.begin(6, settings("dst"), 77, channels(), t0());
+        m.ready(m.plans, Ok(loaded("dst")));
         assert_eq!(
             names(&m.switch_host(6, settings("other"))),
             ["drop", "prepare"]
         );
-        m.begin(7, settings("dst"), 77, channels());
+        m.begin(7, settings("dst"), 77, channels(), t0());
         assert_eq!(
             names(&m.switch_host(7, settings("dst"))),
             ["drop", "prepare"]
         );
-        assert_eq!(names(&m.ready(Ok(loaded("dst")))), ["follow"]);
+        assert_eq!(names(&m.ready(m.plans, Ok(loaded("dst")))), ["follow"]);
     }
 
     #[test]
@@ -550,10 +697,10 @@ mod tests {
         m.switch_host(3, settings("dst"));
         assert!(m.switch_host(3, settings("dst")).is_empty(), "said twice");
         assert!(m.session_ended(3).0);
-        assert_eq!(names(&m.ready(Err("bad CA".into()))), ["lost"]);
+        assert_eq!(names(&m.ready(m.plans, Err("bad CA".into()))), ["lost"]);
         m.switch_host(4, settings("dst"));
         assert!(
-            m.ready(Err("bad CA".into())).is_empty(),
+            m.ready(m.plans, Err("bad CA".into())).is_empty(),
             "still on the source"
         );
     }
@@ -561,10 +708,78 @@ mod tests {
     #[test]
     fn an_end_before_the_links_are_ready_drops_them() {
         let mut m = Migrations::default();
-        m.begin(3, settings("dst"), 77, channels());
-        m.ready(Ok(loaded("dst")));
+        m.begin(3, settings("dst"), 77, channels(), t0());
+        m.ready(m.plans, Ok(loaded("dst")));
         assert_eq!(names(&m.end(3)), ["drop"]);
-        assert_eq!(names(&m.prelinked(3, Ok(2))), ["drop"]);
+        assert!(m.prelinked(m.plans, Ok(2)).is_empty());
+    }
+
+    /// Every result names its plan: the target built or linked for a plan that
+    /// was cancelled is never taken for the next announcement's.
+    #[test]
+    fn a_superseded_result_is_never_taken_for_the_current_plan() {
+        let mut m = Migrations::default();
+        m.begin(3, settings("old"), 77, channels(), t0());
+        let first = m.plans;
+        m.ready(first, Ok(loaded("old")));
+        m.cancel(3);
+        m.begin(3, settings("dst"), 78, channels(), t0());
+        let second = m.plans;
+        assert_ne!(first, second);
+        assert!(m.ready(first, Ok(loaded("old"))).is_empty());
+        assert!(m.prelinked(first, Ok(2)).is_empty());
+        match &m.ready(second, Ok(loaded("dst")))[..] {
+            [Order::Prelink {
+                plan,
+                target,
+                session_id: 78,
+                ..
+            }] => assert_eq!((*plan, target.settings.host.as_str()), (second, "dst")),
+            o => panic!("{o:?}"),
+        }
+        assert!(m.prelinked(first, Err("late".into())).is_empty());
+        assert_eq!(names(&m.prelinked(second, Ok(2))), ["connected"]);
+    }
+
+    /// The server waits 10 s for its answer: building the target's settings
+    /// and linking there share one deadline, 7 s after the announcement.
+    #[test]
+    fn the_answer_is_due_within_the_servers_wait_whatever_takes_the_time() {
+        let t = t0();
+        let mut m = Migrations::default();
+        m.begin(3, settings("dst"), 77, channels(), t);
+        assert_eq!(m.poll_timeout(), Some(t + ANSWER_WITHIN));
+        assert!(m.handle_timeout(t + Duration::from_millis(6999)).is_empty());
+        // Slow TLS roots: the links get what is left, not a budget of their own.
+        match &m.ready(m.plans, Ok(loaded("dst")))[..] {
+            [Order::Prelink { deadline, .. }] => assert_eq!(*deadline, t + ANSWER_WITHIN),
+            o => panic!("{o:?}"),
+        }
+        assert_eq!(
+            names(&m.handle_timeout(t + ANSWER_WITHIN)),
+            ["drop", "connect-error"]
+        );
+        assert_eq!(m.poll_timeout(), None);
+        assert!(m.prelinked(m.plans, Ok(2)).is_empty(), "answered already");
+        // Never built: told all the same.
+        m.begin(4, settings("dst"), 77, channels(), t);
+        assert_eq!(
+            names(&m.handle_timeout(t + ANSWER_WITHIN)),
+            ["connect-error"]
+        );
+        // The server moved the VM meanwhile: relink there afresh.
+        m.begin(5, settings("dst"), 77, channels(), t);
+        m.ready(m.plans, Ok(loaded("dst")));
+        m.switch_host(5, settings("dst"));
+        assert_eq!(
+            names(&m.handle_timeout(t + ANSWER_WITHIN)),
+            ["drop", "follow"]
+        );
+        // Linked in time: no deadline while the VM moves (minutes, for a big one).
+        m.begin(6, settings("dst"), 77, channels(), t);
+        m.ready(m.plans, Ok(loaded("dst")));
+        m.prelinked(m.plans, Ok(2));
+        assert_eq!(m.poll_timeout(), None);
     }
 
     #[test]

@@ -14,8 +14,8 @@ pub mod status;
 #[cfg(test)]
 mod tests;
 
-pub use self::core::{DaemonCore, Effect, Input, Loaded, Options, Origin, Signal};
-pub use env::{Env, Stamp};
+pub use self::core::{DaemonCore, Effect, Input, LoadError, Loaded, Options, Origin, Signal};
+pub use env::{Env, Stamp, VvRead};
 
 use crate::cli::RunArgs;
 use crate::config::Config;
@@ -34,7 +34,8 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 /// A .vv read (or a stat of it) that takes longer than this fails: a FIFO with
-/// no writer, or stalled storage, must not hold anything up.
+/// no writer, or stalled storage, must not hold anything up. Building a
+/// migration target's TLS material is bounded the same way.
 pub const VV_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// A stopped session gets this long to say goodbye before it is aborted.
 const STOP_GRACE: Duration = Duration::from_secs(2);
@@ -102,15 +103,27 @@ pub fn main(args: &RunArgs) -> u8 {
 enum Msg {
     Session(u64, SessionEvent),
     Ended(u64, Box<SessionEnd>),
-    Loaded(Origin, Result<Box<Loaded>, String>),
+    /// A .vv read finished.
+    Read(Origin, ReadOutcome),
+    /// The refresh command run finished.
+    Refreshed(u64, Result<Box<Loaded>, String>),
     Report(Result<PathBuf, String>),
     Stamp(Option<Stamp>),
     /// A metrics file write finished.
     Metrics(Result<(), String>),
     /// A readiness check finished.
     Probed(crate::link::Probe),
-    /// Linking at a migration target ahead of the move finished.
+    /// A migration target's settings for this plan are built.
+    Prepared(u64, Result<Box<Loaded>, String>),
+    /// Linking at a migration target ahead of the move for this plan finished.
     Prelinked(u64, Result<Prelinks, String>),
+}
+
+/// What a .vv read brought back.
+struct ReadOutcome {
+    /// The file read, when known.
+    stamp: Option<Stamp>,
+    result: Result<Box<Loaded>, LoadError>,
 }
 
 type Prelinks = HashMap<crate::wire::ChannelId, session::Parked>;
@@ -132,7 +145,7 @@ struct PendingStart {
     settings: Arc<crate::vv::ConnectionSettings>,
     config: Arc<Config>,
     tls: Option<Arc<crate::link::TlsSetup>>,
-    adopt: bool,
+    adopt: Option<u64>,
 }
 
 struct Shell {
@@ -145,6 +158,9 @@ struct Shell {
     /// Blocking reads of the .vv that have not returned (stuck on a FIFO?).
     stuck_reads: Arc<AtomicUsize>,
     stat_in_flight: bool,
+    /// A look at the path was asked for while one was in flight.
+    stat_again: bool,
+    /// The .vv file last read or seen at the path.
     stamp: Option<Stamp>,
     pending_start: Option<PendingStart>,
     /// Live traffic totals every session adds to (metrics).
@@ -155,10 +171,13 @@ struct Shell {
     status_tx: watch::Sender<Arc<status::Status>>,
     /// The metrics file and when to write it.
     metrics: Option<MetricsFile>,
-    /// Links made at a migration target, kept for the session that moves there.
-    prelinks: Option<Prelinks>,
-    /// Linking at a migration target, in flight.
-    prelinking: Option<AbortHandle>,
+    /// Links made at a migration target for a plan, kept for the session
+    /// that moves there.
+    prelinks: Option<(u64, Prelinks)>,
+    /// Linking at a migration target for a plan, in flight.
+    prelinking: Option<(u64, AbortHandle)>,
+    /// The last refresh command run started.
+    refresh_job: Option<AbortHandle>,
 }
 
 struct MetricsFile {
@@ -221,6 +240,7 @@ pub async fn run(
         reports_in_flight: 0,
         stuck_reads: Arc::new(AtomicUsize::new(0)),
         stat_in_flight: false,
+        stat_again: false,
         stamp: None,
         pending_start: None,
         traffic: Default::default(),
@@ -233,28 +253,45 @@ pub async fn run(
         }),
         prelinks: None,
         prelinking: None,
+        refresh_job: None,
     };
-    // The first read, off the loop and bounded like every other.
-    shell.stamp = (shell.env.stamp)(&shell.opts_vv);
-    let first = tokio::select! {
-        r = shell.read_job().run(true) => r,
-        Some(Signal::Terminate) = signals.recv() => {
-            info!("stop requested before the .vv was read");
-            return exit::OK;
+    // The first read, off the loop and bounded like every other. Signals keep
+    // coming meanwhile: only SIGTERM/SIGINT mean anything yet.
+    let read = shell.read_job().run(true);
+    tokio::pin!(read);
+    let mut signals_open = true;
+    let first = loop {
+        tokio::select! {
+            r = &mut read => break r,
+            sig = signals.recv(), if signals_open => match sig {
+                Some(Signal::Terminate) => {
+                    info!("stop requested before the .vv was read");
+                    return exit::OK;
+                }
+                // The path is looked at once the read is done: a file renamed
+                // into place meanwhile is read then.
+                Some(Signal::Hangup) => info!("SIGHUP while the .vv is being read: a newer file is read after it"),
+                Some(Signal::Reconnect) => info!("SIGUSR1 while the .vv is being read: the first connect follows it"),
+                None => signals_open = false,
+            },
         }
     };
-    let loaded = match first {
+    let loaded = match first.result {
         Ok(l) => l,
         Err(e) => {
-            error!("{e}");
+            error!("{}", e.message);
             return exit::CONFIG;
         }
     };
     for w in &loaded.warnings {
         warn!("{w}");
     }
+    shell.stamp = first.stamp;
     let mut core = DaemonCore::new(config, *loaded, opts, Now::system());
     core.start(Now::system());
+    if shell.stamp.is_some() {
+        shell.stat_vv();
+    }
     let mut watch_tick = tokio::time::interval(WATCH_EVERY);
     watch_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_status: Option<status::Status> = None;
@@ -296,16 +333,21 @@ pub async fn run(
                     }
                     shell.ended(generation);
                 }
-                Msg::Loaded(origin, result) => core.handle(Input::Loaded { origin, result }, Now::system()),
+                Msg::Read(origin, out) => {
+                    core.handle(Input::Loaded { origin, result: out.result }, Now::system());
+                    // A file renamed into place during the read: seen by a
+                    // look at the path now.
+                    if out.stamp.is_some() {
+                        shell.stamp = out.stamp;
+                        shell.stat_vv();
+                    }
+                }
+                Msg::Refreshed(run, result) => core.handle(Input::Refreshed { run, result }, Now::system()),
                 Msg::Probed(seen) => core.handle(Input::Probed(seen), Now::system()),
-                Msg::Prelinked(generation, result) => {
-                    shell.prelinking = None;
-                    let result = result.map(|links| {
-                        let n = links.len();
-                        shell.prelinks = Some(links);
-                        n
-                    });
-                    core.handle(Input::Prelinked { generation, result }, Now::system());
+                Msg::Prepared(plan, result) => core.handle(Input::MigrationPrepared { plan, result }, Now::system()),
+                Msg::Prelinked(plan, result) => {
+                    let result = shell.prelinked(plan, result);
+                    core.handle(Input::Prelinked { plan, result }, Now::system());
                 }
                 Msg::Report(r) => {
                     shell.reports_in_flight = shell.reports_in_flight.saturating_sub(1);
@@ -316,6 +358,9 @@ pub async fn run(
                     if s.is_some() && s != shell.stamp {
                         shell.stamp = s;
                         core.handle(Input::VvChanged, Now::system());
+                    }
+                    if std::mem::take(&mut shell.stat_again) {
+                        shell.stat_vv();
                     }
                 }
                 Msg::Metrics(r) => shell.metrics_written(r),
@@ -477,10 +522,11 @@ impl Shell {
                 let tx = self.tx.clone();
                 tokio::spawn(async move {
                     let r = read.run(true).await;
-                    let _ = tx.send(Msg::Loaded(origin, r));
+                    let _ = tx.send(Msg::Read(origin, r));
                 });
             }
-            Effect::PrepareMigration { settings } => {
+            Effect::CheckVv => self.stat_vv(),
+            Effect::PrepareMigration { plan, settings } => {
                 let config = self.config.clone();
                 let tx = self.tx.clone();
                 tokio::spawn(async move {
@@ -490,24 +536,26 @@ impl Shell {
                         Ok(Err(e)) => Err(e.to_string()),
                         Err(_) => Err("loading the TLS roots did not finish in time".into()),
                     };
-                    let _ = tx.send(Msg::Loaded(Origin::Migration, r.map(Box::new)));
+                    let _ = tx.send(Msg::Prepared(plan, r.map(Box::new)));
                 });
             }
             Effect::Prelink {
+                plan,
                 generation,
                 settings,
                 tls,
                 session_id,
                 channels,
+                deadline,
             } => {
-                self.drop_prelinks();
+                self.drop_all_prelinks();
                 let ctx = self.session_ctx(generation, settings, self.config.clone(), tls, None);
                 let tx = self.tx.clone();
                 let job = tokio::spawn(async move {
-                    let r = session::prelink(ctx, session_id, channels).await;
-                    let _ = tx.send(Msg::Prelinked(generation, r));
+                    let r = session::prelink(ctx, session_id, channels, deadline).await;
+                    let _ = tx.send(Msg::Prelinked(plan, r));
                 });
-                self.prelinking = Some(job.abort_handle());
+                self.prelinking = Some((plan, job.abort_handle()));
             }
             Effect::MigrateReply { generation, linked } => {
                 let sent = self.sessions.get(&generation).is_some_and(|s| {
@@ -519,14 +567,19 @@ impl Shell {
                     warn!("session {generation} is gone: the server gets no answer to its migration announcement");
                 }
             }
-            Effect::DropPrelinked => self.drop_prelinks(),
-            Effect::RunRefresh { secrets } => {
+            Effect::DropPrelinked { plan } => self.drop_prelinks(plan),
+            Effect::RunRefresh { run, secrets } => {
+                // Dropping a run's future kills its child.
+                if let Some(old) = self.refresh_job.take() {
+                    old.abort();
+                }
                 let fut = (self.env.refresh)(self.config.clone(), secrets);
                 let tx = self.tx.clone();
-                tokio::spawn(async move {
+                let job = tokio::spawn(async move {
                     let r = fut.await.map(Box::new);
-                    let _ = tx.send(Msg::Loaded(Origin::Refresh, r));
+                    let _ = tx.send(Msg::Refreshed(run, r));
                 });
+                self.refresh_job = Some(job.abort_handle());
             }
             Effect::WriteReport(mut job) => {
                 if self.config.display.report_last_frame {
@@ -574,12 +627,42 @@ impl Shell {
         }
     }
 
-    /// Closes the links made at a migration target, and stops making them.
-    fn drop_prelinks(&mut self) {
-        if let Some(job) = self.prelinking.take() {
+    /// Linking for `plan` finished: its links are kept if that plan is still
+    /// being linked for, else closed (a plan given up on meanwhile: its
+    /// result may have been queued before the job was aborted).
+    fn prelinked(&mut self, plan: u64, result: Result<Prelinks, String>) -> Result<usize, String> {
+        let current = self.prelinking.as_ref().is_some_and(|(p, _)| *p == plan);
+        if current {
+            self.prelinking = None;
+        }
+        result.map(|links| {
+            let n = links.len();
+            if current {
+                self.prelinks = Some((plan, links));
+            } else {
+                info!("closing {n} links made at the migration target for a plan given up on");
+            }
+            n
+        })
+    }
+
+    /// Closes the links made at a migration target for `plan`, and stops
+    /// making them.
+    fn drop_prelinks(&mut self, plan: u64) {
+        if self.prelinking.as_ref().is_some_and(|(p, _)| *p == plan) {
+            self.drop_all_prelinks();
+        }
+        if self.prelinks.as_ref().is_some_and(|(p, _)| *p == plan) {
+            self.drop_all_prelinks();
+        }
+    }
+
+    /// Closes every link made at a migration target, and stops making them.
+    fn drop_all_prelinks(&mut self) {
+        if let Some((_, job)) = self.prelinking.take() {
             job.abort();
         }
-        if let Some(links) = self.prelinks.take() {
+        if let Some((_, links)) = self.prelinks.take() {
             info!("closing {} links made at the migration target", links.len());
         }
     }
@@ -621,13 +704,13 @@ impl Shell {
             .enabled
             .then(|| report::Capture::shared(&config.report));
         let mut ctx = self.session_ctx(generation, settings, config, tls, capture.clone());
-        if adopt {
+        if let Some(plan) = adopt {
             ctx.adopted = self
                 .prelinks
-                .take()
-                .map(|links| Arc::new(session::Adopted::new(links)));
+                .take_if(|(p, _)| *p == plan)
+                .map(|(_, links)| Arc::new(session::Adopted::new(links)));
         }
-        self.drop_prelinks();
+        self.drop_all_prelinks();
         let tx = self.tx.clone();
         let emit_tx = tx.clone();
         let emit = move |ev| {
@@ -670,9 +753,11 @@ impl Shell {
         }
     }
 
-    /// One stat of the .vv at a time, off the loop.
+    /// One stat of the .vv at a time, off the loop; one asked for meanwhile
+    /// follows it.
     fn stat_vv(&mut self) {
         if self.stat_in_flight {
+            self.stat_again = true;
             return;
         }
         self.stat_in_flight = true;
@@ -739,9 +824,13 @@ struct ReadJob {
 }
 
 impl ReadJob {
-    async fn run(self, delete: bool) -> Result<Box<Loaded>, String> {
+    async fn run(self, delete: bool) -> ReadOutcome {
+        let failed = |message: String| ReadOutcome {
+            stamp: None,
+            result: Err(message.into()),
+        };
         if self.stuck.load(Ordering::Relaxed) > 0 {
-            return Err(format!(
+            return failed(format!(
                 "an earlier read of {} never returned (a FIFO without a writer, or stalled storage)",
                 self.path.display()
             ));
@@ -754,9 +843,12 @@ impl ReadJob {
             r
         });
         match tokio::time::timeout(VV_READ_TIMEOUT, job).await {
-            Ok(Ok(r)) => r.map(Box::new),
-            Ok(Err(e)) => Err(format!("reading the .vv failed: {e}")),
-            Err(_) => Err(format!(
+            Ok(Ok(r)) => ReadOutcome {
+                stamp: r.stamp,
+                result: r.result.map(Box::new),
+            },
+            Ok(Err(e)) => failed(format!("reading the .vv failed: {e}")),
+            Err(_) => failed(format!(
                 "reading {} did not finish within {} s (a FIFO without a writer, or stalled storage)",
                 self.path.display(),
                 VV_READ_TIMEOUT.as_secs()

@@ -16,6 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
+mod stale;
+mod vv_path;
+
 const UNIX0: f64 = 1_800_000_000.0;
 
 struct H {
@@ -29,6 +32,12 @@ struct H {
     reports: Vec<String>,
     /// When each readiness check was asked for (seconds); kept out of `log`.
     probes: Vec<f64>,
+    /// The host of every session started, in order.
+    hosts: Vec<String>,
+    /// The migration plan of the last PrepareMigration or Prelink.
+    plan: u64,
+    /// The last refresh command run asked for.
+    run: u64,
 }
 
 fn settings() -> ConnectionSettings {
@@ -65,6 +74,9 @@ impl H {
             generation: 0,
             reports: vec![],
             probes: vec![],
+            hosts: vec![],
+            plan: 0,
+            run: 0,
         };
         h.core.start(now);
         h.drain();
@@ -103,34 +115,49 @@ impl H {
         while let Some(e) = self.core.poll_effect() {
             let line = match e {
                 Effect::StartSession {
-                    generation, adopt, ..
+                    generation,
+                    adopt,
+                    settings,
+                    ..
                 } => {
                     self.generation = generation;
-                    if adopt {
+                    self.hosts.push(settings.host.clone());
+                    if adopt.is_some() {
                         format!("start {generation} adopting")
                     } else {
                         format!("start {generation}")
                     }
                 }
                 Effect::Prelink {
+                    plan,
                     generation,
                     settings,
                     session_id,
                     channels,
                     ..
-                } => format!(
-                    "prelink {generation} {} id {session_id} +{}",
-                    settings.host,
-                    channels.len()
-                ),
+                } => {
+                    self.plan = plan;
+                    format!(
+                        "prelink {generation} {} id {session_id} +{}",
+                        settings.host,
+                        channels.len()
+                    )
+                }
                 Effect::MigrateReply { generation, linked } => {
                     format!("reply {generation} {linked}")
                 }
-                Effect::DropPrelinked => "drop prelinks".into(),
+                Effect::DropPrelinked { .. } => "drop prelinks".into(),
+                Effect::CheckVv => "check vv".into(),
                 Effect::StopSession { generation, how } => format!("stop {generation} {how:?}"),
                 Effect::ReadVv { origin } => format!("read {origin:?}"),
-                Effect::RunRefresh { .. } => "refresh".into(),
-                Effect::PrepareMigration { settings } => format!("migrate {}", settings.host),
+                Effect::RunRefresh { run, .. } => {
+                    self.run = run;
+                    "refresh".into()
+                }
+                Effect::PrepareMigration { plan, settings } => {
+                    self.plan = plan;
+                    format!("migrate {}", settings.host)
+                }
                 Effect::WriteReport(j) => {
                     self.reports.push(j.file_name.clone());
                     format!("report {} {}", j.cause.channel, j.cause.cause)
@@ -505,8 +532,8 @@ async fn one_refresh_child_at_a_time() {
     assert_eq!(h.count("refresh"), 1, "{:?}", h.log);
     assert!(h.core.watching_vv());
     // The refresh fails; a new .vv that is the same single-use ticket...
-    h.input(Input::Loaded {
-        origin: Origin::Refresh,
+    h.input(Input::Refreshed {
+        run: h.run,
         result: Err("refresh command failed".into()),
     });
     // ...and a fresh file that works.
@@ -903,7 +930,7 @@ mod shell {
     use tokio::sync::mpsc;
 
     #[derive(Default)]
-    struct Notices(Mutex<Vec<Notice>>);
+    pub(super) struct Notices(pub(super) Mutex<Vec<Notice>>);
     impl Notifier for Notices {
         fn notify(&self, n: Notice) {
             self.0.lock().unwrap().push(n);
@@ -933,15 +960,15 @@ mod shell {
         }
     }
 
-    struct Fakes {
-        notices: Arc<Notices>,
-        connects: Arc<AtomicUsize>,
-        reads: Arc<AtomicUsize>,
+    pub(super) struct Fakes {
+        pub(super) notices: Arc<Notices>,
+        pub(super) connects: Arc<AtomicUsize>,
+        pub(super) reads: Arc<AtomicUsize>,
     }
 
     /// `block_reads`: every .vv read after the first blocks for ever (a FIFO).
     /// `block_reports`: report writes never return.
-    fn env(hang: bool, block_reads: bool, block_reports: bool) -> (Env, Fakes) {
+    pub(super) fn env(hang: bool, block_reads: bool, block_reports: bool) -> (Env, Fakes) {
         let f = Fakes {
             notices: Arc::new(Notices::default()),
             connects: Arc::new(AtomicUsize::new(0)),
@@ -961,7 +988,10 @@ mod shell {
                     std::thread::park();
                 }
             }
-            Ok(loaded(settings()))
+            super::super::VvRead {
+                stamp: None,
+                result: Ok(loaded(settings())),
+            }
         });
         let write_report: WriteReport = Arc::new(move |_, _| {
             if block_reports {
@@ -987,7 +1017,7 @@ mod shell {
 
     /// Runs `f` on a runtime that is shut down like `daemon::main` does: blocking
     /// work that never returns is abandoned, not waited for.
-    fn in_rt<T>(f: impl std::future::Future<Output = T>) -> T {
+    pub(super) fn in_rt<T>(f: impl std::future::Future<Output = T>) -> T {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -997,7 +1027,7 @@ mod shell {
         out.unwrap_or_else(|p| std::panic::resume_unwind(p))
     }
 
-    fn opts() -> Options {
+    pub(super) fn opts() -> Options {
         Options {
             vv_path: "/run/console.vv".into(),
             watchdog: None,
@@ -1007,7 +1037,7 @@ mod shell {
 
     /// Runs the loop; `script` sends signals while it runs. Returns the exit code
     /// and how long the loop took after the last signal.
-    async fn drive(
+    pub(super) async fn drive(
         config: Config,
         env: Env,
         script: impl FnOnce(mpsc::UnboundedSender<Signal>) -> tokio::task::JoinHandle<()>,
@@ -1053,7 +1083,7 @@ mod shell {
     }
 
     /// Waits (yielding, bounded) until `cond` holds.
-    async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    pub(super) async fn until(what: &str, mut cond: impl FnMut() -> bool) {
         let waited = tokio::time::timeout(Duration::from_secs(5), async {
             while !cond() {
                 tokio::task::yield_now().await;
@@ -1273,8 +1303,9 @@ impl H {
             port: Some(5999),
             ..settings()
         };
-        self.input(Input::Loaded {
-            origin: Origin::Migration,
+        let plan = self.plan;
+        self.input(Input::MigrationPrepared {
+            plan,
             result: Ok(Box::new(loaded(s))),
         });
     }
@@ -1335,7 +1366,7 @@ async fn a_semi_seamless_migration_links_ahead_and_moves_at_the_end() {
     h.migration_target_ready();
     assert_eq!(h.take(), ["prelink 1 10.0.0.2 id 85 +1"]);
     h.input(Input::Prelinked {
-        generation: 1,
+        plan: h.plan,
         result: Err("connection refused".into()),
     });
     assert_eq!(h.take(), ["drop prelinks", "reply 1 false"]);
@@ -1345,7 +1376,7 @@ async fn a_semi_seamless_migration_links_ahead_and_moves_at_the_end() {
     h.migration_target_ready();
     h.take();
     h.input(Input::Prelinked {
-        generation: 1,
+        plan: h.plan,
         result: Ok(2),
     });
     assert_eq!(h.take(), ["reply 1 true"]);
@@ -1385,7 +1416,7 @@ async fn a_cancelled_migration_drops_the_target_links() {
     });
     h.migration_target_ready();
     h.input(Input::Prelinked {
-        generation: 1,
+        plan: h.plan,
         result: Ok(1),
     });
     h.take();
@@ -1516,8 +1547,8 @@ async fn a_proxmox_reconnect_after_the_ticket_died_refreshes_first() {
     h.end(lost(eof(ChannelId::MAIN), 40.0));
     assert_eq!(h.count("refresh"), 1, "{:?}", h.log);
     assert_eq!(h.count("start"), 0, "no attempt on a dead ticket");
-    h.input(Input::Loaded {
-        origin: Origin::Refresh,
+    h.input(Input::Refreshed {
+        run: h.run,
         result: Ok(Box::new(loaded(pve.clone()))),
     });
     assert_eq!(h.count("start"), 1, "{:?}", h.log);

@@ -444,17 +444,16 @@ fn reply(tx: &mpsc::Sender<bool>, linked: bool) {
     }
 }
 
-/// spice-server waits 10 s for the answer to MIGRATE_BEGIN; linking at the
-/// target must be done before that.
-pub const PRELINK_BUDGET: Duration = Duration::from_secs(8);
-
 /// Links main, then `channels`, at a migration target with `session_id` as
-/// the connection id; the target parks them until the move completes. Main
-/// must link; a channel that does not is linked afresh after the move.
+/// the connection id, by `deadline` (spice-server waits 10 s for the answer to
+/// MIGRATE_BEGIN: the daemon's migration plan sets it); the target parks them
+/// until the move completes. Main must link; a channel that does not is
+/// linked afresh after the move.
 pub async fn prelink(
     ctx: SessionCtx,
     session_id: u32,
     channels: Vec<ChannelId>,
+    deadline: Instant,
 ) -> Result<HashMap<ChannelId, Parked>, String> {
     let work = async {
         let main = driver::link_channel(&ctx, ChannelId::MAIN, session_id)
@@ -481,14 +480,9 @@ pub async fn prelink(
         }
         Ok(links)
     };
-    tokio::time::timeout(PRELINK_BUDGET, work)
+    tokio::time::timeout_at(deadline, work)
         .await
-        .unwrap_or_else(|_| {
-            Err(format!(
-                "the target did not link within {} s",
-                PRELINK_BUDGET.as_secs()
-            ))
-        })
+        .unwrap_or_else(|_| Err("the target did not link in time".into()))
 }
 
 /// How long each probe after a clean close may take.
