@@ -334,6 +334,15 @@ pub struct DisplayConfig {
     /// a quarter of it in pixels; the GLZ window gets half of it): 64 to
     /// 262144.
     pub cache_kib: usize,
+    /// Log the `screen_stale` event when the screen has not changed for this
+    /// long, seconds: 0 (off) or 1 to 604800.
+    pub stale_after_secs: f64,
+    /// Write the screen to `screen_png` this often (when it changed),
+    /// seconds: 0 (off) or 1 to 86400.
+    pub screen_png_secs: f64,
+    /// Where (absolute path); default `$STATE_DIRECTORY/screen.png`, else
+    /// /var/lib/spiced/screen.png.
+    pub screen_png: Option<PathBuf>,
 }
 
 impl Default for DisplayConfig {
@@ -343,6 +352,9 @@ impl Default for DisplayConfig {
             report_last_frame: true,
             offscreen_kib: 512,
             cache_kib: 1024,
+            stale_after_secs: 0.0,
+            screen_png_secs: 0.0,
+            screen_png: None,
         }
     }
 }
@@ -356,6 +368,11 @@ impl DisplayConfig {
             glz_window_bytes: self.cache_kib.saturating_mul(512),
             ..crate::display::Limits::default()
         }
+    }
+
+    /// `stale_after_secs` as a duration (None: off).
+    pub fn stale_after(&self) -> Option<std::time::Duration> {
+        (self.stale_after_secs > 0.0).then(|| crate::time::secs(self.stale_after_secs))
     }
 }
 
@@ -541,10 +558,35 @@ impl Config {
             " KiB",
         )?;
         int("display.cache_kib", d.cache_kib, ON, 64, 262_144, " KiB")?;
+        secs(
+            "display.stale_after_secs",
+            d.stale_after_secs,
+            OFF,
+            1.0,
+            604_800.0,
+        )?;
+        secs(
+            "display.screen_png_secs",
+            d.screen_png_secs,
+            OFF,
+            1.0,
+            86_400.0,
+        )?;
+        if !d.mirror {
+            for (key, on) in [
+                ("display.stale_after_secs", d.stale_after_secs != 0.0),
+                ("display.screen_png_secs", d.screen_png_secs != 0.0),
+            ] {
+                if on {
+                    return Err(format!("{key} needs display.mirror = true"));
+                }
+            }
+        }
 
         for (key, path) in [
             ("metrics.textfile", &self.metrics.textfile),
             ("control.socket", &self.control.socket),
+            ("display.screen_png", &self.display.screen_png),
         ] {
             if let Some(p) = path {
                 abs_file(key, p)?;
@@ -688,6 +730,10 @@ mod tests {
             control: ControlConfig {
                 socket: Some("/run/spiced/default.sock".into()),
             },
+            display: DisplayConfig {
+                screen_png: Some("/var/lib/spiced/screen.png".into()),
+                ..DisplayConfig::default()
+            },
             ..Config::default()
         };
         assert_eq!(cfg, defaults);
@@ -702,6 +748,17 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn display_options_need_the_mirror() {
+        assert_eq!(
+            range_err("[display]\nmirror = false\nstale_after_secs = 60.0\n"),
+            "x.toml: display.stale_after_secs needs display.mirror = true"
+        );
+        assert!(
+            Config::from_toml("[display]\nmirror = false\nscreen_png_secs = 0.0\n", "x").is_ok()
+        );
     }
 
     #[test]
@@ -887,6 +944,18 @@ mod tests {
             ("report", "log_lines", &["0", "100000"], &["100001"]),
             ("display", "offscreen_kib", &["0", "262144"], &["262145"]),
             ("display", "cache_kib", &["64", "262144"], &["63", "262145"]),
+            (
+                "display",
+                "stale_after_secs",
+                &["0", "1.0", "300", "604800.0"],
+                &["0.5", "604801.0", "-1.0", "nan"],
+            ),
+            (
+                "display",
+                "screen_png_secs",
+                &["0.0", "1.0", "86400.0"],
+                &["0.5", "86401.0", "-1.0"],
+            ),
         ];
         for (section, key, good, bad) in table {
             for v in *good {

@@ -447,7 +447,9 @@ async fn client(stream: UnixStream, ctx: ServerCtx) {
 }
 
 fn current_status(ctx: &ServerCtx) -> String {
-    let st = ctx.status.borrow().clone();
+    let mut st = (*ctx.status.borrow().clone()).clone();
+    // Live: when the screen last changed is read now, not at the last change.
+    st.display = ctx.screen.view();
     status_line(&ctx.instance, &st, crate::time::unix_now())
 }
 
@@ -642,6 +644,14 @@ pub fn human(v: &serde_json::Value) -> String {
             let _ = writeln!(o, "  next attempt: {w}");
         }
     }
+    if let Some(a) = v["agent_connected"].as_bool() {
+        let _ = writeln!(
+            o,
+            "  guest agent:  {}",
+            if a { "connected" } else { "not connected" }
+        );
+    }
+    crate::display::control::human_display(&mut o, &v["display"], now);
     let _ = writeln!(o, "  reconnects:   {}", v["reconnects"]);
     if let Some(d) = v["last_disconnect"].as_object() {
         let f = |k: &str| esc(d.get(k).and_then(|x| x.as_str()).unwrap_or("?"));

@@ -296,8 +296,12 @@ impl Channel {
         Ok(())
     }
 
-    /// Timers: the keepalive and (on main) the backstop.
+    /// Timers: the keepalive, (on main) the backstop, (on display with the
+    /// mirror) the stale-screen check.
     pub fn handle_timeout(&mut self, now: Duration) -> Result<(), ChannelError> {
+        if let Some(d) = &self.display {
+            d.tick(now);
+        }
         if let Some(silent) = self.backstop.as_ref().and_then(|b| b.expired(now)) {
             return Err(ChannelError::KeepaliveTimeout { silent });
         }
@@ -341,6 +345,7 @@ impl Channel {
             self.idle.deadline(),
             self.backstop.as_ref().and_then(Backstop::deadline),
             self.probe_at(),
+            self.display.as_ref().and_then(|d| d.deadline()),
         ]
         .into_iter()
         .flatten()

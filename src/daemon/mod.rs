@@ -204,10 +204,11 @@ pub async fn run(
     // The control socket first: a path that cannot be used is a config error.
     let (reconnect_tx, mut reconnect_rx) = mpsc::channel::<()>(4);
     let screen = if config.display.mirror {
-        crate::display::screen::Screen::on(config.display.limits())
+        crate::display::screen::Screen::on(config.display.limits(), config.display.stale_after())
     } else {
         crate::display::screen::Screen::off()
     };
+    let _dashboard = crate::display::dashboard::start(&screen, &config.display);
     let _control = match &config.control.socket {
         Some(path) => match crate::control::bind(path) {
             Ok(listener) => {
@@ -397,9 +398,13 @@ impl Shell {
         if last.as_ref() != Some(&st) {
             let now = crate::time::unix_now();
             if self.env.hub.subscribers() > 0 {
-                self.env
-                    .hub
-                    .publish(crate::control::status_line(&self.env.instance, &st, now));
+                let mut pushed = st.clone();
+                pushed.display = self.screen.view();
+                self.env.hub.publish(crate::control::status_line(
+                    &self.env.instance,
+                    &pushed,
+                    now,
+                ));
             }
             self.status_tx.send_replace(Arc::new(st.clone()));
             if let Some(m) = &mut self.metrics {
@@ -418,7 +423,8 @@ impl Shell {
             return;
         }
         let traffic = self.traffic.snapshot();
-        let status = self.status_tx.borrow().clone();
+        let mut status = (*self.status_tx.borrow().clone()).clone();
+        status.display = self.screen.view();
         let text = crate::metrics::render(&crate::metrics::Snapshot {
             instance: &self.env.instance,
             version: env!("CARGO_PKG_VERSION"),

@@ -47,6 +47,40 @@ pub async fn screenshot_line(screen: &Screen) -> String {
     }
 }
 
+/// `spiced status`'s screen line(s) from the status answer's `display`
+/// (nothing when the mirror is off). Strings from the daemon are escaped.
+pub fn human_display(o: &mut String, d: &serde_json::Value, now: f64) {
+    use std::fmt::Write as _;
+    if !d.is_object() {
+        return;
+    }
+    let digest = crate::logging::escape_controls(d["digest"].as_str().unwrap_or("-"));
+    let (w, h) = (
+        d["width"].as_u64().unwrap_or(0),
+        d["height"].as_u64().unwrap_or(0),
+    );
+    let Some(changed) = d["changed_at"].as_f64() else {
+        let _ = writeln!(o, "  screen:       no frame yet");
+        return;
+    };
+    let ago = Duration::from_secs((now - changed).max(0.0) as u64);
+    let stale = match d["stale"].as_bool() {
+        Some(true) => " (stale)",
+        _ => "",
+    };
+    let _ = writeln!(
+        o,
+        "  screen:       {w}x{h}, unchanged for {}{stale} (since {}), digest {digest}{}",
+        crate::time::fmt_dur(ago),
+        crate::reconnect::format_unix_utc(changed as i64),
+        if d["linked"].as_bool() == Some(false) {
+            "; the display channel is down (the last frame)"
+        } else {
+            ""
+        }
+    );
+}
+
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 pub fn base64(data: &[u8]) -> String {
@@ -170,10 +204,14 @@ mod tests {
     async fn a_screenshot_is_the_frame_as_png() {
         let off = screenshot_line(&Screen::off()).await;
         assert!(off.contains("mirror is off"), "{off}");
-        let screen = Screen::on(super::super::Limits::default());
+        let screen = Screen::on(super::super::Limits::default(), None);
         let empty = screenshot_line(&screen).await;
         assert!(empty.contains("no frame yet"), "{empty}");
-        let feed = screen.attach(1000.0).unwrap();
+        // The session began 10 s ago.
+        let start = tokio::time::Instant::now()
+            .checked_sub(Duration::from_secs(10))
+            .unwrap();
+        let feed = screen.attach(start).unwrap();
         use super::super::screen::DisplaySink;
         feed.message(
             super::super::wire::msg::SURFACE_CREATE,
@@ -188,7 +226,9 @@ mod tests {
         let line = screenshot_line(&screen).await;
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["type"], "screenshot");
-        assert_eq!(v["changed_at"], 1003.0);
+        // Drawn 3 s into the session: 7 s ago.
+        let ago = crate::time::unix_now() - v["changed_at"].as_f64().unwrap();
+        assert!((6.0..8.0).contains(&ago), "{ago}");
         let png = unbase64(v["png"].as_str().unwrap()).unwrap();
         let (w, h, px) = super::super::png::decode_rgb(&png).unwrap();
         assert_eq!((w, h), (4, 2));

@@ -9,13 +9,16 @@
 //! per kind), never a panic. See docs/display.md.
 
 pub mod control;
+pub mod dashboard;
 pub mod digest;
+pub mod fresh;
 pub mod image;
 pub mod jpeg;
 pub mod lz;
 pub mod png;
 pub mod screen;
 pub mod surface;
+pub mod tiles;
 pub mod wire;
 
 use image::{Caches, Pixels, Source};
@@ -104,6 +107,16 @@ pub struct MirrorStats {
     pub surfaces_refused: u64,
 }
 
+/// What one message did to the primary surface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Touch {
+    None,
+    /// Drawn on (its pixels may or may not have changed).
+    Drawn,
+    /// A new primary surface (a mode change, the first after a link).
+    Created,
+}
+
 /// A video stream the server started (MJPEG: spiced advertises no other codec).
 #[derive(Debug, Clone)]
 struct Stream {
@@ -120,8 +133,8 @@ pub struct Frame {
     pub width: u32,
     pub height: u32,
     pub px: Arc<Vec<u32>>,
-    /// When it was last drawn (time since the mirror started).
-    pub changed_at: Option<Duration>,
+    /// When it was last drawn (time since the mirror's session started).
+    pub drawn_at: Option<Duration>,
 }
 
 impl Frame {
@@ -140,7 +153,11 @@ pub struct Mirror {
     caches: Caches,
     streams: HashMap<u32, Stream>,
     stats: MirrorStats,
-    changed_at: Option<Duration>,
+    drawn_at: Option<Duration>,
+    /// The primary surface's tiles (what changed since the last look).
+    tiles: Option<tiles::Tiles>,
+    /// What the message being handled did to the primary surface.
+    touch: Touch,
     /// Kinds already logged (each once per mirror).
     logged: std::collections::HashSet<String>,
 }
@@ -160,7 +177,9 @@ impl Mirror {
             primary: None,
             streams: HashMap::new(),
             stats: MirrorStats::default(),
-            changed_at: None,
+            drawn_at: None,
+            tiles: None,
+            touch: Touch::None,
             logged: Default::default(),
         }
     }
@@ -169,8 +188,18 @@ impl Mirror {
         &self.stats
     }
 
-    pub fn changed_at(&self) -> Option<Duration> {
-        self.changed_at
+    /// When the primary surface was last drawn (a draw that changed no
+    /// pixel included; see [`Mirror::frame_hash`] for what changed).
+    pub fn drawn_at(&self) -> Option<Duration> {
+        self.drawn_at
+    }
+
+    /// The hash of the primary surface's pixels now (rehashing only what was
+    /// drawn since the last call); None without a primary surface.
+    pub fn frame_hash(&mut self) -> Option<u64> {
+        let s = self.surfaces.get(&self.primary?)?;
+        let t = self.tiles.as_mut()?;
+        Some(t.frame_hash(&s.px))
     }
 
     /// Bytes held beside the primary surface: off-screen surfaces and caches.
@@ -193,7 +222,7 @@ impl Mirror {
             width: s.width,
             height: s.height,
             px: s.px.clone(),
-            changed_at: self.changed_at,
+            drawn_at: self.drawn_at,
         })
     }
 
@@ -223,8 +252,10 @@ impl Mirror {
     }
 
     /// One server message of the display channel (`body` without its header).
-    pub fn on_message(&mut self, msg_type: u16, body: &[u8], now: Duration) {
+    /// Says what it did to the primary surface.
+    pub fn on_message(&mut self, msg_type: u16, body: &[u8], now: Duration) -> Touch {
         self.stats.messages += 1;
+        self.touch = Touch::None;
         let b = Body(body);
         let r = match msg_type {
             msg::SURFACE_CREATE => self.surface_create(&b, now),
@@ -232,12 +263,16 @@ impl Mirror {
                 self.surfaces.remove(&id);
                 if self.primary == Some(id) {
                     self.primary = None;
+                    self.tiles = None;
                 }
             }),
             msg::RESET => {
-                if let Some(s) = self.primary.and_then(|p| self.surfaces.get_mut(&p)) {
-                    let r = s.bounds();
-                    s.fill(&r, 0, rop::OP_PUT);
+                if let Some(p) = self.primary {
+                    if let Some(s) = self.surfaces.get_mut(&p) {
+                        let r = s.bounds();
+                        s.fill(&r, 0, rop::OP_PUT);
+                        self.touched(p, &r, now);
+                    }
                 }
                 self.caches.clear_palettes();
                 Ok(())
@@ -285,6 +320,7 @@ impl Mirror {
         if let Err(e) = r {
             self.skip(msg_name(msg_type), &e);
         }
+        self.touch
     }
 
     fn surface_create(&mut self, b: &Body<'_>, now: Duration) -> Result<(), DecodeError> {
@@ -310,7 +346,13 @@ impl Mirror {
                 self.surfaces.remove(&old);
             }
             self.primary = Some(id);
-            self.changed_at = Some(now);
+            self.tiles = Some(tiles::Tiles::new(w, h));
+            self.drawn_at = Some(now);
+            self.touch = Touch::Created;
+        } else if self.primary == Some(id) {
+            // The primary's id reused for an off-screen surface.
+            self.primary = None;
+            self.tiles = None;
         }
         Ok(())
     }
@@ -333,10 +375,17 @@ impl Mirror {
         }
     }
 
-    fn touched(&mut self, surface: u32, now: Duration) {
+    /// A draw on `surface` within `area`.
+    fn touched(&mut self, surface: u32, area: &Rect, now: Duration) {
         self.stats.draws += 1;
         if Some(surface) == self.primary {
-            self.changed_at = Some(now);
+            self.drawn_at = Some(now);
+            if let Some(t) = &mut self.tiles {
+                t.mark(area);
+            }
+            if self.touch == Touch::None {
+                self.touch = Touch::Drawn;
+            }
         }
     }
 
@@ -457,7 +506,7 @@ impl Mirror {
                 }
             }
         }
-        self.touched(base.surface, now);
+        self.touched(base.surface, &bbox, now);
         Ok(())
     }
 
@@ -475,7 +524,7 @@ impl Mirror {
         for r in &regions {
             s.copy_bits(&base.bbox, x, y, r);
         }
-        self.touched(base.surface, now);
+        self.touched(base.surface, &base.bbox, now);
         Ok(())
     }
 
@@ -565,7 +614,7 @@ impl Mirror {
         for r in &regions {
             s.blit(r, &dest, &frame, &area, Blit::Rop(rop::OP_PUT));
         }
-        self.touched(st.surface, now);
+        self.touched(st.surface, &dest, now);
         Ok(())
     }
 }

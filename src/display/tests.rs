@@ -110,7 +110,7 @@ fn draws_fill_and_copy_on_the_primary() {
     assert_eq!(f.px[0], 0x00ff00);
     assert_eq!(f.px[8 + 2], 0x10);
     assert_eq!(f.px[16 + 3], 0x40);
-    assert_eq!(f.changed_at, Some(T * 3));
+    assert_eq!(f.drawn_at, Some(T * 3));
     // From the cache, elsewhere.
     m.on_message(msg::DRAW_COPY, &copy_cached(0, 6, 2, 2, 2, 7), T * 4);
     let f = m.frame().unwrap();
@@ -128,7 +128,7 @@ fn off_screen_draws_do_not_change_the_screen() {
     m.on_message(msg::SURFACE_CREATE, &surface_create(0, 8, 4, true), T);
     m.on_message(msg::SURFACE_CREATE, &surface_create(5, 4, 4, false), T);
     m.on_message(msg::DRAW_FILL, &fill(5, 0, 0, 4, 4, 0xff), T * 9);
-    assert_eq!(m.frame().unwrap().changed_at, Some(T));
+    assert_eq!(m.frame().unwrap().drawn_at, Some(T));
 }
 
 #[test]

@@ -70,6 +70,7 @@ fn is_lifecycle(ev: &ChannelEvent) -> bool {
     matches!(
         ev,
         ChannelEvent::MainInit(_)
+            | ChannelEvent::AgentConnected(_)
             | ChannelEvent::ChannelsList(_)
             | ChannelEvent::ServerDisconnecting { .. }
             | ChannelEvent::MigrateSwitchHost(_)
@@ -196,7 +197,7 @@ pub(super) async fn run(
     });
 
     let feed = (ch.ty == crate::wire::ChannelType::Display && ch.id == 0)
-        .then(|| ctx.screen.attach(ctx.start_unix))
+        .then(|| ctx.screen.attach(ctx.start))
         .flatten()
         .map(Arc::new);
     let mut state = match (&feed, ctx.screen.limits()) {

@@ -42,6 +42,11 @@ pub enum SessionEvent {
         channel: ChannelId,
         tls: bool,
     },
+    /// Whether the guest agent is connected (after `Connected`, then on
+    /// every change).
+    Agent {
+        connected: bool,
+    },
     /// An optional channel was lost; the session carries on without it.
     /// `relink_in`: when it is tried again (None: it stays down, see `ChannelDown`).
     ChannelLost {
