@@ -125,6 +125,8 @@ struct Stream {
     clip: Option<Vec<Rect>>,
     top_down: bool,
     codec: u8,
+    /// The Huffman tables of the stream's first frame (later frames omit them).
+    tables: jpeg::Tables,
 }
 
 /// The frame of the primary surface at one moment.
@@ -163,6 +165,7 @@ pub struct Mirror {
 }
 
 const SURFACE_PRIMARY: u32 = 1;
+const MAX_STREAM_CLIP_RECTS: u32 = 256;
 
 impl Mirror {
     pub fn new(limits: Limits) -> Mirror {
@@ -528,12 +531,14 @@ impl Mirror {
         Ok(())
     }
 
+    /// A video stream's clip (kept while the stream lives, so capped lower
+    /// than a draw's: 64 streams x 256 rectangles = 256 KiB at most).
     fn clip_at(b: &Body<'_>, at: usize) -> Result<Option<Vec<Rect>>, DecodeError> {
         match b.u8(at)? {
             0 => Ok(None),
             1 => {
                 let n = b.u32(at + 1)?;
-                if n > wire::MAX_CLIP_RECTS {
+                if n > MAX_STREAM_CLIP_RECTS {
                     return Err(DecodeError::TooLarge);
                 }
                 (0..n as usize)
@@ -563,6 +568,7 @@ impl Mirror {
                 clip,
                 top_down: flags & 1 != 0,
                 codec,
+                tables: jpeg::Tables::default(),
             },
         );
         Ok(())
@@ -579,10 +585,10 @@ impl Mirror {
 
     fn stream_data(&mut self, b: &Body<'_>, sized: bool, now: Duration) -> Result<(), DecodeError> {
         let id = b.u32(0)?;
+        let max = self.limits.max_surface_pixels;
         let st = self
             .streams
-            .get(&id)
-            .cloned()
+            .get_mut(&id)
             .ok_or(DecodeError::Missing("stream"))?;
         if st.codec != 1 {
             return Err(DecodeError::Unsupported("video codec"));
@@ -593,7 +599,8 @@ impl Mirror {
             (st.dest, 8)
         };
         let n = b.u32(data_at)? as usize;
-        let frame = jpeg::decode(b.bytes(data_at + 4, n)?, self.limits.max_surface_pixels)?;
+        let frame = jpeg::decode_frame(b.bytes(data_at + 4, n)?, &mut st.tables, max)?;
+        let st = st.clone();
         self.stats.stream_frames += 1;
         let mut frame = frame;
         if !st.top_down {

@@ -91,6 +91,9 @@ pub struct DisplayView {
     pub stale: Option<bool>,
     /// A display channel is feeding the mirror now.
     pub linked: bool,
+    /// Draws on any surface, and video frames, on this link.
+    pub draws: u64,
+    pub stream_frames: u64,
     /// Bytes the mirror holds beside the primary surface.
     pub extra_bytes: u64,
     /// What the mirror did not decode or draw on this link, by kind.
@@ -188,6 +191,8 @@ impl Screen {
             digest: frame.map(|f| f.digest()),
             stale: st.fresh.stale_after().map(|_| st.fresh.is_stale()),
             linked: m.is_some() && st.live,
+            draws: m.map_or(0, |m| m.stats().draws),
+            stream_frames: m.map_or(0, |m| m.stats().stream_frames),
             extra_bytes: m.map_or(0, |m| m.extra_bytes() as u64),
             skipped: m.map(|m| m.stats().skipped.clone()).unwrap_or_default(),
         };

@@ -44,6 +44,8 @@ fn status() -> Status {
             digest: Some("0f0f00ff12345678".into()),
             stale: Some(true),
             linked: true,
+            draws: 10,
+            stream_frames: 0,
             extra_bytes: 4096,
             skipped: BTreeMap::from([("copy: not decoded: quic".into(), 3)]),
         }),
