@@ -80,6 +80,13 @@ impl In<'_> {
         }
         Ok(v)
     }
+    /// The next `n` bytes.
+    fn take(&mut self, n: usize) -> Result<&[u8], DecodeError> {
+        let end = self.at.checked_add(n).ok_or(DecodeError::Truncated)?;
+        let v = self.b.get(self.at..end).ok_or(DecodeError::Truncated)?;
+        self.at = end;
+        Ok(v)
+    }
     fn be64(&mut self) -> Result<u64, DecodeError> {
         Ok((u64::from(self.be32()?) << 32) | u64::from(self.be32()?))
     }
@@ -116,7 +123,7 @@ pub fn decode_lz(
         let nbytes = stride.checked_mul(height).ok_or(DecodeError::TooLarge)?;
         let mut idx = vec![0u8; nbytes];
         lz_units(&mut r, &mut idx, 3, |r, o| {
-            *o = r.u8()?;
+            o.copy_from_slice(r.take(o.len())?);
             Ok(())
         })?;
         expand_palette(ty, &idx, stride, width, height, pal)
@@ -124,7 +131,10 @@ pub fn decode_lz(
         let mut px = vec![0u32; n];
         match ty {
             LzType::Rgb16 => lz_units(&mut r, &mut px, 2, |r, o| {
-                *o = rgb555((u16::from(r.u8()?) << 8) | u16::from(r.u8()?));
+                let b = r.take(2 * o.len())?;
+                for (p, c) in o.iter_mut().zip(b.chunks_exact(2)) {
+                    *p = rgb555((u16::from(c[0]) << 8) | u16::from(c[1]));
+                }
                 Ok(())
             })?,
             LzType::Rgb24 | LzType::Rgb32 => lz_units(&mut r, &mut px, 1, bgr)?,
@@ -147,9 +157,12 @@ pub fn decode_lz(
     })
 }
 
-fn bgr(r: &mut In<'_>, o: &mut u32) -> Result<(), DecodeError> {
-    let (b, g, rr) = (r.u8()?, r.u8()?, r.u8()?);
-    *o = argb(0xff, rr, g, b);
+/// A run of literal pixels: B, G, R bytes each.
+fn bgr(r: &mut In<'_>, o: &mut [u32]) -> Result<(), DecodeError> {
+    let b = r.take(3 * o.len())?;
+    for (p, c) in o.iter_mut().zip(b.chunks_exact(3)) {
+        *p = argb(0xff, c[2], c[1], c[0]);
+    }
     Ok(())
 }
 
@@ -180,7 +193,7 @@ fn lz_units<T: Copy>(
     r: &mut In<'_>,
     out: &mut [T],
     bias: usize,
-    mut literal: impl FnMut(&mut In<'_>, &mut T) -> Result<(), DecodeError>,
+    mut literal: impl FnMut(&mut In<'_>, &mut [T]) -> Result<(), DecodeError>,
 ) -> Result<(), DecodeError> {
     let mut op = 0usize;
     while op < out.len() {
@@ -189,9 +202,7 @@ fn lz_units<T: Copy>(
             let n = ctrl as usize + 1;
             let end = op.checked_add(n).filter(|e| *e <= out.len());
             let end = end.ok_or(DecodeError::Bad("lz literal past the end"))?;
-            for o in &mut out[op..end] {
-                literal(r, o)?;
-            }
+            literal(r, &mut out[op..end])?;
             op = end;
         } else {
             let (len, ofs) = lz_match(r, ctrl)?;
@@ -233,9 +244,22 @@ fn copy_back<T: Copy>(
     if dist > op || op.checked_add(len).is_none_or(|e| e > out.len()) {
         return Err(DecodeError::Bad("lz reference out of the image"));
     }
-    // Overlapping on purpose (runs): one unit at a time.
-    for i in op..op + len {
-        out[i] = out[i - dist];
+    let from = op - dist;
+    if dist >= len {
+        out.copy_within(from..from + len, op);
+    } else if dist == 1 {
+        // A run of one unit.
+        let v = out[from];
+        out[op..op + len].fill(v);
+    } else {
+        // Overlapping on purpose (a repeated pattern): whole periods at a
+        // time, each copy reading only what is already written.
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(dist);
+            out.copy_within(from + done..from + done + n, op + done);
+            done += n;
+        }
     }
     Ok(())
 }
@@ -250,8 +274,9 @@ fn lz_alpha(r: &mut In<'_>, px: &mut [u32]) -> Result<(), DecodeError> {
             if op + n > px.len() {
                 return Err(DecodeError::Bad("lz literal past the end"));
             }
-            for p in &mut px[op..op + n] {
-                *p = (*p & 0x00ff_ffff) | (u32::from(r.u8()?) << 24);
+            let a = r.take(n)?;
+            for (p, a) in px[op..op + n].iter_mut().zip(a) {
+                *p = (*p & 0x00ff_ffff) | (u32::from(*a) << 24);
             }
             op += n;
         } else {
@@ -260,8 +285,16 @@ fn lz_alpha(r: &mut In<'_>, px: &mut [u32]) -> Result<(), DecodeError> {
             if dist > op || op + len > px.len() {
                 return Err(DecodeError::Bad("lz reference out of the image"));
             }
-            for i in op..op + len {
-                px[i] = (px[i] & 0x00ff_ffff) | (px[i - dist] & 0xff00_0000);
+            if dist == 1 {
+                // A run (an opaque image: one run of 0xff).
+                let a = px[op - 1] & 0xff00_0000;
+                for p in &mut px[op..op + len] {
+                    *p = (*p & 0x00ff_ffff) | a;
+                }
+            } else {
+                for i in op..op + len {
+                    px[i] = (px[i] & 0x00ff_ffff) | (px[i - dist] & 0xff00_0000);
+                }
             }
             op += len;
         }
@@ -530,6 +563,28 @@ fn put_raw(o: &mut u32, v: u32, alpha: bool) {
 
 #[cfg(test)]
 mod tests {
+
+    /// Back-references copy what the one-unit-at-a-time definition copies,
+    /// for every distance and length (overlapping or not).
+    #[test]
+    fn copy_back_is_the_unit_by_unit_copy() {
+        for dist in 1..12 {
+            for len in 0..30 {
+                let mut a: Vec<u32> = (0..64).collect();
+                let mut b = a.clone();
+                let op = 20;
+                copy_back(&mut a, op, dist, len).unwrap();
+                for i in op..op + len {
+                    b[i] = b[i - dist];
+                }
+                assert_eq!(a, b, "dist {dist} len {len}");
+            }
+        }
+        let mut a = vec![0u32; 8];
+        assert!(copy_back(&mut a, 2, 3, 1).is_err());
+        assert!(copy_back(&mut a, 2, 1, 7).is_err());
+    }
+
     use super::*;
 
     fn header(ty: u32, w: u32, h: u32, stride: u32, top_down: bool) -> Vec<u8> {

@@ -503,6 +503,9 @@ impl Mirror {
                 } else {
                     src.area
                 };
+                if std::env::var_os("SPICED_DRAW_DEBUG").is_some() {
+                    eprintln!("DRAWDBG ty {ty} mode {mode:?} bbox {bbox:?} area {area:?} src {}x{} regions {}", pixels.width, pixels.height, regions.len());
+                }
                 let s = self.target(base.surface)?;
                 for r in &regions {
                     s.blit(r, &bbox, &pixels, &area, mode);
@@ -524,8 +527,28 @@ impl Mirror {
         let (x, y) = (b.i32(base.end)?, b.i32(base.end + 4)?);
         let regions = Self::regions(&base);
         let s = self.target(base.surface)?;
-        for r in &regions {
+        if let [r] = regions.as_slice() {
             s.copy_bits(&base.bbox, x, y, r);
+        } else {
+            // Several clip rectangles: every one reads the surface as it was
+            // before the copy, so the source is taken out once.
+            let area = Rect {
+                top: y,
+                left: x,
+                bottom: y.saturating_add(base.bbox.height() as i32),
+                right: x.saturating_add(base.bbox.width() as i32),
+            };
+            if let Some(src) = s.extract(&area) {
+                let all = Rect {
+                    top: 0,
+                    left: 0,
+                    bottom: src.height as i32,
+                    right: src.width as i32,
+                };
+                for r in &regions {
+                    s.blit(r, &base.bbox, &src, &all, Blit::Rop(rop::OP_PUT));
+                }
+            }
         }
         self.touched(base.surface, &base.bbox, now);
         Ok(())
