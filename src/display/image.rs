@@ -38,8 +38,8 @@ pub mod kind {
     pub const LZ4: u8 = 109;
 }
 
-const IMAGE_CACHE_ME: u8 = 1;
-const IMAGE_CACHE_REPLACE_ME: u8 = 4;
+pub const IMAGE_CACHE_ME: u8 = 1;
+pub const IMAGE_CACHE_REPLACE_ME: u8 = 4;
 const PAL_CACHE_ME: u8 = 1;
 const PAL_FROM_CACHE: u8 = 2;
 const BITMAP_TOP_DOWN: u8 = 4;

@@ -105,7 +105,24 @@ pub struct MirrorStats {
     /// Draws, images and messages not decoded or drawn, by kind.
     pub skipped: BTreeMap<String, u64>,
     pub surfaces_refused: u64,
+    /// Image copies never decoded: a later copy covered them before anyone
+    /// looked at the screen.
+    pub culled: u64,
 }
+
+/// A DRAW_COPY or DRAW_FILL kept undrawn until someone looks, or until it
+/// is covered.
+#[derive(Debug)]
+struct Deferred {
+    ty: u16,
+    body: Vec<u8>,
+    bbox: Rect,
+    now: Duration,
+}
+
+/// Deferred copies kept at most (beyond: all drawn).
+const MAX_DEFERRED: usize = 1024;
+const MAX_DEFERRED_BYTES: usize = 512 * 1024;
 
 /// What one message did to the primary surface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,6 +177,12 @@ pub struct Mirror {
     tiles: Option<tiles::Tiles>,
     /// What the message being handled did to the primary surface.
     touch: Touch,
+    /// Opaque image copies onto the primary surface not drawn yet (see
+    /// [`Mirror::defer`]), and their bytes.
+    deferred: std::collections::VecDeque<Deferred>,
+    deferred_bytes: usize,
+    /// Drawing the deferred copies: they were counted and marked already.
+    replaying: bool,
     /// Kinds already logged (each once per mirror).
     logged: std::collections::HashSet<String>,
 }
@@ -183,6 +206,9 @@ impl Mirror {
             drawn_at: None,
             tiles: None,
             touch: Touch::None,
+            deferred: Default::default(),
+            deferred_bytes: 0,
+            replaying: false,
             logged: Default::default(),
         }
     }
@@ -200,6 +226,7 @@ impl Mirror {
     /// The hash of the primary surface's pixels now (rehashing only what was
     /// drawn since the last call); None without a primary surface.
     pub fn frame_hash(&mut self) -> Option<u64> {
+        self.flush();
         let s = self.surfaces.get(&self.primary?)?;
         let t = self.tiles.as_mut()?;
         Some(t.frame_hash(&s.px))
@@ -207,7 +234,7 @@ impl Mirror {
 
     /// Bytes held beside the primary surface: off-screen surfaces and caches.
     pub fn extra_bytes(&self) -> usize {
-        self.offscreen_bytes() + self.caches.bytes()
+        self.offscreen_bytes() + self.caches.bytes() + self.deferred_bytes
     }
 
     fn offscreen_bytes(&self) -> usize {
@@ -219,7 +246,8 @@ impl Mirror {
     }
 
     /// The primary surface now (shares its pixels until the next draw).
-    pub fn frame(&self) -> Option<Frame> {
+    pub fn frame(&mut self) -> Option<Frame> {
+        self.flush();
         let s = self.surfaces.get(&self.primary?)?;
         Some(Frame {
             width: s.width,
@@ -231,6 +259,7 @@ impl Mirror {
 
     /// The channel ended: keep the primary only, free the rest.
     pub fn shrink(&mut self) {
+        self.flush();
         let primary = self.primary.and_then(|p| self.surfaces.remove(&p));
         self.surfaces.clear();
         if let (Some(id), Some(s)) = (self.primary, primary) {
@@ -239,6 +268,7 @@ impl Mirror {
         self.surfaces.shrink_to_fit();
         self.caches = Caches::new(0, 0, 0);
         self.streams.clear();
+        self.deferred = Default::default();
     }
 
     fn skip(&mut self, what: &str, why: &DecodeError) {
@@ -259,6 +289,11 @@ impl Mirror {
     pub fn on_message(&mut self, msg_type: u16, body: &[u8], now: Duration) -> Touch {
         self.stats.messages += 1;
         self.touch = Touch::None;
+        if matches!(msg_type, msg::DRAW_COPY | msg::DRAW_FILL) && self.defer(msg_type, body, now) {
+            return self.touch;
+        }
+        // Anything else may read what the deferred copies paint: they go first.
+        self.flush();
         let b = Body(body);
         let r = match msg_type {
             msg::SURFACE_CREATE => self.surface_create(&b, now),
@@ -326,6 +361,125 @@ impl Mirror {
         self.touch
     }
 
+    /// Keeps a draw undrawn when it can wait: an opaque one (OP_PUT, no
+    /// mask) onto the primary surface, a solid fill or a copy of a
+    /// self-contained image (LZ RGB, JPEG, a bitmap without palette) that no
+    /// cache keeps. Nothing reads what it paints until the next message of
+    /// another kind, or until someone looks at the screen; a later such draw
+    /// that paints all of its box drops the earlier ones inside that box,
+    /// never decoded. A screen redrawn many times a second (video, the
+    /// vga-noise guest's ~30 full screens a second, a terminal redrawing its
+    /// lines) is then decoded only as often as it is looked at (every 500 ms
+    /// at most, see `fresh`). False: draw it now.
+    fn defer(&mut self, ty: u16, body: &[u8], now: Duration) -> bool {
+        let b = Body(body);
+        let r = match ty {
+            msg::DRAW_FILL => self.deferrable_fill(&b),
+            _ => self.deferrable(&b),
+        };
+        let Some((bbox, covers)) = r else {
+            return false;
+        };
+        if covers {
+            let before = self.deferred.len();
+            let mut freed = 0;
+            self.deferred.retain(|d| {
+                let inside = d.bbox.intersect(&bbox) == d.bbox;
+                if inside {
+                    freed += d.body.len();
+                }
+                !inside
+            });
+            self.deferred_bytes -= freed;
+            self.stats.culled += (before - self.deferred.len()) as u64;
+        }
+        if self.deferred.len() >= MAX_DEFERRED
+            || self.deferred_bytes + body.len() > MAX_DEFERRED_BYTES
+        {
+            self.flush();
+        }
+        self.deferred_bytes += body.len();
+        self.deferred.push_back(Deferred {
+            ty,
+            body: body.to_vec(),
+            bbox,
+            now,
+        });
+        if let Some(p) = self.primary {
+            self.touched(p, &bbox, now);
+        }
+        true
+    }
+
+    /// The box of a copy that may wait (see [`Mirror::defer`]), and whether
+    /// it paints all of it.
+    fn deferrable(&self, b: &Body<'_>) -> Option<(Rect, bool)> {
+        let base = wire::base(b).ok()?;
+        if Some(base.surface) != self.primary || !self.surfaces.contains_key(&base.surface) {
+            return None;
+        }
+        let src = wire::src_area(b, base.end).ok()?;
+        let rop_d = b.u16(base.end + 20).ok()?;
+        if rop_d != rop::OP_PUT || wire::has_mask(b, base.end + 23).ok()? {
+            return None;
+        }
+        let at = src.image;
+        let (ty, flags) = (b.u8(at + 8).ok()?, b.u8(at + 9).ok()?);
+        let (w, h) = (b.u32(at + 10).ok()?, b.u32(at + 14).ok()?);
+        let self_contained = match ty {
+            image::kind::LZ_RGB | image::kind::JPEG => true,
+            // 24 and 32 bits: no palette.
+            image::kind::BITMAP => matches!(b.u8(at + 18).ok()?, 7..=9),
+            _ => false,
+        };
+        // Cached images must reach the cache in order.
+        if !self_contained || flags & (image::IMAGE_CACHE_ME | image::IMAGE_CACHE_REPLACE_ME) != 0 {
+            return None;
+        }
+        let a = src.area;
+        let covers = base.clip.is_none()
+            && a.width() == base.bbox.width()
+            && a.height() == base.bbox.height()
+            && a.left >= 0
+            && a.top >= 0
+            && i64::from(a.right) <= i64::from(w)
+            && i64::from(a.bottom) <= i64::from(h);
+        Some((base.bbox, covers))
+    }
+
+    /// The box of a fill that may wait: solid, OP_PUT, no mask, on the
+    /// primary surface; it paints all of its box without a clip.
+    fn deferrable_fill(&self, b: &Body<'_>) -> Option<(Rect, bool)> {
+        let base = wire::base(b).ok()?;
+        if Some(base.surface) != self.primary || !self.surfaces.contains_key(&base.surface) {
+            return None;
+        }
+        let (brush, next) = wire::brush(b, base.end).ok()?;
+        let rop_d = b.u16(next).ok()?;
+        if !matches!(brush, Brush::Solid(_))
+            || rop_d != rop::OP_PUT
+            || wire::has_mask(b, next + 2).ok()?
+        {
+            return None;
+        }
+        Some((base.bbox, base.clip.is_none()))
+    }
+
+    /// Draws the deferred copies, oldest first.
+    fn flush(&mut self) {
+        if self.deferred.is_empty() {
+            return;
+        }
+        self.replaying = true;
+        while let Some(d) = self.deferred.pop_front() {
+            if let Err(e) = self.draw(d.ty, &Body(&d.body), d.now) {
+                self.skip(msg_name(d.ty), &e);
+            }
+        }
+        self.replaying = false;
+        self.deferred_bytes = 0;
+    }
+
     fn surface_create(&mut self, b: &Body<'_>, now: Duration) -> Result<(), DecodeError> {
         let id = b.u32(0)?;
         let (w, h) = (b.u32(4)?, b.u32(8)?);
@@ -380,6 +534,9 @@ impl Mirror {
 
     /// A draw on `surface` within `area`.
     fn touched(&mut self, surface: u32, area: &Rect, now: Duration) {
+        if self.replaying {
+            return;
+        }
         self.stats.draws += 1;
         if Some(surface) == self.primary {
             self.drawn_at = Some(now);
@@ -503,9 +660,6 @@ impl Mirror {
                 } else {
                     src.area
                 };
-                if std::env::var_os("SPICED_DRAW_DEBUG").is_some() {
-                    eprintln!("DRAWDBG ty {ty} mode {mode:?} bbox {bbox:?} area {area:?} src {}x{} regions {}", pixels.width, pixels.height, regions.len());
-                }
                 let s = self.target(base.surface)?;
                 for r in &regions {
                     s.blit(r, &bbox, &pixels, &area, mode);

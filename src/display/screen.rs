@@ -143,7 +143,7 @@ impl Screen {
             st.feed += 1;
             let origin = *st.origin.get_or_insert(start);
             st.offset = start.saturating_duration_since(origin);
-            if let Some(f) = st.mirror.take().and_then(|m| m.frame()) {
+            if let Some(f) = st.mirror.take().and_then(|mut m| m.frame()) {
                 st.last = Some(f);
             }
             st.mirror = Some(Mirror::new(shared.limits));
@@ -202,9 +202,9 @@ impl Screen {
 }
 
 impl State {
-    fn frame(&self) -> Option<Frame> {
+    fn frame(&mut self) -> Option<Frame> {
         self.mirror
-            .as_ref()
+            .as_mut()
             .and_then(Mirror::frame)
             .or_else(|| self.last.clone())
     }
@@ -227,7 +227,7 @@ impl State {
 
     /// Logs `ev` (with the digest of the frame it is about) after releasing
     /// the lock.
-    fn announce_after(st: std::sync::MutexGuard<'_, State>, ev: Option<FreshEvent>) {
+    fn announce_after(mut st: std::sync::MutexGuard<'_, State>, ev: Option<FreshEvent>) {
         let Some(ev) = ev else {
             return;
         };

@@ -356,7 +356,14 @@ mod tests {
     /// any box, area and clip (scaled or not, partly outside everything).
     #[test]
     fn blit_matches_the_per_pixel_definition() {
-        fn reference(s: &mut Surface, r: &Rect, dest: &Rect, src: &Pixels, area: &Rect, mode: Blit) {
+        fn reference(
+            s: &mut Surface,
+            r: &Rect,
+            dest: &Rect,
+            src: &Pixels,
+            area: &Rect,
+            mode: Blit,
+        ) {
             let (dw, dh) = (dest.width().max(1), dest.height().max(1));
             let (aw, ah) = (area.width(), area.height());
             if aw == 0 || ah == 0 || src.width == 0 || src.height == 0 {
@@ -369,7 +376,9 @@ mod tests {
                 for x in c.left..c.right {
                     let sy = i64::from(area.top) + (i64::from(y) - i64::from(dest.top)) * ah / dh;
                     let sx = i64::from(area.left) + (i64::from(x) - i64::from(dest.left)) * aw / dw;
-                    if !(0..i64::from(src.height)).contains(&sy) || !(0..i64::from(src.width)).contains(&sx) {
+                    if !(0..i64::from(src.height)).contains(&sy)
+                        || !(0..i64::from(src.width)).contains(&sx)
+                    {
                         continue;
                     }
                     let v = src.px[(sy * i64::from(src.width) + sx) as usize];

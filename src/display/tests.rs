@@ -72,6 +72,14 @@ pub fn copy_bitmap(
     b
 }
 
+/// COPY_BITS of the box (l, t)-(r, b) from (x, y).
+fn copy_bits(surface: u32, l: i32, t: i32, r: i32, bt: i32, x: i32, y: i32) -> Vec<u8> {
+    let mut b = base(surface, l, t, r, bt);
+    b.extend_from_slice(&x.to_le_bytes());
+    b.extend_from_slice(&y.to_le_bytes());
+    b
+}
+
 /// DRAW_COPY of the cached image `id`.
 fn copy_cached(surface: u32, l: i32, t: i32, w: u32, h: u32, id: u64) -> Vec<u8> {
     let mut b = base(surface, l, t, l + w as i32, t + h as i32);
@@ -213,4 +221,54 @@ fn a_new_primary_replaces_the_old_and_destroy_forgets_it() {
     assert_eq!(m.frame().unwrap().width, 16);
     m.on_message(msg::SURFACE_DESTROY, &3u32.to_le_bytes(), T);
     assert!(m.frame().is_none());
+}
+
+/// Opaque copies wait until someone looks; one that covers earlier ones
+/// drops them undecoded. What is drawn in the end is what drawing them all
+/// in order gives: anything else (a fill here) draws the waiting ones first.
+#[test]
+fn covered_copies_are_never_decoded_and_order_is_kept() {
+    let mut m = mirror();
+    m.on_message(msg::SURFACE_CREATE, &surface_create(0, 8, 4, true), T);
+    for i in 0..10u32 {
+        let px = vec![i; 8 * 4];
+        let t = m.on_message(msg::DRAW_COPY, &copy_bitmap(0, 0, 0, 8, 4, &px, None), T);
+        assert_eq!(t, Touch::Drawn);
+    }
+    // A copy that covers half: it keeps the last full one.
+    m.on_message(
+        msg::DRAW_COPY,
+        &copy_bitmap(0, 4, 0, 4, 4, &[77; 16], None),
+        T,
+    );
+    assert_eq!(m.stats().culled, 9);
+    assert!(m.extra_bytes() > 0, "the waiting copies are accounted for");
+    // A fill waits too, after them; COPY_BITS reads the screen: all of
+    // them are drawn first, in order.
+    m.on_message(msg::DRAW_FILL, &fill(0, 0, 0, 1, 1, 0xabcdef), T * 2);
+    m.on_message(msg::COPY_BITS, &copy_bits(0, 2, 3, 3, 4, 5, 3), T * 2);
+    let f = m.frame().unwrap();
+    assert_eq!(f.px[0], 0xabcdef);
+    assert_eq!(f.px[1], 9);
+    assert_eq!(f.px[5], 77);
+    assert_eq!(
+        f.px[3 * 8 + 2],
+        77,
+        "COPY_BITS moved what the copies painted"
+    );
+    assert_eq!(m.stats().draws, 13);
+    // A cached image goes into the cache at once (a later copy uses it).
+    m.on_message(
+        msg::DRAW_COPY,
+        &copy_bitmap(0, 0, 0, 2, 2, &[5; 4], Some(3)),
+        T,
+    );
+    m.on_message(msg::DRAW_COPY, &copy_cached(0, 6, 2, 2, 2, 3), T);
+    let f = m.frame().unwrap();
+    assert_eq!(f.px[2 * 8 + 6], 5);
+    assert_eq!(
+        m.extra_bytes(),
+        16,
+        "nothing waits after a look; the cache holds 4 px"
+    );
 }
