@@ -115,7 +115,8 @@ pub struct MirrorStats {
 #[derive(Debug)]
 struct Deferred {
     ty: u16,
-    body: Vec<u8>,
+    /// Where its message body is in the mirror's buffer of them.
+    body: std::ops::Range<usize>,
     bbox: Rect,
     now: Duration,
 }
@@ -177,10 +178,11 @@ pub struct Mirror {
     tiles: Option<tiles::Tiles>,
     /// What the message being handled did to the primary surface.
     touch: Touch,
-    /// Opaque image copies onto the primary surface not drawn yet (see
-    /// [`Mirror::defer`]), and their bytes.
+    /// Opaque draws onto the primary surface not drawn yet (see
+    /// [`Mirror::defer`]), their message bodies back to back (one buffer,
+    /// reused: no allocation per message).
     deferred: std::collections::VecDeque<Deferred>,
-    deferred_bytes: usize,
+    deferred_buf: Vec<u8>,
     /// Drawing the deferred copies: they were counted and marked already.
     replaying: bool,
     /// Kinds already logged (each once per mirror).
@@ -207,7 +209,7 @@ impl Mirror {
             tiles: None,
             touch: Touch::None,
             deferred: Default::default(),
-            deferred_bytes: 0,
+            deferred_buf: Vec::new(),
             replaying: false,
             logged: Default::default(),
         }
@@ -234,7 +236,7 @@ impl Mirror {
 
     /// Bytes held beside the primary surface: off-screen surfaces and caches.
     pub fn extra_bytes(&self) -> usize {
-        self.offscreen_bytes() + self.caches.bytes() + self.deferred_bytes
+        self.offscreen_bytes() + self.caches.bytes() + self.deferred_buf.capacity()
     }
 
     fn offscreen_bytes(&self) -> usize {
@@ -269,6 +271,7 @@ impl Mirror {
         self.caches = Caches::new(0, 0, 0);
         self.streams.clear();
         self.deferred = Default::default();
+        self.deferred_buf = Vec::new();
     }
 
     fn skip(&mut self, what: &str, why: &DecodeError) {
@@ -382,26 +385,24 @@ impl Mirror {
         };
         if covers {
             let before = self.deferred.len();
-            let mut freed = 0;
-            self.deferred.retain(|d| {
-                let inside = d.bbox.intersect(&bbox) == d.bbox;
-                if inside {
-                    freed += d.body.len();
-                }
-                !inside
-            });
-            self.deferred_bytes -= freed;
+            self.deferred
+                .retain(|d| d.bbox.intersect(&bbox) != d.bbox);
             self.stats.culled += (before - self.deferred.len()) as u64;
         }
         if self.deferred.len() >= MAX_DEFERRED
-            || self.deferred_bytes + body.len() > MAX_DEFERRED_BYTES
+            || self.deferred_buf.len() + body.len() > MAX_DEFERRED_BYTES
         {
             self.flush();
         }
-        self.deferred_bytes += body.len();
+        // (A body over the cap on its own is drawn now.)
+        if body.len() > MAX_DEFERRED_BYTES {
+            return false;
+        }
+        let at = self.deferred_buf.len();
+        self.deferred_buf.extend_from_slice(body);
         self.deferred.push_back(Deferred {
             ty,
-            body: body.to_vec(),
+            body: at..at + body.len(),
             bbox,
             now,
         });
@@ -471,13 +472,16 @@ impl Mirror {
             return;
         }
         self.replaying = true;
+        let mut buf = std::mem::take(&mut self.deferred_buf);
         while let Some(d) = self.deferred.pop_front() {
-            if let Err(e) = self.draw(d.ty, &Body(&d.body), d.now) {
+            let body = buf.get(d.body).unwrap_or_default();
+            if let Err(e) = self.draw(d.ty, &Body(body), d.now) {
                 self.skip(msg_name(d.ty), &e);
             }
         }
+        buf.clear();
+        self.deferred_buf = buf;
         self.replaying = false;
-        self.deferred_bytes = 0;
     }
 
     fn surface_create(&mut self, b: &Body<'_>, now: Duration) -> Result<(), DecodeError> {
