@@ -385,8 +385,7 @@ impl Mirror {
         };
         if covers {
             let before = self.deferred.len();
-            self.deferred
-                .retain(|d| d.bbox.intersect(&bbox) != d.bbox);
+            self.deferred.retain(|d| d.bbox.intersect(&bbox) != d.bbox);
             self.stats.culled += (before - self.deferred.len()) as u64;
         }
         if self.deferred.len() >= MAX_DEFERRED
