@@ -24,6 +24,10 @@ import json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = "--quick" in sys.argv
+# --only display: just the display rows (mirror off and on, the X desktop), a
+# few minutes instead of an hour; printed, not written to docs/benchmarks.md
+# unless --out is given.
+ONLY = sys.argv[sys.argv.index("--only") + 1] if "--only" in sys.argv else None
 OUT = sys.argv[sys.argv.index("--out") + 1] if "--out" in sys.argv else os.path.join(ROOT, "docs", "benchmarks.md")
 RUNS = 1 if QUICK else 5
 IDLE = 10 if QUICK else 60
@@ -32,7 +36,8 @@ GUEST_SRC = os.path.join(ROOT, "tests", "guest", "vga-noise.S")
 CHANNELS = 11
 # What each client links of the 11 offered: spice-gtk 0.42 leaves one channel
 # of this QEMU unlinked (it links 10).
-EXPECT = {"spiced": 11, "spicy-stats": 10, "spice-gtk (python)": 10, "remote-viewer": 9}
+EXPECT = {"spiced": 11, "spiced (mirror)": 11, "spicy-stats": 10, "spice-gtk (python)": 10,
+          "remote-viewer": 9}
 # remote-viewer (virt-viewer 11, spice-gtk underneath) draws into an Xvfb that
 # main() starts when both are installed.
 XDISPLAY = ":77"
@@ -211,8 +216,15 @@ def spiced_cmd(port, extra_vv="", toml=""):
     return [SPICED, "--vv", vv, "--config", cfg], {"RUST_LOG": "info"}, os.path.join(d, "log")
 
 
+# "spiced" is the daemon as it was before the display mirror ([display]
+# mirror = false: the display channel drained, nothing decoded): every row
+# measured before the mirror existed stays comparable. "spiced (mirror)"
+# decodes the screen.
+MIRROR_OFF = "[display]\nmirror = false\n"
+MIRROR_ON = "[display]\nmirror = true\n"
 CLIENTS = {
-    "spiced": lambda port, proxy=None: spiced_cmd(port, f"proxy={proxy}\n" if proxy else ""),
+    "spiced": lambda port, proxy=None: spiced_cmd(port, f"proxy={proxy}\n" if proxy else "", MIRROR_OFF),
+    "spiced (mirror)": lambda port, proxy=None: spiced_cmd(port, f"proxy={proxy}\n" if proxy else "", MIRROR_ON),
     "spicy-stats": lambda port, proxy=None: (["spicy-stats", "-h", "127.0.0.1", "-p", str(port)],
                                              {"SPICE_PROXY": proxy} if proxy else {}, None),
     "spice-gtk (python)": lambda port, proxy=None: (["/usr/bin/python3", "-c", PYCLIENT, str(port)],
@@ -337,7 +349,7 @@ def start_run(kind):
 def restart_run(down):
     """spiced linked; QEMU killed, restarted after `down` s: listening -> all up."""
     q = Qemu()
-    cmd, env, log = spiced_cmd(q.port, toml="[reconnect]\nmax_attempts = 10\n")
+    cmd, env, log = spiced_cmd(q.port, toml="[reconnect]\nmax_attempts = 10\n" + MIRROR_OFF)
     e = dict(os.environ)
     e.update(env)
     p = subprocess.Popen(cmd, env=e, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(log, "w"))
@@ -380,34 +392,140 @@ def proxy_run(kind):
         q.kill()
 
 
+def drained_bytes(kind, log):
+    """Display bytes the client drained: spiced's log totals at its exit,
+    spicy-stats's own summary."""
+    with open(log) as f:
+        text = f.read()
+    pat = r"channel display totals: in (\d+) B" if kind.startswith("spiced") else r"^display: (\d+)"
+    m = re.findall(pat, text, re.M)
+    return int(m[-1]) / 1e6 if m else None
+
+
 def drain_run(kind):
     """Display load (the vga-noise guest): CPU ticks per MB the display drained,
-    and MB/s. Bytes: spiced's log totals, spicy-stats's own summary."""
+    and MB/s, and the memory at the end of the window. Bytes: spiced's log
+    totals, spicy-stats's own summary."""
     q = Qemu(paused=False, kernel=guest())
     p, log = launch(kind, q.port)
-    out = None
     try:
         if q.wait_channels(EXPECT[kind], 30) is None:
             return None
         c0, t0 = ticks(p.pid), time.monotonic()
         time.sleep(min(IDLE, 30))
         c1, dt = ticks(p.pid), time.monotonic() - t0
+        mem = memory(p.pid)
         p.send_signal(signal.SIGINT if kind == "spicy-stats" else signal.SIGTERM)
         try:
             p.wait(10)
         except subprocess.TimeoutExpired:
             pass
-        with open(log) as f:
-            text = f.read()
         # Whole-run totals (the settling time included), so MB/s uses the run's
         # length from the process start: close enough for a ratio.
-        pat = r"channel display totals: in (\d+) B" if kind == "spiced" else r"^display: (\d+)"
-        m = re.findall(pat, text, re.M)
-        mb = int(m[-1]) / 1e6 if m else None
-        return (c1 - c0), dt, mb, out
+        return (c1 - c0), dt, drained_bytes(kind, log), mem
     finally:
         stop(p)
         q.kill()
+
+
+XSPICE_CONF = """Section "Device"
+    Identifier "XSPICE"
+    Driver "spiceqxl"
+    Option "SpiceAddr" "127.0.0.1"
+    Option "SpiceIPV4Only" "True"
+    Option "SpicePort" "{port}"
+    Option "SpiceDisableTicketing" "True"
+    Option "NumHeads" "1"
+    Option "FrameBufferSize" "16"
+    Option "SurfaceBufferSize" "128"
+    Option "CommandBufferSize" "128"
+EndSection
+Section "InputDevice"
+    Identifier "XSPICE POINTER"
+    Driver     "xspice pointer"
+EndSection
+Section "InputDevice"
+    Identifier "XSPICE KEYBOARD"
+    Driver     "xspice keyboard"
+EndSection
+Section "Monitor"
+    Identifier "Configured Monitor"
+EndSection
+Section "Screen"
+    Identifier "XSPICE Screen"
+    Monitor    "Configured Monitor"
+    Device     "XSPICE"
+    DefaultDepth 24
+    SubSection "Display"
+        Depth 24
+        Modes "1024x768"
+    EndSubSection
+EndSection
+Section "ServerLayout"
+    Identifier "XSPICE"
+    Screen "XSPICE Screen"
+    InputDevice "XSPICE KEYBOARD"
+    InputDevice "XSPICE POINTER"
+EndSection
+Section "ServerFlags"
+    Option "AutoAddDevices" "False"
+EndSection
+"""
+
+
+def have_xspice():
+    return (os.path.exists("/usr/lib/xorg/Xorg")
+            and os.path.exists("/usr/lib/xorg/modules/drivers/spiceqxl_drv.so")
+            and shutil.which("xterm") is not None)
+
+
+def xspice_drain_run(kind):
+    """An X desktop under load (Xspice, 1024x768, as the SPICE lab's
+    `xspice-server.sh --load`: an xterm 160x50 printing base64 of
+    /dev/urandom): CPU ticks per MB drained and memory at the end. One Xorg
+    per client; 4 channels (main, display, inputs, cursor)."""
+    port = free_port()
+    disp = next(n for n in range(60, 200)
+                if not os.path.exists(f"/tmp/.X{n}-lock") and not os.path.exists(f"/tmp/.X11-unix/X{n}"))
+    d = tempfile.mkdtemp(dir=WORK)
+    conf = os.path.join(d, "xorg.conf")
+    with open(conf, "w") as f:
+        f.write(XSPICE_CONF.format(port=port))
+    xorg = subprocess.Popen(["/usr/lib/xorg/Xorg", "-config", conf, "-logfile", os.path.join(d, "xorg.log"),
+                             "-nolisten", "tcp", "-noreset", f":{disp}"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    xterm = p = None
+    try:
+        deadline = time.monotonic() + 20
+        while not port_accepts(port):
+            if time.monotonic() > deadline or xorg.poll() is not None:
+                return None
+            time.sleep(0.05)
+        xterm = subprocess.Popen(["xterm", "-geometry", "160x50", "-e", "base64", "/dev/urandom"],
+                                 env=dict(os.environ, DISPLAY=f":{disp}"), stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        p, log = launch(kind, port)
+        time.sleep(5)
+        c0, t0 = ticks(p.pid), time.monotonic()
+        time.sleep(min(IDLE, 30))
+        c1, dt = ticks(p.pid), time.monotonic() - t0
+        mem = memory(p.pid)
+        p.send_signal(signal.SIGINT if kind == "spicy-stats" else signal.SIGTERM)
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+        return (c1 - c0), dt, drained_bytes(kind, log), mem
+    finally:
+        for c in (p, xterm):
+            if c:
+                stop(c)
+        xorg.terminate()
+        try:
+            xorg.wait(10)
+        except subprocess.TimeoutExpired:
+            xorg.kill()
+            xorg.wait()
 
 
 BLACKHOLE_CAP = 150
@@ -529,6 +647,8 @@ def main():
 
 def run_all(with_rv):
     refs = ["spicy-stats", "spice-gtk (python)"] + (["remote-viewer"] if with_rv else [])
+    if ONLY == "display":
+        refs = ["spicy-stats"]
     kinds = ["spiced"] + refs
     # Rows about the network engine only: remote-viewer's is spice-gtk, the
     # same as the python client's, so it is measured where the UI costs.
@@ -543,7 +663,15 @@ def run_all(with_rv):
         rows.append([name] + r + rat)
         print(f"  {name}: " + ", ".join(f"{k} {c}" for k, c in zip(kinds, r)), flush=True)
 
-    print(f"benches: {'quick' if QUICK else 'full'} run, {RUNS} run(s) per row, idle window {IDLE} s", flush=True)
+    print(f"benches: {'quick' if QUICK else 'full'} run, {RUNS} run(s) per row, idle window {IDLE} s"
+          + (f", only the {ONLY} rows" if ONLY else ""), flush=True)
+    if ONLY != "display":
+        network_rows(row, kinds, refs, net_kinds)
+    display_rows(row, refs)
+    finish(rows, kinds, refs)
+
+
+def network_rows(row, kinds, refs, net_kinds):
     for live in (False, True):
         # A run is longer than a minute: once each.
         res = {k: [idle_run(k, live)] for k in kinds}
@@ -570,17 +698,78 @@ def run_all(with_rv):
     if shutil.which("tinyproxy"):
         row("behind tinyproxy `Timeout 5`, VM paused: channels up at the end",
             {k: [proxy_run(k)] for k in net_kinds}, nd=0)
-    d = {k: drain_run(k) for k in ("spiced", "spicy-stats")}
-    row("display load: CPU ticks per MB drained",
-        {k: [v[0] / v[2]] for k, v in d.items() if v and v[2]}, nd=2)
-    row("display load: MB drained in the run (same guest)",
-        {k: [v[2]] for k, v in d.items() if v and v[2]}, nd=1)
 
+
+def display_rows(row, refs):
+    """The display channel under load, spiced with the mirror off (as before
+    it existed) and on, against spicy-stats (which decodes too) in the same
+    run. In the mirror rows the spiced column is spiced with the mirror on."""
+    on = "spiced (mirror)"
+    mb = lambda v: v / 1024
+    # Idle, VM paused (-S: the screen QEMU shows before any guest code).
+    idle = {k: idle_run(k, False) for k in ("spiced", on, "spicy-stats")}
+    for mode, k in (("off", "spiced"), ("on", on)):
+        row(f"wakeups idle, VM paused, mirror {mode} (per s)",
+            {"spiced": [idle[k][2] / 60] if idle[k] else [],
+             "spicy-stats": [idle["spicy-stats"][2] / 60] if idle["spicy-stats"] else []}, nd=2)
+    for key, label in (("Pss", "PSS"), ("Anonymous", "anonymous")):
+        row(f"memory idle, mirror off, {label} (MB)",
+            {k: [mb(idle[k][0][key])] for k in ("spiced", "spicy-stats") if idle[k]}, nd=1)
+        row(f"memory idle, mirror on, {label} (MB)",
+            {"spiced": [mb(idle[on][0][key])] if idle[on] else [],
+             "spicy-stats": [mb(idle["spicy-stats"][0][key])] if idle["spicy-stats"] else []}, nd=1)
+    kinds3 = ("spiced", on, "spicy-stats")
+    # Several rounds, the three clients taking turns: a shared machine's load
+    # moves during a run, and each round puts all three under the same load.
+    rounds = 1 if QUICK else 3
+
+    def drains(fn):
+        out = {k: [] for k in kinds3}
+        for _ in range(rounds):
+            for k in kinds3:
+                r = fn(k)
+                if r and r[2]:
+                    out[k].append(r)
+        return out
+
+    def per_mb(rs):
+        return [r[0] / r[2] for r in rs]
+
+    def load_rows(tag, d, off_label=None):
+        ref = d["spicy-stats"]
+        # The vga-noise rows with the mirror off keep their names from before
+        # the mirror: the same measurement.
+        row(off_label or f"{tag}, mirror off: CPU ticks per MB drained",
+            {"spiced": per_mb(d["spiced"]), "spicy-stats": per_mb(ref)}, nd=2)
+        row(f"{tag}, mirror on: CPU ticks per MB drained",
+            {"spiced": per_mb(d[on]), "spicy-stats": per_mb(ref)}, nd=2)
+        for mode, k in (("off", "spiced"), ("on", on)):
+            name = f"{tag}, mirror {mode}: MB drained in the run"
+            if off_label and mode == "off":
+                name = "display load: MB drained in the run (same guest)"
+            row(name, {"spiced": [r[2] for r in d[k]], "spicy-stats": [r[2] for r in ref]}, nd=1)
+        for key, label in (("Anonymous", "anonymous"), ("Pss", "PSS")):
+            for mode, k in (("off", "spiced"), ("on", on)):
+                row(f"{tag}, mirror {mode}: {label} at the end (MB)",
+                    {"spiced": [mb(r[3][key]) for r in d[k]],
+                     "spicy-stats": [mb(r[3][key]) for r in ref]}, nd=1)
+
+    load_rows("display load (vga-noise, 720x400)", drains(drain_run),
+              off_label="display load: CPU ticks per MB drained")
+    if not have_xspice():
+        print("  (no Xorg with spiceqxl, or no xterm: the X desktop rows are left out)", flush=True)
+        return
+    load_rows("X desktop load (Xspice 1024x768)", drains(xspice_drain_run))
+
+
+def finish(rows, kinds, refs):
     head = ["row"] + kinds + [f"spiced / {r}" for r in refs]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     table = "\n".join(lines)
     print("\n" + table)
+    if ONLY and "--out" not in sys.argv:
+        return
     machine = f"{platform.node()}: {os.cpu_count()} CPUs, {platform.machine()}, Linux {platform.release()}"
     qemu = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
     with open(OUT, "w") as f:
@@ -652,6 +841,19 @@ remote-viewer out: its network engine is spice-gtk, the python client's.
   File descriptors: spiced links 11 channels per session, spice-gtk 10.
 - **The reference clients do not reconnect**: when the server goes away they
   stay disconnected, so the restart rows have no reference figure.
+- **The display mirror** (`[display] mirror`, [display.md](display.md)):
+  "spiced" is the daemon with the mirror off (the display channel drained,
+  nothing decoded), so every row above is the same measurement as before
+  the mirror existed; the "mirror on" rows put spiced with the mirror in the
+  spiced column. spicy-stats decodes the display too (spice-gtk's canvas).
+  The load rows are three rounds of the three clients taking turns (median,
+  then min–max). "display load" is the vga-noise guest (QEMU's VGA text
+  screen, 720x400, redrawn some 30 times a second in 32-pixel strips, LZ);
+  "X desktop load" is Xspice at 1024x768 with an xterm printing base64 of
+  /dev/urandom (the text lines as LZ images, fills, now and then a scroll).
+  The mirror's targets: CPU per MB at most half of spicy-stats', and at most
+  one screen (width x height x 4) + 2 MB more anonymous memory than with the
+  mirror off.
 - **Behind the idle-cutting proxy** the reference clients lose the whole
   session (they send nothing on idle channels; the proxy cuts main, and the
   server drops the rest); spiced's keepalives keep all 11 channels.

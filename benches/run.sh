@@ -6,7 +6,9 @@
 # an idle-cutting proxy, display drain.
 # Prints one markdown table and writes it to docs/benchmarks.md with the machine
 # and the command. Not part of the test run; --quick (one short run per row)
-# only proves the script works. Needs scripts/install-deps.sh.
+# only proves the script works. --only display: just the display mirror's rows
+# (mirror off and on, vga-noise and an Xspice X desktop, against spicy-stats),
+# printed, docs/benchmarks.md left alone. Needs scripts/install-deps.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 for p in qemu-system-x86_64 spicy-stats tinyproxy as ld; do

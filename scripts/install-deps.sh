@@ -10,6 +10,9 @@
 #                     black hole), procps
 #   traffic reading:  tshark (SPICE dissector)
 #   reference client: python3-gi gir1.2-spiceclientglib-2.0 spice-client-gtk
+#   a real X desktop: xserver-xspice (Xorg + spiceqxl), xterm, x11-apps
+#                     (x11perf, xwd, xwud), x11-xserver-utils (xsetroot),
+#                     xdotool (tests/xspice_display.rs)
 #   packaging:        dpkg-dev (dpkg-shlibdeps), man-db (`man spiced` after
 #                     dpkg -i), systemd (systemd-analyze: verify, security;
 #                     journald + journalctl for scripts/journald-sandbox.sh)
@@ -29,12 +32,13 @@ set -euo pipefail
 me=install-deps.sh
 pkgs=(qemu-system-x86 binutils openssl tshark tinyproxy nftables iproute2 ca-certificates procps
   python3-gi gir1.2-spiceclientglib-2.0 spice-client-gtk dpkg-dev man-db systemd
-  prometheus-node-exporter prometheus systemd-journal-remote mmdebstrap e2fsprogs)
+  prometheus-node-exporter prometheus systemd-journal-remote mmdebstrap e2fsprogs
+  xserver-xspice xterm x11-apps x11-xserver-utils xdotool)
 check=0
 for a in "$@"; do
   case "$a" in
     --check) check=1 ;;
-    -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "$me: unknown option $a (see --help)" >&2; exit 2 ;;
   esac
 done

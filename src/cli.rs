@@ -71,6 +71,17 @@ pub enum Command {
         /// The instance (spiced@INSTANCE); default: $SPICED_INSTANCE, else "default".
         instance: Option<String>,
     },
+    /// Save what the guest's screen shows now as a PNG (the display mirror,
+    /// through the control socket; docs/display.md).
+    Screenshot {
+        /// The control socket (default: /run/spiced/INSTANCE.sock).
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        /// [INSTANCE] FILE.png: the instance (spiced@INSTANCE; default:
+        /// $SPICED_INSTANCE, else "default") and where to write the PNG.
+        #[arg(value_name = "[INSTANCE] FILE.png", num_args = 1..=2, required = true)]
+        args: Vec<PathBuf>,
+    },
 }
 
 impl RunArgs {

@@ -19,6 +19,7 @@ pub struct Config {
     pub channels: ChannelsConfig,
     pub metrics: MetricsConfig,
     pub control: ControlConfig,
+    pub display: DisplayConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -316,6 +317,65 @@ pub struct ControlConfig {
     pub socket: Option<PathBuf>,
 }
 
+/// `[display]`: the display mirror (docs/display.md).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DisplayConfig {
+    /// Decode the display channel into a mirror of the screen (screenshots,
+    /// the last frame in reports, freshness). Off: the display channel is
+    /// drained as before, nothing decoded or allocated.
+    pub mirror: bool,
+    /// Put `last-frame.png` into disconnect reports (it can show private
+    /// data, as the capture can).
+    pub report_last_frame: bool,
+    /// Bytes for off-screen surfaces, in KiB: 0 to 262144.
+    pub offscreen_kib: usize,
+    /// Bytes for the image cache the server fills, in KiB (the server is told
+    /// a quarter of it in pixels; the GLZ window gets half of it): 64 to
+    /// 262144.
+    pub cache_kib: usize,
+    /// Log the `screen_stale` event when the screen has not changed for this
+    /// long, seconds: 0 (off) or 1 to 604800.
+    pub stale_after_secs: f64,
+    /// Write the screen to `screen_png` this often (when it changed),
+    /// seconds: 0 (off) or 1 to 86400.
+    pub screen_png_secs: f64,
+    /// Where (absolute path); default `$STATE_DIRECTORY/screen.png`, else
+    /// /var/lib/spiced/screen.png.
+    pub screen_png: Option<PathBuf>,
+}
+
+impl Default for DisplayConfig {
+    fn default() -> Self {
+        DisplayConfig {
+            mirror: true,
+            report_last_frame: true,
+            offscreen_kib: 512,
+            cache_kib: 1024,
+            stale_after_secs: 0.0,
+            screen_png_secs: 0.0,
+            screen_png: None,
+        }
+    }
+}
+
+impl DisplayConfig {
+    /// The mirror's caps from this config.
+    pub fn limits(&self) -> crate::display::Limits {
+        crate::display::Limits {
+            offscreen_bytes: self.offscreen_kib.saturating_mul(1024),
+            pixmap_cache_bytes: self.cache_kib.saturating_mul(1024),
+            glz_window_bytes: self.cache_kib.saturating_mul(512),
+            ..crate::display::Limits::default()
+        }
+    }
+
+    /// `stale_after_secs` as a duration (None: off).
+    pub fn stale_after(&self) -> Option<std::time::Duration> {
+        (self.stale_after_secs > 0.0).then(|| crate::time::secs(self.stale_after_secs))
+    }
+}
+
 /// A config file that could not be used. Displays as one line naming the file.
 #[derive(Debug)]
 pub struct ConfigError(pub String);
@@ -488,10 +548,45 @@ impl Config {
             " bytes",
         )?;
         int("report.log_lines", p.log_lines, ON, 0, 100_000, "")?;
+        let d = &self.display;
+        int(
+            "display.offscreen_kib",
+            d.offscreen_kib,
+            ON,
+            0,
+            262_144,
+            " KiB",
+        )?;
+        int("display.cache_kib", d.cache_kib, ON, 64, 262_144, " KiB")?;
+        secs(
+            "display.stale_after_secs",
+            d.stale_after_secs,
+            OFF,
+            1.0,
+            604_800.0,
+        )?;
+        secs(
+            "display.screen_png_secs",
+            d.screen_png_secs,
+            OFF,
+            1.0,
+            86_400.0,
+        )?;
+        if !d.mirror {
+            for (key, on) in [
+                ("display.stale_after_secs", d.stale_after_secs != 0.0),
+                ("display.screen_png_secs", d.screen_png_secs != 0.0),
+            ] {
+                if on {
+                    return Err(format!("{key} needs display.mirror = true"));
+                }
+            }
+        }
 
         for (key, path) in [
             ("metrics.textfile", &self.metrics.textfile),
             ("control.socket", &self.control.socket),
+            ("display.screen_png", &self.display.screen_png),
         ] {
             if let Some(p) = path {
                 abs_file(key, p)?;
@@ -635,6 +730,10 @@ mod tests {
             control: ControlConfig {
                 socket: Some("/run/spiced/default/control.sock".into()),
             },
+            display: DisplayConfig {
+                screen_png: Some("/var/lib/spiced/screen.png".into()),
+                ..DisplayConfig::default()
+            },
             ..Config::default()
         };
         assert_eq!(cfg, defaults);
@@ -649,6 +748,17 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn display_options_need_the_mirror() {
+        assert_eq!(
+            range_err("[display]\nmirror = false\nstale_after_secs = 60.0\n"),
+            "x.toml: display.stale_after_secs needs display.mirror = true"
+        );
+        assert!(
+            Config::from_toml("[display]\nmirror = false\nscreen_png_secs = 0.0\n", "x").is_ok()
+        );
     }
 
     #[test]
@@ -832,6 +942,20 @@ mod tests {
                 &["268435457"],
             ),
             ("report", "log_lines", &["0", "100000"], &["100001"]),
+            ("display", "offscreen_kib", &["0", "262144"], &["262145"]),
+            ("display", "cache_kib", &["64", "262144"], &["63", "262145"]),
+            (
+                "display",
+                "stale_after_secs",
+                &["0", "1.0", "300", "604800.0"],
+                &["0.5", "604801.0", "-1.0", "nan"],
+            ),
+            (
+                "display",
+                "screen_png_secs",
+                &["0.0", "1.0", "86400.0"],
+                &["0.5", "86401.0", "-1.0"],
+            ),
         ];
         for (section, key, good, bad) in table {
             for v in *good {

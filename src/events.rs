@@ -25,8 +25,18 @@ pub const REPORT_WRITTEN: &str = "1633e30ec1bc42eb9d0be63fcd830937";
 /// A channel other than main was lost; the session goes on without it.
 pub const CHANNEL_LOST: &str = "fdb896731595490cb70b8a6faf9d19c8";
 
+/// The screen has not changed for `display.stale_after` (docs/display.md).
+pub const SCREEN_STALE: &str = "2ff5e1cb98ff4324bfbd19777836b74a";
+/// The screen changed again after a stale event.
+pub const SCREEN_CHANGED: &str = "b7690875a8d4446a988b4bdbf1bb9baa";
+/// The guest agent (spice-vdagent) is connected (MAIN_INIT or
+/// MAIN_AGENT_CONNECTED).
+pub const AGENT_CONNECTED: &str = "ca8219d25db44908862b9846b92a526f";
+/// The guest agent is not connected (MAIN_INIT or MAIN_AGENT_DISCONNECTED).
+pub const AGENT_DISCONNECTED: &str = "8fdbf3445f68480696b886f33088d32a";
+
 /// Every id with its name, for the catalog and its test.
-pub const ALL: [(&str, &str); 9] = [
+pub const ALL: [(&str, &str); 13] = [
     ("session_established", SESSION_ESTABLISHED),
     ("session_lost", SESSION_LOST),
     ("reconnect_attempt", RECONNECT_ATTEMPT),
@@ -36,7 +46,20 @@ pub const ALL: [(&str, &str); 9] = [
     ("clock_skew", CLOCK_SKEW),
     ("report_written", REPORT_WRITTEN),
     ("channel_lost", CHANNEL_LOST),
+    ("screen_stale", SCREEN_STALE),
+    ("screen_changed", SCREEN_CHANGED),
+    ("agent_connected", AGENT_CONNECTED),
+    ("agent_disconnected", AGENT_DISCONNECTED),
 ];
 
 /// Field names an event may carry (tracing field ⇒ journal field `SPICED_<NAME>`).
-pub const FIELDS: [&str; 6] = ["channel", "session", "cause", "state", "attempt", "report"];
+pub const FIELDS: [&str; 8] = [
+    "channel",
+    "session",
+    "cause",
+    "state",
+    "attempt",
+    "report",
+    "digest",
+    "unchanged_secs",
+];

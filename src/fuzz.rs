@@ -15,7 +15,7 @@ use std::time::Duration;
 pub type Target = fn(&[u8]);
 
 /// Every target, by the name of its corpus directory under `fuzz/corpus/`.
-pub const TARGETS: [(&str, Target); 9] = [
+pub const TARGETS: [(&str, Target); 11] = [
     ("vv_parse", vv_parse),
     ("config_toml", config_toml),
     ("frame_decoder", frame_decoder),
@@ -25,6 +25,8 @@ pub const TARGETS: [(&str, Target); 9] = [
     ("proxy_answer", proxy_answer),
     ("report_zip", report_zip),
     ("report_json", report_json),
+    ("display_mirror", display_mirror),
+    ("display_images", display_images),
 ];
 
 /// The channel types a server can send to.
@@ -134,4 +136,41 @@ pub fn report_json(data: &[u8]) {
     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) {
         let _ = crate::report::format_summary("fuzz.zip", &v);
     }
+}
+
+/// The display mirror: display channel frames (mini headers) drawn into a
+/// mirror with small caps, so no input can make it hold much.
+pub fn display_mirror(data: &[u8]) {
+    let limits = crate::display::Limits {
+        max_surfaces: 16,
+        max_surface_pixels: 256 * 256,
+        offscreen_bytes: 64 * 1024,
+        pixmap_cache_bytes: 64 * 1024,
+        glz_window_bytes: 64 * 1024,
+        max_streams: 4,
+    };
+    let mut m = crate::display::Mirror::new(limits);
+    let mut d = Decoder::new(HeaderKind::Mini, 1 << 20);
+    d.push(data);
+    let mut now = Duration::ZERO;
+    while let Ok(Some(frame)) = d.next_frame() {
+        now += Duration::from_millis(10);
+        m.on_message(frame.msg_type, frame.body(), now);
+    }
+    if let Some(f) = m.frame() {
+        let _ = f.digest();
+    }
+}
+
+/// The image decoders on their own: LZ (with a palette), GLZ (twice, so the
+/// second refers into the window), JPEG.
+pub fn display_images(data: &[u8]) {
+    use crate::display::{jpeg, lz};
+    let max = 256 * 256;
+    let pal: Vec<u32> = (0..256).collect();
+    let _ = lz::decode_lz(data, Some(&pal), max);
+    let mut w = lz::GlzWindow::new(64 * 1024);
+    let _ = lz::decode_glz(data, &mut w, max);
+    let _ = lz::decode_glz(data, &mut w, max);
+    let _ = jpeg::decode(data, max);
 }

@@ -68,13 +68,15 @@ pub fn put_field(buf: &mut Vec<u8>, name: &str, value: &[u8]) {
 
 /// `SPICED_<NAME>` for a field of [`crate::events::FIELDS`], else None.
 fn journal_name(field: &str) -> Option<&'static str> {
-    const NAMES: [&str; 6] = [
+    const NAMES: [&str; 8] = [
         "SPICED_CHANNEL",
         "SPICED_SESSION",
         "SPICED_CAUSE",
         "SPICED_STATE",
         "SPICED_ATTEMPT",
         "SPICED_REPORT",
+        "SPICED_DIGEST",
+        "SPICED_UNCHANGED_SECS",
     ];
     crate::events::FIELDS
         .iter()

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod display;
 pub mod events;
 pub mod exit;
 pub mod failure;

@@ -30,6 +30,17 @@ fn main() -> ExitCode {
             socket,
             instance,
         }) => spiced::control::client_main(json, socket.as_deref(), instance.as_deref()),
+        Some(Command::Screenshot { socket, args }) => {
+            let (instance, file) = match args.as_slice() {
+                [i, f] if socket.is_none() => (Some(i.to_string_lossy().into_owned()), f),
+                [f] => (None, f),
+                _ => {
+                    eprintln!("spiced screenshot: give --socket PATH or INSTANCE, not both");
+                    return ExitCode::from(spiced::exit::CONFIG);
+                }
+            };
+            spiced::display::control::client_main(file, socket.as_deref(), instance.as_deref())
+        }
         None if cli.run.check => check(&cli.run),
         None => spiced::daemon::main(&cli.run),
     };

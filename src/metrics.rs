@@ -260,6 +260,17 @@ pub fn render(s: &Snapshot<'_>) -> String {
             |t| t.bytes_out,
         );
     }
+    if let Some(a) = st.agent_connected {
+        o.one(
+            "spiced_agent_connected",
+            "gauge",
+            "1 while the server says the guest agent is connected (connected only).",
+            if a { "1" } else { "0" },
+        );
+    }
+    if let Some(d) = &st.display {
+        display(&mut o, d);
+    }
     if let Some(t) = st.ticket_valid_until {
         o.one(
             "spiced_ticket_valid_until_timestamp_seconds",
@@ -277,6 +288,60 @@ pub fn render(s: &Snapshot<'_>) -> String {
         );
     }
     o.text
+}
+
+/// The display mirror's series (docs/display.md).
+fn display(o: &mut Out, d: &crate::display::screen::DisplayView) {
+    if let (Some(at), Some(age)) = (d.changed_at, d.unchanged_secs) {
+        o.one(
+            "spiced_display_changed_timestamp_seconds",
+            "gauge",
+            "When the guest's screen last changed (unix time).",
+            &secs(at),
+        );
+        o.one(
+            "spiced_display_unchanged_seconds",
+            "gauge",
+            "Seconds the guest's screen has not changed (at the last write).",
+            &secs(age),
+        );
+    }
+    if let Some(stale) = d.stale {
+        o.one(
+            "spiced_display_stale",
+            "gauge",
+            "1 once the screen has not changed for display.stale_after.",
+            if stale { "1" } else { "0" },
+        );
+    }
+    if let Some(digest) = &d.digest {
+        o.family(
+            "spiced_display_info",
+            "gauge",
+            "The frame's perceptual digest and size (always 1).",
+        );
+        o.sample(
+            "spiced_display_info",
+            &[
+                ("digest", digest),
+                ("width", &d.width.to_string()),
+                ("height", &d.height.to_string()),
+            ],
+            "1",
+        );
+    }
+    o.one(
+        "spiced_display_mirror_bytes",
+        "gauge",
+        "Bytes the display mirror holds beside the screen (off-screen surfaces, caches).",
+        &d.extra_bytes.to_string(),
+    );
+    o.by(
+        "spiced_display_skipped_total",
+        "Display messages and images the mirror did not decode or draw on this link, by kind.",
+        "what",
+        &d.skipped,
+    );
 }
 
 /// When to rewrite the file: at once after a change, at least every [`EVERY`],

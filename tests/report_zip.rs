@@ -62,6 +62,7 @@ fn input(channel: &str) -> ReportInput {
         pcap: Vec::new(),
         log_lines: vec!["2024-02-29T12:34:50.000Z  INFO spiced: linked".into()],
         secrets: vec![Secret::new(PASSWORD)],
+        last_frame_png: None,
     }
 }
 

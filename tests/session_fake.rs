@@ -28,6 +28,8 @@ enum Fault {
     CursorDropped,
     /// Main floods NOTIFY messages right after MAIN_INIT, before anything else.
     NotifyFlood,
+    /// The display channel sends hostile draw commands (see `hostile_display`).
+    HostileDisplay,
 }
 
 struct Fake {
@@ -121,6 +123,10 @@ async fn serve(
             out.extend(302u16.to_le_bytes());
             out.extend((3u32 << 30).to_le_bytes());
         }
+        ChannelType::Display if fault == Fault::HostileDisplay => {
+            out.extend(hostile_display());
+            out.extend(ping(2));
+        }
         ChannelType::Inputs if fault == Fault::TruncatedPingOnInputs => {
             out.extend(mini(4, &[1, 2, 3]));
         }
@@ -164,6 +170,130 @@ async fn serve(
     }
 }
 
+// Display messages (layouts as spice-server marshals them; src/display/wire.rs).
+
+fn surface_create(id: u32, w: u32, h: u32, primary: bool) -> Vec<u8> {
+    let mut b = Vec::new();
+    for v in [id, w, h, 32, u32::from(primary)] {
+        b.extend(v.to_le_bytes());
+    }
+    mini(314, &b)
+}
+
+fn rect(b: &mut Vec<u8>, l: i32, t: i32, r: i32, bt: i32) {
+    for v in [t, l, bt, r] {
+        b.extend(v.to_le_bytes());
+    }
+}
+
+/// The draw header: surface, box, no clip.
+fn base(surface: u32, l: i32, t: i32, r: i32, bt: i32) -> Vec<u8> {
+    let mut b = surface.to_le_bytes().to_vec();
+    rect(&mut b, l, t, r, bt);
+    b.push(0);
+    b
+}
+
+fn fill(surface: u32, l: i32, t: i32, r: i32, bt: i32, color: u32) -> Vec<u8> {
+    let mut b = base(surface, l, t, r, bt);
+    b.push(1);
+    b.extend(color.to_le_bytes());
+    b.extend(8u16.to_le_bytes());
+    b.extend([0; 13]);
+    mini(302, &b)
+}
+
+/// DRAW_COPY of a 32-bit bitmap `w` x `h` claiming `stride` bytes a row,
+/// with `data` as its pixels (maybe fewer than it claims), cached as `cache`.
+fn copy_bitmap(w: u32, h: u32, data: &[u8], cache: Option<u64>) -> Vec<u8> {
+    let mut b = base(0, 0, 0, w as i32, h as i32);
+    let img = (b.len() + 4 + 16 + 2 + 1 + 13) as u32;
+    b.extend(img.to_le_bytes());
+    rect(&mut b, 0, 0, w as i32, h as i32);
+    b.extend(8u16.to_le_bytes());
+    b.push(0);
+    b.extend([0; 13]);
+    b.extend(cache.unwrap_or(0).to_le_bytes());
+    b.push(0); // BITMAP
+    b.push(u8::from(cache.is_some())); // CACHE_ME
+    b.extend(w.to_le_bytes());
+    b.extend(h.to_le_bytes());
+    b.push(8); // 32BIT
+    b.push(4); // top-down
+    b.extend(w.to_le_bytes());
+    b.extend(h.to_le_bytes());
+    b.extend((w * 4).to_le_bytes());
+    b.extend(0u32.to_le_bytes()); // no palette
+    b.extend(data);
+    mini(304, &b)
+}
+
+/// DRAW_COPY of the cached image `id`, never defined.
+fn copy_cached(id: u64) -> Vec<u8> {
+    let mut b = base(0, 0, 0, 8, 8);
+    let img = (b.len() + 4 + 16 + 2 + 1 + 13) as u32;
+    b.extend(img.to_le_bytes());
+    rect(&mut b, 0, 0, 8, 8);
+    b.extend(8u16.to_le_bytes());
+    b.push(0);
+    b.extend([0; 13]);
+    b.extend(id.to_le_bytes());
+    b.push(103); // FROM_CACHE
+    b.push(0);
+    b.extend(8u32.to_le_bytes());
+    b.extend(8u32.to_le_bytes());
+    mini(304, &b)
+}
+
+/// A display channel out to hurt: a primary surface too large to exist,
+/// draws far outside the screen, on a surface never created, from a cache id
+/// never defined, a truncated image, an image claiming 4096 x 4096 pixels
+/// it does not carry, 200 off-screen surfaces of 256 KiB, 100 images of
+/// 64 KiB to cache, 100 video streams and a garbage video frame; then one
+/// good fill.
+fn hostile_display() -> Vec<u8> {
+    let mut out = surface_create(0, 100_000, 100_000, true);
+    out.extend(surface_create(0, 640, 480, true));
+    out.extend(fill(0, -1_000_000_000, -5, 1_000_000_000, 5, 0x00ff00));
+    out.extend(fill(0, i32::MIN, i32::MIN, i32::MAX, i32::MAX, 0x000010));
+    out.extend(fill(77, 0, 0, 10, 10, 0xffffff));
+    out.extend(copy_cached(0xdead));
+    out.extend(copy_bitmap(64, 64, &[0x55; 1000], None));
+    out.extend(copy_bitmap(4096, 4096, &[1; 64], None));
+    for id in 1..=200 {
+        out.extend(surface_create(id, 256, 256, false));
+    }
+    for id in 1..=100u64 {
+        out.extend(copy_bitmap(
+            128,
+            128,
+            &vec![id as u8; 128 * 128 * 4],
+            Some(id),
+        ));
+    }
+    for id in 0..100u32 {
+        let mut b = 0u32.to_le_bytes().to_vec();
+        b.extend(id.to_le_bytes());
+        b.push(1); // top-down
+        b.push(1); // MJPEG
+        b.extend([0u8; 24]); // stamp, width, height, src_width, src_height
+        let mut d = Vec::new();
+        rect(&mut d, 0, 0, 64, 64);
+        b.extend(d);
+        b.push(0);
+        out.extend(mini(122, &b));
+    }
+    let mut data = 5u32.to_le_bytes().to_vec();
+    data.extend(0u32.to_le_bytes());
+    data.extend(16u32.to_le_bytes());
+    data.extend([
+        0xff, 0xd8, 0xff, 0x00, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+    ]);
+    out.extend(mini(123, &data));
+    out.extend(fill(0, 10, 10, 20, 20, 0xff0000));
+    out
+}
+
 impl Connector for Fake {
     fn connect(&self, target: Target) -> ConnectFuture<'_> {
         let (c, s) = tokio::io::duplex(1 << 16);
@@ -197,6 +327,14 @@ fn key() -> Vec<u8> {
 }
 
 fn ctx(fault: Fault, cfg: Config) -> (SessionCtx, Arc<Fake>) {
+    ctx_with_screen(fault, cfg, spiced::display::screen::Screen::off())
+}
+
+fn ctx_with_screen(
+    fault: Fault,
+    cfg: Config,
+    screen: spiced::display::screen::Screen,
+) -> (SessionCtx, Arc<Fake>) {
     let fake = Arc::new(Fake {
         key_der: key(),
         fault,
@@ -220,6 +358,7 @@ fn ctx(fault: Fault, cfg: Config) -> (SessionCtx, Arc<Fake>) {
         generation: 1,
         traffic: Default::default(),
         adopted: None,
+        screen,
     };
     (c, fake)
 }
@@ -644,4 +783,67 @@ async fn links_ahead_of_a_migration_fail_when_main_cannot_link() {
     c.settings = Arc::new(s);
     let r = session::prelink(c, 0x1234, vec![], soon()).await;
     assert!(r.is_err());
+}
+
+/// The display channel sends hostile draw commands: every one is clipped or
+/// refused and counted, the channel and the session go on, the good draw
+/// after them lands, and the mirror holds no more than its caps (its own
+/// accounting: off-screen surfaces and caches beside the 640 x 480 screen).
+#[tokio::test]
+async fn hostile_draw_commands_are_clipped_refused_and_counted() {
+    let cfg = Config::default();
+    let screen = spiced::display::screen::Screen::on(cfg.display.limits(), None);
+    let (c, _) = ctx_with_screen(Fault::HostileDisplay, cfg.clone(), screen.clone());
+    let (run, mut rx, stop) = start(c);
+    assert_eq!(wait_all_up(&mut rx).await, 4);
+    // The good fill, last, landed.
+    let mut shot = None;
+    for _ in 0..500 {
+        shot = screen
+            .shot()
+            .filter(|s| s.frame.px.get(15 * 640 + 15) == Some(&0xff0000));
+        if shot.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let shot = shot.expect("the good fill after the hostile ones");
+    assert_eq!((shot.frame.width, shot.frame.height), (640, 480));
+    // The fill of "everything" was clipped to the screen; the cached images
+    // were drawn at the top left.
+    assert_eq!(shot.frame.px[300 * 640 + 300], 0x000010);
+    assert_eq!(shot.frame.px[0], 0x646464);
+    let v = screen.view().unwrap();
+    eprintln!("hostile display: {v:?}");
+    for key in [
+        "surface_create: over the cap",
+        "fill: missing target surface",
+        "copy: missing cached image",
+        "copy: malformed",
+        "stream_create: over the cap",
+        "stream_data: malformed",
+    ] {
+        assert!(
+            v.skipped.contains_key(key),
+            "{key} not counted: {:?}",
+            v.skipped
+        );
+    }
+    let caps = cfg.display.offscreen_kib * 1024 + cfg.display.cache_kib * 1024 * 3 / 2;
+    assert!(
+        v.extra_bytes as usize <= caps,
+        "{} bytes beside the screen, cap {caps}",
+        v.extra_bytes
+    );
+    assert!(v.extra_bytes > 0, "the caches were used up to their caps");
+    // Nothing was lost.
+    stop.send(Stop::Polite).unwrap();
+    let end = run.await.unwrap();
+    assert_eq!(end.failure, None);
+    while let Ok(ev) = rx.try_recv() {
+        assert!(
+            !matches!(ev, SessionEvent::ChannelLost { .. }),
+            "a channel was lost: {ev:?}"
+        );
+    }
 }

@@ -101,11 +101,46 @@ pub struct Channel {
     tap: Option<Arc<dyn CaptureSink>>,
     /// The framing negotiated at link time (for the capture tap).
     header: HeaderKind,
+    /// Display only, with `[display] mirror`: every message goes to the mirror.
+    display: Option<Arc<dyn crate::display::screen::DisplaySink>>,
+}
+
+/// What a display channel needs to feed the display mirror.
+pub struct MirrorLink {
+    pub sink: Arc<dyn crate::display::screen::DisplaySink>,
+    /// DISPLAY_INIT's sizes, in pixels.
+    pub pixmap_cache: i64,
+    pub glz_window: i32,
+    /// The server advertises PREF_COMPRESSION: ask for LZ.
+    pub prefer_lz: bool,
 }
 
 impl Channel {
     /// A freshly linked channel. `now` is time since session start.
     pub fn new(id: ChannelId, header: HeaderKind, cfg: &KeepaliveConfig, now: Duration) -> Self {
+        Self::build(id, header, cfg, now, None)
+    }
+
+    /// A display channel feeding the display mirror: DISPLAY_INIT carries the
+    /// mirror's cache sizes, and LZ is asked for when the server takes a
+    /// preference.
+    pub fn with_mirror(
+        id: ChannelId,
+        header: HeaderKind,
+        cfg: &KeepaliveConfig,
+        now: Duration,
+        mirror: MirrorLink,
+    ) -> Self {
+        Self::build(id, header, cfg, now, Some(mirror))
+    }
+
+    fn build(
+        id: ChannelId,
+        header: HeaderKind,
+        cfg: &KeepaliveConfig,
+        now: Duration,
+        mirror: Option<MirrorLink>,
+    ) -> Self {
         let backstop =
             (id.ty == ChannelType::Main).then(|| Backstop::new(secs(cfg.main_timeout_secs), now));
         let mut ch = Channel {
@@ -128,10 +163,23 @@ impl Channel {
             },
             tap: None,
             header,
+            display: None,
         };
         if id.ty == ChannelType::Display {
             // Without it the server blocks its display worker, then drops us.
-            ch.queue(ClientMsg::DisplayInit);
+            match mirror {
+                None => ch.queue(ClientMsg::DisplayInit),
+                Some(m) => {
+                    ch.queue(ClientMsg::DisplayInitSized {
+                        pixmap_cache: m.pixmap_cache,
+                        glz_window: m.glz_window,
+                    });
+                    if m.prefer_lz {
+                        ch.queue(ClientMsg::PreferredCompression(msg::IMAGE_COMPRESSION_LZ));
+                    }
+                    ch.display = Some(m.sink);
+                }
+            }
         }
         ch
     }
@@ -177,6 +225,9 @@ impl Channel {
         self.counters.messages_in += 1;
         if let Some(tap) = &self.tap {
             tap.message(self.id, Direction::ToClient, now, self.header, &frame.bytes);
+        }
+        if let Some(d) = &self.display {
+            d.message(frame.msg_type, frame.body(), now);
         }
         if let Some(k) = self.last_keepalive {
             if now.saturating_sub(k) <= KEEPALIVE_REPLY_WINDOW
@@ -245,8 +296,12 @@ impl Channel {
         Ok(())
     }
 
-    /// Timers: the keepalive and (on main) the backstop.
+    /// Timers: the keepalive, (on main) the backstop, (on display with the
+    /// mirror) the stale-screen check.
     pub fn handle_timeout(&mut self, now: Duration) -> Result<(), ChannelError> {
+        if let Some(d) = &self.display {
+            d.tick(now);
+        }
         if let Some(silent) = self.backstop.as_ref().and_then(|b| b.expired(now)) {
             return Err(ChannelError::KeepaliveTimeout { silent });
         }
@@ -290,6 +345,7 @@ impl Channel {
             self.idle.deadline(),
             self.backstop.as_ref().and_then(Backstop::deadline),
             self.probe_at(),
+            self.display.as_ref().and_then(|d| d.deadline()),
         ]
         .into_iter()
         .flatten()

@@ -303,3 +303,95 @@ proptest::proptest! {
         }
     }
 }
+
+/// With the display mirror, DISPLAY_INIT carries its sizes, LZ is asked for
+/// when the server takes a preference, and every display message reaches the
+/// mirror; without it, the bytes are today's.
+#[test]
+fn display_channel_feeds_the_mirror() {
+    use crate::display::screen::Screen;
+    let id = ChannelId::new(ChannelType::Display, 0);
+    let mut plain = Channel::new(id, HeaderKind::Mini, &cfg(15.0, 0.0), S(0));
+    let init = plain.poll_transmit(S(0)).unwrap();
+    assert_eq!(init.len(), 20);
+    assert!(plain.poll_transmit(S(0)).is_none());
+
+    let screen = Screen::on(crate::display::Limits::default(), None);
+    let feed = std::sync::Arc::new(screen.attach(tokio::time::Instant::now()).unwrap());
+    let mut ch = Channel::with_mirror(
+        id,
+        HeaderKind::Mini,
+        &cfg(15.0, 0.0),
+        S(0),
+        super::MirrorLink {
+            sink: feed,
+            pixmap_cache: 1000,
+            glz_window: 500,
+            prefer_lz: true,
+        },
+    );
+    let init = ch.poll_transmit(S(0)).unwrap();
+    assert_eq!(&init[..7], &[101, 0, 14, 0, 0, 0, 1]);
+    assert_eq!(&init[7..15], &1000i64.to_le_bytes());
+    assert_eq!(&init[16..20], &500i32.to_le_bytes());
+    assert_eq!(ch.poll_transmit(S(0)).unwrap(), vec![103, 0, 1, 0, 0, 0, 6]);
+    let body = crate::display::tests::surface_create(0, 4, 4, true);
+    let mut msg = 314u16.to_le_bytes().to_vec();
+    msg.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    msg.extend_from_slice(&body);
+    ch.on_bytes(&msg, S(1)).unwrap();
+    assert_eq!(screen.shot().unwrap().frame.width, 4);
+}
+
+/// With `display.stale_after`, the display channel's one extra deadline is
+/// the stale check (none before a frame, none without the option), and its
+/// timer runs it.
+#[test]
+fn the_stale_check_is_the_display_channels_deadline() {
+    use crate::display::screen::Screen;
+    let id = ChannelId::new(ChannelType::Display, 0);
+    let msg = |ty: u16, body: Vec<u8>| {
+        let mut m = ty.to_le_bytes().to_vec();
+        m.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        m.extend_from_slice(&body);
+        m
+    };
+    for stale_after in [None, Some(S(5))] {
+        let screen = Screen::on(crate::display::Limits::default(), stale_after);
+        let start = tokio::time::Instant::now();
+        let feed = std::sync::Arc::new(screen.attach(start).unwrap());
+        let mut ch = Channel::with_mirror(
+            id,
+            HeaderKind::Mini,
+            &cfg(15.0, 0.0),
+            S(0),
+            super::MirrorLink {
+                sink: feed,
+                pixmap_cache: 1000,
+                glz_window: 500,
+                prefer_lz: false,
+            },
+        );
+        while ch.poll_transmit(S(0)).is_some() {}
+        assert_eq!(ch.poll_timeout(), Some(S(15)), "keepalive only");
+        let create = crate::display::tests::surface_create(0, 4, 4, true);
+        ch.on_bytes(&msg(314, create), S(1)).unwrap();
+        let fill = crate::display::tests::fill(0, 0, 0, 2, 2, 0xff);
+        ch.on_bytes(&msg(302, fill), S(2)).unwrap();
+        match stale_after {
+            None => assert_eq!(ch.poll_timeout(), Some(S(15))),
+            Some(_) => {
+                // The new surface's repaint time (2 s) ends at 3 s: the
+                // drawing is looked at then, and the stale check is 5 s
+                // after the fill.
+                assert_eq!(ch.poll_timeout(), Some(S(3)));
+                ch.handle_timeout(S(3)).unwrap();
+                assert_eq!(ch.poll_timeout(), Some(S(7)));
+                ch.handle_timeout(S(7)).unwrap();
+                let v = screen.view_at(start + S(7), 0.0).unwrap();
+                assert_eq!(v.stale, Some(true));
+                assert_eq!(ch.poll_timeout(), Some(S(15)), "stale: keepalive only");
+            }
+        }
+    }
+}

@@ -180,6 +180,14 @@ pub fn human(v: &serde_json::Value) -> String {
             let _ = writeln!(o, "  next attempt: {w}");
         }
     }
+    if let Some(a) = v["agent_connected"].as_bool() {
+        let _ = writeln!(
+            o,
+            "  guest agent:  {}",
+            if a { "connected" } else { "not connected" }
+        );
+    }
+    crate::display::control::human_display(&mut o, &v["display"], now);
     let _ = writeln!(o, "  reconnects:   {}", v["reconnects"]);
     if let Some(d) = v["last_disconnect"].as_object() {
         let f = |k: &str| esc(d.get(k).and_then(|x| x.as_str()).unwrap_or("?"));

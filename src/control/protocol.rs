@@ -49,6 +49,7 @@ pub enum Request {
     Status,
     Subscribe,
     Reconnect,
+    Screenshot,
     Bad(String),
 }
 
@@ -62,8 +63,9 @@ pub(super) fn parse_request(line: &str) -> Request {
             "status" => Request::Status,
             "subscribe" => Request::Subscribe,
             "reconnect" => Request::Reconnect,
+            "screenshot" => Request::Screenshot,
             other => Request::Bad(format!(
-                "unknown cmd {:?} (status, subscribe, reconnect)",
+                "unknown cmd {:?} (status, subscribe, reconnect, screenshot)",
                 crate::text::printable(other)
             )),
         },

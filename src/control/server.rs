@@ -32,6 +32,8 @@ pub struct ServerCtx {
     pub hub: Hub,
     /// `reconnect` requests into the daemon loop.
     pub reconnect: mpsc::Sender<()>,
+    /// What `screenshot` reads (the display mirror; off: an error answer).
+    pub screen: crate::display::screen::Screen,
 }
 
 /// Checks the socket path and binds it with mode 0600. The rules
@@ -221,6 +223,7 @@ async fn connection(stream: UnixStream, ctx: ServerCtx) {
                 stream_to(rx, r, w).await;
                 return;
             }
+            Request::Screenshot => crate::display::control::screenshot_line(&ctx.screen).await,
             Request::Bad(e) => error_line(&e),
         };
         if send(&mut w, &reply).await.is_err() {
@@ -230,7 +233,9 @@ async fn connection(stream: UnixStream, ctx: ServerCtx) {
 }
 
 fn current_status(ctx: &ServerCtx) -> String {
-    let st = ctx.status.borrow().clone();
+    let mut st = (*ctx.status.borrow().clone()).clone();
+    // Live: when the screen last changed is read now, not at the last change.
+    st.display = ctx.screen.view();
     status_line(&ctx.instance, &st, crate::time::unix_now())
 }
 

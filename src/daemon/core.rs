@@ -261,6 +261,8 @@ struct Running {
     connected: bool,
     start_unix: f64,
     channels: BTreeMap<ChannelId, ChanState>,
+    /// The guest agent is connected (None: the server has not said yet).
+    agent: Option<bool>,
 }
 
 /// A report granted at a disconnect, before it is built.
@@ -739,6 +741,7 @@ impl DaemonCore {
             SessionEvent::ChannelUp { channel, .. } => {
                 run.channels.insert(channel, ChanState::Up);
             }
+            SessionEvent::Agent { connected } => run.agent = Some(connected),
             SessionEvent::ChannelLost {
                 channel,
                 failure,
@@ -1135,6 +1138,7 @@ impl DaemonCore {
             connected: false,
             start_unix: now.unix,
             channels: BTreeMap::new(),
+            agent: None,
         });
         self.effects.push_back(Effect::StartSession {
             generation: self.generation,
@@ -1215,6 +1219,8 @@ impl DaemonCore {
             last_disconnect: self.obs.last_disconnect.clone(),
             ticket_valid_until: self.sup.ticket_valid_until(),
             counts: self.obs.counts.clone(),
+            agent_connected: run.and_then(|r| r.agent),
+            display: None,
         }
     }
 

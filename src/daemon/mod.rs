@@ -166,6 +166,8 @@ struct Shell {
     pending_start: Option<PendingStart>,
     /// Live traffic totals every session adds to (metrics).
     traffic: crate::channel::counters::Traffic,
+    /// The display mirror's screen; outlives sessions (the last frame).
+    screen: crate::display::screen::Screen,
     /// What `status` answers; sent on every change.
     status_tx: watch::Sender<Arc<status::Status>>,
     /// The metrics file and when to write it.
@@ -202,6 +204,12 @@ pub async fn run(
     }));
     // The control socket first: a path that cannot be used is a config error.
     let (reconnect_tx, mut reconnect_rx) = mpsc::channel::<()>(4);
+    let screen = if config.display.mirror {
+        crate::display::screen::Screen::on(config.display.limits(), config.display.stale_after())
+    } else {
+        crate::display::screen::Screen::off()
+    };
+    let _dashboard = crate::display::dashboard::start(&screen, &config.display);
     let _control = match &config.control.socket {
         Some(path) => match crate::control::bind(path) {
             Ok(listener) => {
@@ -210,6 +218,7 @@ pub async fn run(
                     status: status_rx,
                     hub: env.hub.clone(),
                     reconnect: reconnect_tx,
+                    screen: screen.clone(),
                 };
                 info!("control socket listening on {}", path.display());
                 Some(ControlGuard {
@@ -237,6 +246,7 @@ pub async fn run(
         stamp: None,
         pending_start: None,
         traffic: Default::default(),
+        screen,
         status_tx,
         metrics: config.metrics.textfile.clone().map(|p| MetricsFile {
             path: Arc::new(p),
@@ -389,9 +399,13 @@ impl Shell {
         if last.as_ref() != Some(&st) {
             let now = crate::time::unix_now();
             if self.env.hub.subscribers() > 0 {
-                self.env
-                    .hub
-                    .publish(crate::control::status_line(&self.env.instance, &st, now));
+                let mut pushed = st.clone();
+                pushed.display = self.screen.view();
+                self.env.hub.publish(crate::control::status_line(
+                    &self.env.instance,
+                    &pushed,
+                    now,
+                ));
             }
             self.status_tx.send_replace(Arc::new(st.clone()));
             if let Some(m) = &mut self.metrics {
@@ -410,7 +424,8 @@ impl Shell {
             return;
         }
         let traffic = self.traffic.snapshot();
-        let status = self.status_tx.borrow().clone();
+        let mut status = (*self.status_tx.borrow().clone()).clone();
+        status.display = self.screen.view();
         let text = crate::metrics::render(&crate::metrics::Snapshot {
             instance: &self.env.instance,
             version: env!("CARGO_PKG_VERSION"),
@@ -573,7 +588,10 @@ impl Shell {
                 });
                 self.refresh_job = Some(job.abort_handle());
             }
-            Effect::WriteReport(job) => {
+            Effect::WriteReport(mut job) => {
+                if self.config.display.report_last_frame {
+                    job.last_frame = self.screen.shot();
+                }
                 let capture = self
                     .sessions
                     .get(&job.generation)
@@ -674,6 +692,7 @@ impl Shell {
             generation,
             traffic: self.traffic.clone(),
             adopted: None,
+            screen: self.screen.clone(),
         }
     }
 

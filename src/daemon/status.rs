@@ -35,6 +35,13 @@ pub struct Status {
     /// The ticket's `ticket-valid-until`.
     pub ticket_valid_until: Option<i64>,
     pub counts: Counts,
+    /// Whether the guest agent is connected (connected only; None before
+    /// the server said).
+    pub agent_connected: Option<bool>,
+    /// The display mirror's screen (None: mirror off). Live: not built by
+    /// the core but filled in by each reader (the control socket, the
+    /// metrics file) from the shared screen when it reads.
+    pub display: Option<crate::display::screen::DisplayView>,
 }
 
 /// The last established session that was lost.

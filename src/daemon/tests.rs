@@ -794,6 +794,9 @@ async fn status_while_connecting_connected_pending_and_waiting() {
         (Some(UNIX0 + 2.0), Some(UNIX0 + 2.0))
     );
     assert_eq!((st.channels_up, st.channels_total), (3, 3));
+    assert_eq!(st.agent_connected, None, "the server has not said");
+    h.event(SessionEvent::Agent { connected: true });
+    assert_eq!(h.core.status().agent_connected, Some(true));
     // A channel other than main is lost: degraded, counted.
     h.event(SessionEvent::ChannelLost {
         channel: ChannelId::new(ChannelType::Usbredir, 1),
@@ -820,6 +823,7 @@ async fn status_while_connecting_connected_pending_and_waiting() {
     assert_eq!(st.since, Some(UNIX0 + 10.0));
     assert_eq!(st.next_attempt_at, Some(UNIX0 + 11.0));
     assert_eq!((st.established, st.channels_up), (None, 0));
+    assert_eq!(st.agent_connected, None, "no session: unknown");
     let d = st.last_disconnect.clone().unwrap();
     assert_eq!(
         (d.at, d.channel.as_str(), d.cause.as_str()),

@@ -20,6 +20,9 @@ pub mod channel_cap {
     pub const MAIN_SEMI_SEAMLESS_MIGRATE: u32 = 0;
     /// SPICE_MAIN_CAP_NAME_AND_UUID: the server sends the VM's name and UUID.
     pub const MAIN_NAME_AND_UUID: u32 = 1;
+    /// SPICE_DISPLAY_CAP_PREF_COMPRESSION (a server cap spiced checks, never
+    /// advertises): the server takes DISPLAY_PREFERRED_COMPRESSION.
+    pub const DISPLAY_PREF_COMPRESSION: u32 = 6;
 }
 
 pub use crate::tap::LinkRecord;

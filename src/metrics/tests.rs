@@ -35,6 +35,20 @@ fn status() -> Status {
             reports_skipped: 1,
             reports_failed: 0,
         },
+        agent_connected: Some(true),
+        display: Some(crate::display::screen::DisplayView {
+            width: 1024,
+            height: 768,
+            changed_at: Some(1_800_000_105.25),
+            unchanged_secs: Some(60.25),
+            digest: Some("0f0f00ff12345678".into()),
+            stale: Some(true),
+            linked: true,
+            draws: 10,
+            stream_frames: 0,
+            extra_bytes: 4096,
+            skipped: BTreeMap::from([("copy: not decoded: quic".into(), 3)]),
+        }),
     }
 }
 
@@ -108,6 +122,27 @@ spiced_channel_received_bytes_total{spiced_instance="kiosk-1",channel="display"}
 # TYPE spiced_channel_sent_bytes_total counter
 spiced_channel_sent_bytes_total{spiced_instance="kiosk-1",channel="main"} 200
 spiced_channel_sent_bytes_total{spiced_instance="kiosk-1",channel="display"} 4096
+# HELP spiced_agent_connected 1 while the server says the guest agent is connected (connected only).
+# TYPE spiced_agent_connected gauge
+spiced_agent_connected{spiced_instance="kiosk-1"} 1
+# HELP spiced_display_changed_timestamp_seconds When the guest's screen last changed (unix time).
+# TYPE spiced_display_changed_timestamp_seconds gauge
+spiced_display_changed_timestamp_seconds{spiced_instance="kiosk-1"} 1800000105.250
+# HELP spiced_display_unchanged_seconds Seconds the guest's screen has not changed (at the last write).
+# TYPE spiced_display_unchanged_seconds gauge
+spiced_display_unchanged_seconds{spiced_instance="kiosk-1"} 60.250
+# HELP spiced_display_stale 1 once the screen has not changed for display.stale_after.
+# TYPE spiced_display_stale gauge
+spiced_display_stale{spiced_instance="kiosk-1"} 1
+# HELP spiced_display_info The frame's perceptual digest and size (always 1).
+# TYPE spiced_display_info gauge
+spiced_display_info{spiced_instance="kiosk-1",digest="0f0f00ff12345678",width="1024",height="768"} 1
+# HELP spiced_display_mirror_bytes Bytes the display mirror holds beside the screen (off-screen surfaces, caches).
+# TYPE spiced_display_mirror_bytes gauge
+spiced_display_mirror_bytes{spiced_instance="kiosk-1"} 4096
+# HELP spiced_display_skipped_total Display messages and images the mirror did not decode or draw on this link, by kind.
+# TYPE spiced_display_skipped_total counter
+spiced_display_skipped_total{spiced_instance="kiosk-1",what="copy: not decoded: quic"} 3
 # HELP spiced_ticket_valid_until_timestamp_seconds The ticket's ticket-valid-until (unix time).
 # TYPE spiced_ticket_valid_until_timestamp_seconds gauge
 spiced_ticket_valid_until_timestamp_seconds{spiced_instance="kiosk-1"} 1800003600
@@ -180,6 +215,8 @@ fn optional_series_are_absent_when_unknown_and_labels_are_escaped() {
         "spiced_keepalives_sent_total",
         "spiced_ticket_valid_until",
         "spiced_last_disconnect",
+        "spiced_agent_connected",
+        "spiced_display",
     ] {
         assert!(!out.contains(absent), "{absent} in:\n{out}");
     }

@@ -61,6 +61,8 @@ pub struct ReportJob {
     pub file_name: String,
     /// The disconnect's wall-clock time: the report's `time` and file name.
     pub wall: SystemTime,
+    /// The display mirror's last frame (set by the shell when reports carry it).
+    pub last_frame: Option<crate::display::screen::Shot>,
 }
 
 /// What the disconnect was and where the daemon stands.
@@ -131,6 +133,7 @@ impl ReportJob {
             report_config: f.config.report.clone(),
             file_name: f.file_name,
             wall: f.wall,
+            last_frame: None,
         }
     }
 
@@ -142,8 +145,29 @@ impl ReportJob {
                 c.to_pcap(self.server_port, self.start_unix)
             })
             .unwrap_or_default();
+        let mut cause = self.cause;
+        // Encoded here, off the event loop (the writer runs on a blocking thread).
+        let last_frame_png = self.last_frame.as_ref().and_then(|shot| {
+            let png = shot.frame.png().ok()?;
+            let wall = self
+                .wall
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            cause.last_frame = Some(super::cause::LastFrame {
+                file: super::writer::LAST_FRAME_ENTRY.into(),
+                width: shot.frame.width,
+                height: shot.frame.height,
+                drawn_at: shot.changed_at_unix.map(|t| {
+                    crate::time::Utc::from_system(crate::time::unix_to_system(t)).rfc3339_millis()
+                }),
+                drawn_secs_before: shot.changed_at_unix.map(|t| (wall - t).max(0.0)),
+                digest: shot.frame.digest(),
+            });
+            Some(png)
+        });
         ReportInput {
-            cause: self.cause,
+            last_frame_png,
+            cause,
             session: serde_json::to_value(&self.session).unwrap_or_default(),
             pcap,
             log_lines,

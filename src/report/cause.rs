@@ -43,6 +43,24 @@ pub struct DisconnectCause {
     pub reconnect_state: String,
     /// Disconnects since the previous report that the cooldown did not report.
     pub reports_skipped_since_last: u32,
+    /// The display mirror's last frame is in the zip as `last-frame.png`
+    /// (absent: mirror off, `display.report_last_frame = false`, or no frame).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_frame: Option<LastFrame>,
+}
+
+/// What `last-frame.png` shows.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LastFrame {
+    pub file: String,
+    pub width: u32,
+    pub height: u32,
+    /// When the screen was last drawn, RFC 3339 UTC (None: never drawn).
+    pub drawn_at: Option<String>,
+    /// Seconds between that and the report.
+    pub drawn_secs_before: Option<f64>,
+    /// The frame's perceptual digest (docs/display.md).
+    pub digest: String,
 }
 
 impl DisconnectCause {
@@ -66,6 +84,7 @@ impl DisconnectCause {
             auto_reconnect_count: 0,
             reconnect_state: String::new(),
             reports_skipped_since_last: 0,
+            last_frame: None,
         }
     }
 }

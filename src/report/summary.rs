@@ -189,6 +189,28 @@ pub fn format_summary(name: &str, v: &Value) -> String {
             "  skipped:    {n} earlier disconnect(s) not reported (cooldown)"
         );
     }
+    if let Some(f) = v.get("last_frame").and_then(Value::as_object) {
+        let g = |k: &str| f.get(k).and_then(Value::as_str).unwrap_or("?").to_string();
+        let n = |k: &str| f.get(k).and_then(Value::as_u64).unwrap_or(0);
+        let drawn = match (
+            f.get("drawn_at").and_then(Value::as_str),
+            f.get("drawn_secs_before").and_then(Value::as_f64),
+        ) {
+            (Some(at), Some(d)) => format!(
+                "last drawn {at}, {} before the disconnect",
+                human_duration(d)
+            ),
+            _ => "never drawn".into(),
+        };
+        let _ = writeln!(
+            out,
+            "  screen:     {} ({}x{}), {drawn}; digest {}",
+            g("file"),
+            n("width"),
+            n("height"),
+            g("digest")
+        );
+    }
     match (
         s("spiced_version"),
         v.get("schema_version").and_then(Value::as_u64),

@@ -29,6 +29,7 @@ pub const CAUSE_ENTRY: &str = "disconnect-cause.json";
 pub const SESSION_ENTRY: &str = "session.json";
 pub const PCAP_ENTRY: &str = "traffic.pcap";
 pub const LOG_ENTRY: &str = "log.txt";
+pub const LAST_FRAME_ENTRY: &str = "last-frame.png";
 
 /// Where reports go when neither `--spool` nor `report.spool_dir` is set and
 /// systemd gave no STATE_DIRECTORY.
@@ -47,6 +48,8 @@ pub struct ReportInput {
     pub log_lines: Vec<String>,
     /// Strings that must not appear in any entry (password, ticket, ...).
     pub secrets: Vec<Secret>,
+    /// `last-frame.png` (the display mirror's last frame), if any.
+    pub last_frame_png: Option<Vec<u8>>,
 }
 
 /// `--spool DIR`, else `report.spool_dir`, else `$STATE_DIRECTORY/reports` (the
@@ -237,6 +240,9 @@ fn build_entries(
         log.push('\n');
     }
     entries.push((LOG_ENTRY, redact::scrub_text(log.into_bytes(), &pats)));
+    if let Some(png) = &input.last_frame_png {
+        entries.push((LAST_FRAME_ENTRY, png.clone()));
+    }
     Ok(entries)
 }
 

@@ -70,6 +70,7 @@ fn is_lifecycle(ev: &ChannelEvent) -> bool {
     matches!(
         ev,
         ChannelEvent::MainInit(_)
+            | ChannelEvent::AgentConnected(_)
             | ChannelEvent::ChannelsList(_)
             | ChannelEvent::ServerDisconnecting { .. }
             | ChannelEvent::MigrateSwitchHost(_)
@@ -195,7 +196,27 @@ pub(super) async fn run(
         },
     });
 
-    let mut state = Channel::new(ch, linked.header, &ctx.config.keepalive, ctx.now());
+    let feed = (ch.ty == crate::wire::ChannelType::Display && ch.id == 0)
+        .then(|| ctx.screen.attach(ctx.start))
+        .flatten()
+        .map(Arc::new);
+    let mut state = match (&feed, ctx.screen.limits()) {
+        (Some(f), Some(l)) => Channel::with_mirror(
+            ch,
+            linked.header,
+            &ctx.config.keepalive,
+            ctx.now(),
+            crate::channel::MirrorLink {
+                sink: f.clone(),
+                pixmap_cache: l.pixmap_cache_pixels(),
+                glz_window: l.glz_window_pixels(),
+                prefer_lz: linked
+                    .server_channel_caps
+                    .has(crate::link::handshake::channel_cap::DISPLAY_PREF_COMPRESSION),
+            },
+        ),
+        _ => Channel::new(ch, linked.header, &ctx.config.keepalive, ctx.now()),
+    };
     if let Some(c) = &ctx.capture {
         state.set_tap(c.clone());
     }
@@ -294,6 +315,9 @@ pub(super) async fn run(
         None => "local_shutdown",
     };
     state.mark_closed(ctx.now(), reason);
+    if let Some(f) = &feed {
+        f.end();
+    }
     traffic.publish(state.counters());
     if let Some(c) = &ctx.capture {
         c.closed(ch);

@@ -42,6 +42,11 @@ pub enum SessionEvent {
         channel: ChannelId,
         tls: bool,
     },
+    /// Whether the guest agent is connected (after `Connected`, then on
+    /// every change).
+    Agent {
+        connected: bool,
+    },
     /// An optional channel was lost; the session carries on without it.
     /// `relink_in`: when it is tried again (None: it stays down, see `ChannelDown`).
     ChannelLost {
@@ -232,6 +237,8 @@ pub struct SessionCtx {
     pub traffic: crate::channel::counters::Traffic,
     /// Links made at a migration target for this session to run over.
     pub adopted: Option<Arc<Adopted>>,
+    /// The display mirror's screen (off: [`crate::display::screen::Screen::off`]).
+    pub screen: crate::display::screen::Screen,
 }
 
 impl SessionCtx {

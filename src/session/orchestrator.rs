@@ -118,6 +118,8 @@ pub struct Orchestrator {
     /// Wall clock at the session's start (ticket expiry only).
     start_unix: f64,
     session_id: Option<u32>,
+    /// Whether the guest agent is connected, as the server last said.
+    agent: Option<bool>,
     listed: bool,
     slots: BTreeMap<ChannelId, Slot>,
     info: SessionInfo,
@@ -151,6 +153,7 @@ impl Orchestrator {
             ticket,
             start_unix,
             session_id: None,
+            agent: None,
             listed: false,
             slots: BTreeMap::new(),
             info: SessionInfo::default(),
@@ -272,6 +275,29 @@ impl Orchestrator {
         self.check_settled();
     }
 
+    /// The server said whether the guest agent is connected (MAIN_INIT,
+    /// MAIN_AGENT_CONNECTED[_TOKENS], MAIN_AGENT_DISCONNECTED): logged and
+    /// told on a change only.
+    fn on_agent(&mut self, connected: bool) {
+        if self.agent.replace(connected) == Some(connected) {
+            return;
+        }
+        if connected {
+            info!(
+                session = self.generation,
+                message_id = events::AGENT_CONNECTED,
+                "guest agent connected"
+            );
+        } else {
+            info!(
+                session = self.generation,
+                message_id = events::AGENT_DISCONNECTED,
+                "guest agent not connected"
+            );
+        }
+        self.emit(SessionEvent::Agent { connected });
+    }
+
     /// What a channel's state machine said.
     pub fn on_event(&mut self, ch: ChannelId, ev: ChannelEvent) {
         if self.finished || self.ending.is_some() {
@@ -293,6 +319,7 @@ impl Orchestrator {
                 self.emit(SessionEvent::Connected {
                     session_id: init.session_id,
                 });
+                self.on_agent(init.agent_connected != 0);
             }
             ChannelEvent::ChannelsList(list) => self.on_list(list),
             ChannelEvent::Name(n) => {
@@ -311,10 +338,9 @@ impl Orchestrator {
                 debug!("mouse mode {current} (supported mask {supported:#x})");
             }
             ChannelEvent::AgentConnected(c) => {
-                info!(
-                    "guest agent {}",
-                    if c { "connected" } else { "disconnected" }
-                );
+                if self.session_id.is_some() {
+                    self.on_agent(c);
+                }
             }
             ChannelEvent::Notify { severity, message } => {
                 info!(channel = %ch, "server notice (severity {severity}): {}", crate::text::printable(&message));

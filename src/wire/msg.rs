@@ -53,19 +53,36 @@ pub mod client {
     /// session here (the target answers with MAIN_INIT).
     pub const MAIN_MIGRATE_END: u16 = 109;
     pub const DISPLAY_INIT: u16 = 101;
+    /// spice-server 0.15 accepts any value (an unknown one only warns) and any
+    /// number of them; spiced sends one, and only when the server advertises
+    /// `PREF_COMPRESSION`.
+    pub const DISPLAY_PREFERRED_COMPRESSION: u16 = 103;
 }
+
+/// `SPICE_IMAGE_COMPRESSION_LZ`: what the display mirror asks for.
+pub const IMAGE_COMPRESSION_LZ: u8 = 6;
 
 /// The client message types spiced may emit on a channel. Everything else is
 /// refused by [`Writer`], whatever the caller asks.
 pub fn allowed(channel: ChannelType, msg_type: u16) -> bool {
+    // Channel-specific numbers overlap (103 is MIGRATE_CONNECT_ERROR on main,
+    // PREFERRED_COMPRESSION on display): decide per channel.
     match msg_type {
         client::ACK_SYNC | client::ACK | client::PONG | client::DISCONNECTING => true,
-        client::MAIN_ATTACH_CHANNELS
-        | client::MAIN_MIGRATE_CONNECTED
-        | client::MAIN_MIGRATE_CONNECT_ERROR
-        | client::MAIN_MIGRATE_END => channel == ChannelType::Main,
-        client::DISPLAY_INIT => channel == ChannelType::Display,
-        _ => false,
+        _ => match channel {
+            ChannelType::Main => matches!(
+                msg_type,
+                client::MAIN_ATTACH_CHANNELS
+                    | client::MAIN_MIGRATE_CONNECTED
+                    | client::MAIN_MIGRATE_CONNECT_ERROR
+                    | client::MAIN_MIGRATE_END
+            ),
+            ChannelType::Display => matches!(
+                msg_type,
+                client::DISPLAY_INIT | client::DISPLAY_PREFERRED_COMPRESSION
+            ),
+            _ => false,
+        },
     }
 }
 
@@ -90,6 +107,14 @@ pub enum ClientMsg {
     AttachChannels,
     /// Once per display link (a second one aborts the server).
     DisplayInit,
+    /// DISPLAY_INIT with the display mirror's cache and GLZ window sizes (in
+    /// pixels); the same once-per-link rule.
+    DisplayInitSized {
+        pixmap_cache: i64,
+        glz_window: i32,
+    },
+    /// The image compression the display mirror decodes best.
+    PreferredCompression(u8),
     /// The answer to MAIN_MIGRATE_BEGIN: every channel is linked at the target.
     MigrateConnected,
     /// The answer to MAIN_MIGRATE_BEGIN: the target could not be linked (the
@@ -107,10 +132,27 @@ impl ClientMsg {
             ClientMsg::Pong { .. } => client::PONG,
             ClientMsg::Disconnecting { .. } => client::DISCONNECTING,
             ClientMsg::AttachChannels => client::MAIN_ATTACH_CHANNELS,
-            ClientMsg::DisplayInit => client::DISPLAY_INIT,
+            ClientMsg::DisplayInit | ClientMsg::DisplayInitSized { .. } => client::DISPLAY_INIT,
+            ClientMsg::PreferredCompression(_) => client::DISPLAY_PREFERRED_COMPRESSION,
             ClientMsg::MigrateConnected => client::MAIN_MIGRATE_CONNECTED,
             ClientMsg::MigrateConnectError => client::MAIN_MIGRATE_CONNECT_ERROR,
             ClientMsg::MigrateEnd => client::MAIN_MIGRATE_END,
+        }
+    }
+
+    /// The one channel a channel-specific message belongs to (their numbers
+    /// overlap: 103 is MIGRATE_CONNECT_ERROR on main, PREFERRED_COMPRESSION
+    /// on display).
+    fn channel(&self) -> Option<ChannelType> {
+        match self {
+            ClientMsg::AttachChannels
+            | ClientMsg::MigrateConnected
+            | ClientMsg::MigrateConnectError
+            | ClientMsg::MigrateEnd => Some(ChannelType::Main),
+            ClientMsg::DisplayInit
+            | ClientMsg::DisplayInitSized { .. }
+            | ClientMsg::PreferredCompression(_) => Some(ChannelType::Display),
+            _ => None,
         }
     }
 
@@ -130,6 +172,17 @@ impl ClientMsg {
             ClientMsg::Disconnecting { time_stamp, reason } => {
                 let mut b = time_stamp.to_le_bytes().to_vec();
                 b.extend_from_slice(&reason.to_le_bytes());
+                b
+            }
+            ClientMsg::PreferredCompression(c) => vec![*c],
+            ClientMsg::DisplayInitSized {
+                pixmap_cache,
+                glz_window,
+            } => {
+                let mut b = vec![1u8];
+                b.extend_from_slice(&pixmap_cache.to_le_bytes());
+                b.push(1);
+                b.extend_from_slice(&glz_window.to_le_bytes());
                 b
             }
             ClientMsg::DisplayInit => {
@@ -165,7 +218,13 @@ impl Writer {
     }
 
     pub fn encode(&mut self, msg: &ClientMsg) -> Result<Vec<u8>, WireError> {
-        if *msg == ClientMsg::DisplayInit {
+        if msg.channel().is_some_and(|c| c != self.channel) {
+            return Err(WireError::NotAllowed {
+                channel: self.channel,
+                msg_type: msg.msg_type(),
+            });
+        }
+        if msg.msg_type() == client::DISPLAY_INIT {
             if self.display_init_sent {
                 return Err(WireError::NotAllowed {
                     channel: self.channel,
@@ -437,7 +496,7 @@ mod tests {
                     assert!(
                         [1, 2, 3, 6].contains(&t)
                             || (ch == ChannelType::Main && [102, 103, 104, 109].contains(&t))
-                            || (ch == ChannelType::Display && t == 101),
+                            || (ch == ChannelType::Display && [101, 103].contains(&t)),
                         "{ch:?} allows {t}"
                     );
                 }
@@ -452,10 +511,29 @@ mod tests {
         assert_eq!(&b[..2], &101u16.to_le_bytes());
         assert_eq!(b.len(), 6 + 14);
         assert!(w.encode(&ClientMsg::DisplayInit).is_err());
+        let sized = ClientMsg::DisplayInitSized {
+            pixmap_cache: 1,
+            glz_window: 2,
+        };
+        assert!(w.encode(&sized).is_err());
+        let mut w2 = Writer::new(ChannelType::Display, Encoder::new(HeaderKind::Mini));
+        assert_eq!(w2.encode(&sized).unwrap().len(), 6 + 14);
+        assert!(w2.encode(&ClientMsg::DisplayInit).is_err());
+        assert_eq!(
+            w2.encode(&ClientMsg::PreferredCompression(IMAGE_COMPRESSION_LZ))
+                .unwrap(),
+            vec![103, 0, 1, 0, 0, 0, 6]
+        );
+        assert!(m_pref_refused());
         let mut m = Writer::new(ChannelType::Main, Encoder::new(HeaderKind::Mini));
         assert!(m.encode(&ClientMsg::DisplayInit).is_err());
         let mut i = Writer::new(ChannelType::Inputs, Encoder::new(HeaderKind::Mini));
         assert!(i.encode(&ClientMsg::AttachChannels).is_err());
+    }
+
+    fn m_pref_refused() -> bool {
+        let mut m = Writer::new(ChannelType::Main, Encoder::new(HeaderKind::Mini));
+        m.encode(&ClientMsg::PreferredCompression(6)).is_err()
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub mod channel_types {
 }
 
 pub mod certs;
+pub mod display;
 pub mod firewall;
 pub mod guest;
 pub mod netns;
@@ -34,6 +35,7 @@ pub mod proxy;
 pub mod qemu;
 pub mod qmp;
 pub mod spiced;
+pub mod xspice;
 
 pub use certs::Certs;
 pub use firewall::{EndedBy, Firewall, Tunnel};
@@ -43,6 +45,7 @@ pub use proxy::Tinyproxy;
 pub use qemu::{require_qemu, Qemu, QemuOpts, QmpGuard};
 pub use qmp::{Qmp, QmpError, SpiceChannel};
 pub use spiced::Spiced;
+pub use xspice::{require_xspice, Xspice};
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -12,6 +12,7 @@ fn ctx(status: Status) -> (ServerCtx, watch::Sender<Arc<Status>>, mpsc::Receiver
             status: srx,
             hub: Hub::new(8),
             reconnect: rtx,
+            screen: crate::display::screen::Screen::off(),
         },
         stx,
         rrx,

@@ -92,7 +92,8 @@ fn links_main_then_every_listed_channel_with_the_session_id() {
                 channel: ChannelId::MAIN,
                 tls: false
             },
-            SessionEvent::Connected { session_id: 7 }
+            SessionEvent::Connected { session_id: 7 },
+            SessionEvent::Agent { connected: false }
         ]
     );
     let list: Vec<ChannelId> = LIST.iter().map(|t| ch(*t)).collect();
@@ -425,5 +426,28 @@ fn a_migration_begin_names_the_session_and_its_channels() {
     assert_eq!(
         events(drain(&mut o)),
         [SessionEvent::MigrateEnd, SessionEvent::MigrateCancel]
+    );
+}
+
+#[test]
+fn the_guest_agent_is_told_on_a_change_only() {
+    let mut o = orch(Rules::default(), TicketInfo::default());
+    let _ = drain(&mut o);
+    // Before MAIN_INIT: not a session yet.
+    o.on_event(ChannelId::MAIN, ChannelEvent::AgentConnected(true));
+    assert!(events(drain(&mut o)).is_empty());
+    o.on_up(ChannelId::MAIN, ChannelLinkInfo::default());
+    let mut i = init(7);
+    if let ChannelEvent::MainInit(m) = &mut i {
+        m.agent_connected = 1;
+    }
+    o.on_event(ChannelId::MAIN, i);
+    assert!(events(drain(&mut o)).contains(&SessionEvent::Agent { connected: true }));
+    o.on_event(ChannelId::MAIN, ChannelEvent::AgentConnected(true));
+    assert!(events(drain(&mut o)).is_empty(), "no change");
+    o.on_event(ChannelId::MAIN, ChannelEvent::AgentConnected(false));
+    assert_eq!(
+        events(drain(&mut o)),
+        [SessionEvent::Agent { connected: false }]
     );
 }

@@ -1,0 +1,62 @@
+//! Reading the display mirror of a running spiced through its control
+//! socket, and comparing frames.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+/// One request on the control socket, its answer as JSON.
+pub fn ask(sock: &Path, cmd: &str) -> serde_json::Value {
+    let mut s = UnixStream::connect(sock).expect("connect to the control socket");
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    writeln!(s, "{{\"cmd\":\"{cmd}\"}}").unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"))
+}
+
+/// `status`'s `display` part.
+pub fn display_status(sock: &Path) -> serde_json::Value {
+    ask(sock, "status")["display"].clone()
+}
+
+/// A screenshot: (changed_at, (width, height, 0x00RRGGBB pixels)).
+pub fn screenshot(sock: &Path) -> (f64, (u32, u32, Vec<u32>)) {
+    let v = ask(sock, "screenshot");
+    assert_eq!(v["type"], "screenshot", "{v}");
+    let png = ::spiced::base64::decode(v["png"].as_str().unwrap()).unwrap();
+    let img = ::spiced::display::png::decode_rgb(&png).expect("our own PNG");
+    (v["changed_at"].as_f64().unwrap_or(0.0), img)
+}
+
+/// How two frames differ: (pixels that differ, the largest channel difference).
+pub fn diff(a: &[u32], b: &[u32]) -> (usize, u32) {
+    let mut n = 0;
+    let mut max = 0;
+    for (x, y) in a.iter().zip(b) {
+        if x != y {
+            n += 1;
+            for s in [0, 8, 16] {
+                let d = ((x >> s) & 0xff).abs_diff((y >> s) & 0xff);
+                max = max.max(d);
+            }
+        }
+    }
+    (n, max)
+}
+
+/// The bounding box (left, top, right, bottom) of the pixels that differ.
+pub fn diff_box(w: u32, a: &[u32], b: &[u32]) -> Option<(u32, u32, u32, u32)> {
+    let mut bx: Option<(u32, u32, u32, u32)> = None;
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        if x != y {
+            let (px, py) = (i as u32 % w, i as u32 / w);
+            bx = Some(match bx {
+                None => (px, py, px + 1, py + 1),
+                Some((l, t, r, bt)) => (l.min(px), t.min(py), r.max(px + 1), bt.max(py + 1)),
+            });
+        }
+    }
+    bx
+}
