@@ -220,6 +220,7 @@ fn ctx(fault: Fault, cfg: Config) -> (SessionCtx, Arc<Fake>) {
         generation: 1,
         traffic: Default::default(),
         adopted: None,
+        pacer: spiced::wake::Pacer::start(spiced::wake::Alarm::tokio()),
     };
     (c, fake)
 }

@@ -232,6 +232,9 @@ pub struct SessionCtx {
     pub traffic: crate::channel::counters::Traffic,
     /// Links made at a migration target for this session to run over.
     pub adopted: Option<Arc<Adopted>>,
+    /// The process's wakeup planning: keepalives and channel timers ride on
+    /// wakeups that happen anyway ([`crate::wake`]).
+    pub pacer: Arc<crate::wake::Pacer>,
 }
 
 impl SessionCtx {
