@@ -14,6 +14,7 @@ mod migration;
 pub mod status;
 #[cfg(test)]
 mod tests;
+mod vv_watch;
 
 pub use self::core::{DaemonCore, Effect, Input, Loaded, Options, Origin, Signal};
 pub use env::{Env, Stamp};
@@ -42,7 +43,8 @@ const STOP_GRACE: Duration = Duration::from_secs(2);
 /// After the loop ends: how long sessions and reports in flight may still take.
 /// With the runtime's own bounded shutdown the process is gone within 2 s.
 pub const EXIT_GRACE: Duration = Duration::from_millis(1200);
-/// How often the .vv path is checked while waiting for a ticket.
+/// How often the .vv path is checked while waiting for a ticket, where its
+/// directory cannot be watched (see `vv_watch`).
 const WATCH_EVERY: Duration = Duration::from_secs(1);
 
 /// Runs spiced until it stops; returns the process exit code (see `exit`).
@@ -112,6 +114,26 @@ enum Msg {
     Probed(crate::link::Probe),
     /// Linking at a migration target ahead of the move finished.
     Prelinked(u64, Result<Prelinks, String>),
+    /// The inotify watch of the .vv's directory is set up (or not).
+    VvWatch(Result<std::os::fd::OwnedFd, String>),
+}
+
+/// How the loop notices a new .vv while waiting for a ticket.
+enum Watch {
+    Off,
+    /// The watch is being set up (off the loop); the path is polled meanwhile.
+    Opening,
+    Inotify(vv_watch::VvWatch),
+    Polling,
+}
+
+/// Resolves when the watch saw something happen to the .vv; never for the
+/// other states.
+async fn watch_changed(w: &mut Watch) -> std::io::Result<()> {
+    match w {
+        Watch::Inotify(v) => v.changed().await,
+        _ => std::future::pending().await,
+    }
 }
 
 type Prelinks = HashMap<crate::wire::ChannelId, session::Parked>;
@@ -274,6 +296,7 @@ pub async fn run(
     // stop's grace) are one slot of the process's wakeup planning: they ride
     // on wakeups that happen anyway, and the one alarm rings only for them.
     let slot = shell.pacer.slot();
+    let mut watch = Watch::Off;
     loop {
         while let Some(e) = core.poll_effect() {
             if let Effect::Exit(code) = e {
@@ -287,6 +310,15 @@ pub async fn run(
         shell.observe(&core, &mut last_status);
         slot.set(shell.window(&core), None);
         let watching = core.watching_vv();
+        match (&watch, watching) {
+            (Watch::Off, true) => {
+                shell.open_vv_watch();
+                watch = Watch::Opening;
+            }
+            (Watch::Off, false) | (_, true) => {}
+            (_, false) => watch = Watch::Off,
+        }
+        let polling = watching && matches!(watch, Watch::Opening | Watch::Polling);
         let woke = tokio::select! {
             biased;
             Some(sig) = signals.recv() => {
@@ -337,11 +369,37 @@ pub async fn run(
                         }
                     }
                     Msg::MetricsDone => shell.metrics_told(),
+                    Msg::VvWatch(r) => {
+                        if matches!(watch, Watch::Opening) {
+                            let w = r.and_then(|fd| {
+                                vv_watch::VvWatch::new(fd, &shell.opts_vv).map_err(|e| e.to_string())
+                            });
+                            watch = match w {
+                                Ok(w) => Watch::Inotify(w),
+                                Err(e) => {
+                                    info!("cannot watch the directory of {} ({e}): checking it every second", shell.opts_vv.display());
+                                    Watch::Polling
+                                }
+                            };
+                            // Whatever happened while it was set up.
+                            shell.stat_vv();
+                        }
+                    }
                 }
                 None
             }
             wake = slot.kicked() => Some(wake),
-            _ = watch_tick.tick(), if watching => {
+            r = watch_changed(&mut watch), if watching => {
+                match r {
+                    Ok(()) => shell.stat_vv(),
+                    Err(e) => {
+                        info!("the watch of {} failed ({e}): checking it every second", shell.opts_vv.display());
+                        watch = Watch::Polling;
+                    }
+                }
+                None
+            }
+            _ = watch_tick.tick(), if polling => {
                 shell.stat_vv();
                 None
             }
@@ -769,6 +827,22 @@ impl Shell {
                 s.abort_at = None;
             }
         }
+    }
+
+    /// Sets up the inotify watch of the .vv's directory, off the loop and
+    /// bounded like a read; the result comes back as `Msg::VvWatch`.
+    fn open_vv_watch(&self) {
+        let path = self.opts_vv.clone();
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let job = tokio::task::spawn_blocking(move || vv_watch::open(&path));
+            let r = match tokio::time::timeout(VV_READ_TIMEOUT, job).await {
+                Ok(Ok(r)) => r.map_err(|e| e.to_string()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("setting it up did not finish in time".into()),
+            };
+            let _ = tx.send(Msg::VvWatch(r));
+        });
     }
 
     /// One stat of the .vv at a time, off the loop.
