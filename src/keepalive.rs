@@ -95,6 +95,9 @@ pub struct PingClock {
 
 /// PINGs closer than this are one pair (spice-server sends two at once).
 const PING_PAIR: Duration = Duration::from_secs(1);
+/// Before a second PING shows the period: spice-server's own on main and
+/// display (PING_TEST_TIMEOUT_MS in server/red-channel-client.cpp).
+const FIRST_PERIOD: Duration = Duration::from_secs(15);
 /// Intervals longer than this predict nothing useful.
 const PING_PERIOD_MAX: Duration = Duration::from_secs(600);
 
@@ -110,9 +113,10 @@ impl PingClock {
         self.last = Some(now);
     }
 
-    /// The next PING, once two have shown the period.
+    /// The next PING: the last interval on, or spice-server's 15 s after
+    /// the first.
     pub fn next(&self) -> Option<Duration> {
-        Some(self.last? + self.period?)
+        Some(self.last? + self.period.unwrap_or(FIRST_PERIOD))
     }
 }
 
@@ -225,9 +229,10 @@ mod tests {
     fn the_ping_clock_predicts_from_the_last_interval_ignoring_pairs() {
         let ms = Duration::from_millis;
         let mut c = PingClock::default();
+        assert_eq!(c.next(), None);
         c.on_ping(ms(200));
         c.on_ping(ms(200));
-        assert_eq!(c.next(), None, "one pair shows no period");
+        assert_eq!(c.next(), Some(ms(15_200)), "spice-server's period at first");
         c.on_ping(ms(15_202));
         c.on_ping(ms(15_202));
         assert_eq!(c.next(), Some(ms(30_204)));
@@ -237,7 +242,11 @@ mod tests {
         c.on_ping(ms(330_205));
         assert_eq!(c.next(), Some(ms(630_205)));
         c.on_ping(ms(1_330_205));
-        assert_eq!(c.next(), None, "too far apart to mean anything");
+        assert_eq!(
+            c.next(),
+            Some(ms(1_345_205)),
+            "too far apart to mean anything"
+        );
     }
 
     #[test]
