@@ -83,10 +83,13 @@ impl IdleTimer {
 }
 
 /// When the server's next PING on a channel should come: spice-server PINGs
-/// a channel on a timer it restarts when our PONG arrives (every 15 s on
-/// main and display), so the last interval predicts the next one. The
-/// wakeup planning uses it to know that a PING will wake the process soon
-/// ([`crate::wake`]); a wrong prediction costs a timer wakeup at most.
+/// a channel on a timer it restarts when the PONG to the second PING of a
+/// pair arrives, so the last interval predicts the next one. Main and
+/// display are PINGed every 15 s from the start (PING_TEST_TIMEOUT_MS in
+/// server/red-channel-client.cpp); the other channels get their pair at link
+/// and then one every few minutes (docs/spice-notes.md). The wakeup planning
+/// uses it to know that a PING will wake the process soon ([`crate::wake`]);
+/// a wrong prediction costs a timer wakeup at most.
 #[derive(Debug, Clone, Default)]
 pub struct PingClock {
     last: Option<Duration>,
@@ -95,28 +98,34 @@ pub struct PingClock {
 
 /// PINGs closer than this are one pair (spice-server sends two at once).
 const PING_PAIR: Duration = Duration::from_secs(1);
-/// Before a second PING shows the period: spice-server's own on main and
-/// display (PING_TEST_TIMEOUT_MS in server/red-channel-client.cpp).
-const FIRST_PERIOD: Duration = Duration::from_secs(15);
 /// Intervals longer than this predict nothing useful.
 const PING_PERIOD_MAX: Duration = Duration::from_secs(600);
+/// spice-server's PING period on main and display.
+const SERVER_PERIOD: Duration = Duration::from_secs(15);
 
 impl PingClock {
+    /// A channel the server PINGs every 15 s from the start (main, display).
+    pub fn every_15s() -> PingClock {
+        PingClock {
+            last: None,
+            period: Some(SERVER_PERIOD),
+        }
+    }
+
     pub fn on_ping(&mut self, now: Duration) {
         if let Some(last) = self.last {
             let gap = now.saturating_sub(last);
-            if gap < PING_PAIR {
-                return;
+            if gap >= PING_PAIR {
+                self.period = (gap <= PING_PERIOD_MAX).then_some(gap);
             }
-            self.period = (gap <= PING_PERIOD_MAX).then_some(gap);
         }
+        // The timer restarts at the pair's last PING.
         self.last = Some(now);
     }
 
-    /// The next PING: the last interval on, or spice-server's 15 s after
-    /// the first.
+    /// The next PING, once the period is known.
     pub fn next(&self) -> Option<Duration> {
-        Some(self.last? + self.period.unwrap_or(FIRST_PERIOD))
+        Some(self.last? + self.period?)
     }
 }
 
@@ -226,27 +235,27 @@ mod tests {
     }
 
     #[test]
-    fn the_ping_clock_predicts_from_the_last_interval_ignoring_pairs() {
+    fn the_ping_clock_predicts_from_the_last_interval_after_a_pair() {
         let ms = Duration::from_millis;
+        // A secondary channel: its pair at link says nothing about the next.
         let mut c = PingClock::default();
         assert_eq!(c.next(), None);
-        c.on_ping(ms(200));
-        c.on_ping(ms(200));
-        assert_eq!(c.next(), Some(ms(15_200)), "spice-server's period at first");
-        c.on_ping(ms(15_202));
-        c.on_ping(ms(15_202));
-        assert_eq!(c.next(), Some(ms(30_204)));
-        c.on_ping(ms(30_205));
-        assert_eq!(c.next(), Some(ms(45_208)));
+        c.on_ping(ms(40));
+        c.on_ping(ms(140));
+        assert_eq!(c.next(), None, "one pair shows no period");
         // 5-minute PINGs of an idle secondary channel still predict.
-        c.on_ping(ms(330_205));
-        assert_eq!(c.next(), Some(ms(630_205)));
-        c.on_ping(ms(1_330_205));
-        assert_eq!(
-            c.next(),
-            Some(ms(1_345_205)),
-            "too far apart to mean anything"
-        );
+        c.on_ping(ms(300_140));
+        assert_eq!(c.next(), Some(ms(600_140)));
+        c.on_ping(ms(1_300_140));
+        assert_eq!(c.next(), None, "too far apart to mean anything");
+        // Main or display: 15 s after the second PING of the pair at link.
+        let mut c = PingClock::every_15s();
+        assert_eq!(c.next(), None);
+        c.on_ping(ms(95));
+        c.on_ping(ms(195));
+        assert_eq!(c.next(), Some(ms(15_195)));
+        c.on_ping(ms(15_197));
+        assert_eq!(c.next(), Some(ms(30_199)));
     }
 
     #[test]

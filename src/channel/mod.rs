@@ -119,7 +119,11 @@ impl Channel {
             ack_window: 0,
             ack_countdown: 0,
             idle: IdleTimer::new(secs(cfg.idle_secs), now),
-            pings: PingClock::default(),
+            pings: if matches!(id.ty, ChannelType::Main | ChannelType::Display) {
+                PingClock::every_15s()
+            } else {
+                PingClock::default()
+            },
             backstop,
             attached: false,
             probe_outstanding: false,

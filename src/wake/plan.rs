@@ -32,9 +32,6 @@ pub struct Plan<T> {
     /// (expected wakeup, slot).
     by_expect: BTreeSet<(T, usize)>,
     horizon: Horizon<T>,
-    memory: Duration,
-    /// The first wakeup seen.
-    born: Option<T>,
 }
 
 impl<T: Time> Plan<T> {
@@ -46,8 +43,6 @@ impl<T: Time> Plan<T> {
             by_due: BTreeSet::new(),
             by_expect: BTreeSet::new(),
             horizon: Horizon::new(memory),
-            memory,
-            born: None,
         }
     }
 
@@ -110,20 +105,13 @@ impl<T: Time> Plan<T> {
     /// A task runs at `now`: the wakeup, and the slots whose work runs at it
     /// (see [`Window::ready`]) in `out`, marked kicked. How long the process
     /// may sleep next: the longest recent sleep ([`Horizon`]), or less when
-    /// a task expects a wakeup sooner. In its first `memory` the process has
-    /// not slept enough to tell, and an expected wakeup alone decides.
+    /// a task expects a wakeup sooner.
     pub fn awake(&mut self, now: T, out: &mut Vec<usize>) -> Wake<T> {
         let mut wake = self.horizon.awake(now);
-        let born = *self.born.get_or_insert(wake.now);
-        let young = wake.now.since(born) < self.memory;
         let after = wake.now + super::horizon::SAME_WAKE;
         if let Some((next, _)) = self.by_expect.range((after, 0)..).next() {
             let until = next.since(wake.now).saturating_add(EXPECTED_SLACK);
-            wake.horizon = if young {
-                until
-            } else {
-                wake.horizon.min(until)
-            };
+            wake.horizon = wake.horizon.min(until);
         }
         let until = wake.now + wake.horizon;
         let ready: Vec<(T, usize)> = self
