@@ -779,8 +779,7 @@ remote-viewer out: its network engine is spice-gtk, the python client's.
   alone: spice-server PINGs display and main every ~15 s, some 30 ms apart.
   spiced's keepalives (spice-gtk sends none) and all its other periodic work
   ride on those two wakeups; its one timer of its own (a timerfd) rings only
-  when nothing else woke it, once, at the deadline: in the first 15 s after
-  linking, then no more ([keepalive.md](keepalive.md)).
+  when nothing else woke it, once, at the deadline ([keepalive.md](keepalive.md)).
   With a metrics file the file is rewritten about every 15 s on a thread of
   its own (one wakeup of that thread per write); the watchdog ping rides the
   PINGs; the control socket costs nothing while no client is connected.

@@ -92,6 +92,8 @@ pub struct Channel {
     idle: IdleTimer,
     /// When the server's next PING should come (wakeup planning).
     pings: PingClock,
+    /// A PING of the server's periodic timer came since the last look.
+    periodic_ping: bool,
     backstop: Option<Backstop>,
     /// Main only: ATTACH_CHANNELS went out after MAIN_INIT, so a probe may follow.
     attached: bool,
@@ -124,6 +126,7 @@ impl Channel {
             } else {
                 PingClock::default()
             },
+            periodic_ping: false,
             backstop,
             attached: false,
             probe_outstanding: false,
@@ -212,6 +215,7 @@ impl Channel {
             ServerMsg::Ping { id, timestamp } => {
                 self.counters.ping_recv_count += 1;
                 self.pings.on_ping(now);
+                self.periodic_ping |= self.pings.next().is_some();
                 self.counters.last_ping_recv_ts_secs = Some(now.as_secs_f64());
                 // Answer at once: main is watched by the server's connectivity check.
                 self.queue(ClientMsg::Pong { id, timestamp });
@@ -322,6 +326,12 @@ impl Channel {
     /// When the server's next PING on this channel should wake the process.
     pub fn expected_ping(&self) -> Option<Duration> {
         self.pings.next()
+    }
+
+    /// Whether a PING of the server's periodic timer came since the last
+    /// call (it is what wakes an idle session: see [`crate::wake`]).
+    pub fn take_periodic_ping(&mut self) -> bool {
+        std::mem::take(&mut self.periodic_ping)
     }
 
     /// The latest time `handle_timeout` has work to do.

@@ -408,7 +408,7 @@ pub async fn run(
             Some(wake) => shell.on_wake(&mut core, &wake),
             // The loop ran for an input: whatever falls due soon rides on it.
             None => {
-                slot.awake(Instant::now());
+                slot.awake(Instant::now(), false);
             }
         }
     }

@@ -245,7 +245,7 @@ pub(super) async fn run(
         );
         if std::mem::take(&mut woken_by_io) {
             // Bytes woke the process: whatever falls due soon rides on it.
-            slot.awake(tokio::time::Instant::now());
+            slot.awake(tokio::time::Instant::now(), state.take_periodic_ping());
         }
         tokio::select! {
             r = stream.read(&mut buf) => match r {

@@ -83,12 +83,13 @@ impl Pacer {
     }
 
     /// A task runs at `now` (it read bytes, a signal came, ...): every slot
-    /// whose work should run at this wakeup is kicked. Returns the wakeup.
-    pub fn awake(&self, now: Instant) -> Wake {
+    /// whose work should run at this wakeup is kicked. `ping`: the server's
+    /// periodic PING woke it ([`Plan::awake`]). Returns the wakeup.
+    pub fn awake(&self, now: Instant, ping: bool) -> Wake {
         let mut g = self.lock();
         let mut ids = std::mem::take(&mut g.scratch);
         ids.clear();
-        let wake = g.plan.awake(now, &mut ids);
+        let wake = g.plan.awake(now, ping, &mut ids);
         for id in &ids {
             if let Some(Some(k)) = g.slots.get(*id) {
                 *k.wake.lock().unwrap_or_else(|p| p.into_inner()) = Some(wake);
@@ -130,7 +131,7 @@ async fn ring(pacer: Arc<Pacer>, mut alarm: Alarm) {
             at = alarm.fired() => {
                 // The timerfd is set from a clock read a moment before
                 // `Instant::now()`: it may ring a hair early by that clock.
-                pacer.awake(Instant::now().max(at));
+                pacer.awake(Instant::now().max(at), false);
             }
         }
     }
@@ -155,8 +156,8 @@ impl Slot {
 
     /// The process is awake at `now` because of this task (see
     /// [`Pacer::awake`]).
-    pub fn awake(&self, now: Instant) -> Wake {
-        self.pacer.awake(now)
+    pub fn awake(&self, now: Instant, ping: bool) -> Wake {
+        self.pacer.awake(now, ping)
     }
 
     /// Resolves when the work should run, with the wakeup it rides on.

@@ -105,13 +105,16 @@ impl<T: Time> Plan<T> {
     /// A task runs at `now`: the wakeup, and the slots whose work runs at it
     /// (see [`Window::ready`]) in `out`, marked kicked. How long the process
     /// may sleep next: the longest recent sleep ([`Horizon`]), or less when
-    /// a task expects a wakeup sooner.
-    pub fn awake(&mut self, now: T, out: &mut Vec<usize>) -> Wake<T> {
+    /// a task expects a wakeup sooner. When the server's periodic PING woke
+    /// it (`ping`), the next expected wakeup alone: the PINGs are the
+    /// heartbeat of an idle session, and right after linking the process has
+    /// not slept enough to tell.
+    pub fn awake(&mut self, now: T, ping: bool, out: &mut Vec<usize>) -> Wake<T> {
         let mut wake = self.horizon.awake(now);
         let after = wake.now + super::horizon::SAME_WAKE;
         if let Some((next, _)) = self.by_expect.range((after, 0)..).next() {
             let until = next.since(wake.now).saturating_add(EXPECTED_SLACK);
-            wake.horizon = wake.horizon.min(until);
+            wake.horizon = if ping { until } else { wake.horizon.min(until) };
         }
         let until = wake.now + wake.horizon;
         let ready: Vec<(T, usize)> = self

@@ -87,17 +87,17 @@ fn the_plan_kicks_what_is_ready_and_the_alarm_skips_kicked_slots() {
     p.set(c, None, None);
     assert_eq!(p.next_due(), Some(S(15)));
     let mut out = Vec::new();
-    assert_eq!(p.awake(S(0), &mut out).horizon, Duration::ZERO);
+    assert_eq!(p.awake(S(0), false, &mut out).horizon, Duration::ZERO);
     assert!(out.is_empty());
     // After a 10 s sleep, a wakeup at 10 s: the next may be 12.5 s away,
     // after `a` falls due: `a` runs now.
-    let w = p.awake(S(10), &mut out);
+    let w = p.awake(S(10), false, &mut out);
     assert_eq!(w.horizon, MS(12_500));
     assert_eq!(out, vec![a]);
     // Told to run: the alarm waits for its new window, never rings for it again.
     assert_eq!(p.next_due(), Some(S(20)));
     out.clear();
-    p.awake(S(11), &mut out);
+    p.awake(S(11), false, &mut out);
     assert!(out.is_empty(), "kicked once, the exact one not early");
     p.set(a, Some(Window::at(S(30))), None);
     p.remove(b);
@@ -111,7 +111,7 @@ fn an_expected_wakeup_shortens_the_horizon() {
     let mut p = Plan::new(S(60));
     let (a, b) = (p.add(), p.add());
     let mut out = Vec::new();
-    p.awake(S(0), &mut out);
+    p.awake(S(0), false, &mut out);
     // A PING is expected 100 ms after the wakeup at 10 s: `a`, due at 15 s,
     // waits for it.
     p.set(
@@ -123,13 +123,13 @@ fn an_expected_wakeup_shortens_the_horizon() {
         None,
     );
     p.set(b, None, Some(S(10) + MS(100)));
-    let w = p.awake(S(10), &mut out);
+    let w = p.awake(S(10), false, &mut out);
     assert_eq!(w.horizon, MS(125));
     assert!(out.is_empty());
     // At the PING itself (it now expects the next 15 s on), the longest
     // recent sleep bounds the horizon again.
     p.set(b, None, Some(S(25) + MS(100)));
-    let w = p.awake(S(10) + MS(100), &mut out);
+    let w = p.awake(S(10) + MS(100), false, &mut out);
     assert_eq!(w.horizon, MS(12_500));
     assert_eq!(out, vec![a]);
 }
@@ -183,9 +183,9 @@ impl Sim {
 
     /// A wakeup at `t`: what the pacer kicks, each kicked task deciding on
     /// its own window as `Channel::handle_wake` does.
-    fn wake(&mut self, t: Duration) {
+    fn wake(&mut self, t: Duration, ping: bool) {
         let mut kicked = Vec::new();
-        let w = self.plan.awake(t, &mut kicked);
+        let w = self.plan.awake(t, ping, &mut kicked);
         for id in kicked {
             let ch = self.ids.iter().position(|i| *i == id).expect("known slot");
             if self.chans[ch].window().is_some_and(|win| win.ready(&w)) {
@@ -208,7 +208,7 @@ impl Sim {
                 "the alarm rang twice at {due:?}: a busy loop"
             );
             self.alarms.push(due);
-            self.wake(due);
+            self.wake(due, false);
         }
     }
 
@@ -224,7 +224,8 @@ impl Sim {
             }
             self.publish(ch);
         }
-        self.wake(t);
+        let periodic = ping && chans.iter().any(|ch| self.pings[*ch].next().is_some());
+        self.wake(t, periodic);
     }
 
     fn finish(&mut self, end: Duration) {
@@ -258,10 +259,7 @@ fn idle_session(first: [Duration; 2], period: [Duration; 2], hours: u64) -> Sim 
     // Linking: each channel's link bytes, then its pair.
     let mut link: Vec<(Duration, usize, bool)> = Vec::new();
     for ch in 0..11usize {
-        let second = first
-            .get(ch)
-            .copied()
-            .unwrap_or(MS(100 + 9 * ch as u64));
+        let second = first.get(ch).copied().unwrap_or(MS(100 + 9 * ch as u64));
         let at = second.saturating_sub(MS(110));
         link.push((at, ch, false));
         link.push((second.saturating_sub(MS(100)), ch, true));
@@ -403,7 +401,7 @@ async fn the_pacer_kicks_slots_on_wakeups_and_its_alarm_rings_once_at_the_deadli
         None,
     );
     tokio::time::sleep_until(t0 + S(29)).await;
-    let seen = other.awake(Instant::now());
+    let seen = other.awake(Instant::now(), false);
     assert_eq!(seen.horizon, S(14) + MS(3_500));
     let w = tokio::time::timeout(MS(1), keepalive.kicked())
         .await
