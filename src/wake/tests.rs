@@ -2,6 +2,7 @@
 //! simulated against the server's PING schedule, then the keepalive
 //! guarantee as a property over random traffic and PING timings.
 
+use super::plan::EXPECTED_SLACK;
 use super::*;
 use crate::keepalive::IdleTimer;
 use proptest::prelude::*;
@@ -132,6 +133,24 @@ fn an_expected_wakeup_shortens_the_horizon() {
     let w = p.awake(S(10) + MS(100), false, &mut out);
     assert_eq!(w.horizon, MS(12_500));
     assert_eq!(out, vec![a]);
+}
+
+#[test]
+fn a_periodic_ping_sets_the_horizon_by_itself() {
+    let mut p = Plan::new(S(60));
+    let b = p.add();
+    let mut out = Vec::new();
+    // Busy: a wakeup every second.
+    for t in 0..10 {
+        p.awake(S(t), false, &mut out);
+    }
+    p.set(b, None, Some(S(25)));
+    assert_eq!(p.awake(S(10), false, &mut out).horizon, MS(1_250));
+    // The server's periodic PING: the next one is what counts.
+    assert_eq!(
+        p.awake(S(11), true, &mut out).horizon,
+        S(14) + EXPECTED_SLACK
+    );
 }
 
 /// One session's keepalives over the planner, as the channel tasks and the
