@@ -113,9 +113,13 @@ class Qmp:
 class Qemu:
     """One QEMU serving SPICE (11 channels) on 127.0.0.1, as scripts/lab-qemu.sh."""
 
-    def __init__(self, paused=True, kernel=None):
+    def __init__(self, paused=True, kernel=None, clients=1):
         self.port = free_port()
         self.paused, self.kernel = paused, kernel
+        # spice-server takes more than one client only in its multi-client
+        # mode (SPICE_DEBUG_ALLOW_MC=1): the first gets every channel, the
+        # others main, display, inputs and cursor.
+        self.clients = clients
         self.qmp_path = os.path.join(WORK, f"q{self.port}.qmp")
         self.proc = None
         self.qmp = None
@@ -147,8 +151,9 @@ class Qemu:
         return a
 
     def start(self):
+        env = dict(os.environ, SPICE_DEBUG_ALLOW_MC="1") if self.clients > 1 else None
         self.proc = subprocess.Popen(self.args(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=open(os.path.join(WORK, f"q{self.port}.log"), "a"))
+                                     stderr=open(os.path.join(WORK, f"q{self.port}.log"), "a"), env=env)
         deadline = time.monotonic() + 20
         while not (port_accepts(self.port) and os.path.exists(self.qmp_path)):
             if time.monotonic() > deadline or self.proc.poll() is not None:
@@ -275,17 +280,62 @@ def ticks(pid):
     return int(fields[11]) + int(fields[12])
 
 
-def wakeups(pid):
-    n = 0
-    for t in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{t}/status") as f:
-                for line in f:
-                    if line.startswith("voluntary_ctxt_switches"):
-                        n += int(line.split()[1])
-        except OSError:
-            pass
-    return n
+class Wakeups:
+    """Voluntary context switches summed over every thread of some processes
+    over a window, threads that start or end within it included: sampled
+    every `every` s (a thread living shorter than that is missed; a thread
+    that ended counts what it had at the last sample)."""
+
+    def __init__(self, pids, every=0.5):
+        self.pids, self.every = list(pids), every
+        self.first = self.read()
+        self.last = dict(self.first)
+
+    def read(self):
+        out = {}
+        for pid in self.pids:
+            try:
+                tids = os.listdir(f"/proc/{pid}/task")
+            except OSError:
+                continue
+            for t in tids:
+                try:
+                    with open(f"/proc/{pid}/task/{t}/status") as f:
+                        for line in f:
+                            if line.startswith("voluntary_ctxt_switches"):
+                                out[(pid, t)] = int(line.split()[1])
+                                break
+                except OSError:
+                    pass
+        return out
+
+    def sleep(self, secs):
+        """Sleeps `secs`, sampling."""
+        end = time.monotonic() + secs
+        while True:
+            left = end - time.monotonic()
+            if left <= 0:
+                break
+            time.sleep(min(self.every, left))
+            self.last.update(self.read())
+
+    def total(self):
+        self.last.update(self.read())
+        return sum(v - self.first.get(k, 0) for k, v in self.last.items())
+
+
+def received(pid):
+    """Bytes the process's TCP sockets have received (ss, tcp_info)."""
+    out = subprocess.run(["ss", "-tinpH"], capture_output=True, text=True).stdout
+    total, mine = 0, False
+    for line in out.splitlines():
+        if not line[:1].isspace():
+            mine = f"pid={pid}," in line
+            continue
+        m = re.search(r"bytes_received:(\d+)", line) if mine else None
+        if m:
+            total += int(m.group(1))
+    return total
 
 
 def fds(pid):
@@ -315,22 +365,55 @@ def guest():
     return KERNEL
 
 
-def idle_run(kind, live):
-    """(memory at the end, CPU ticks per minute, wakeups per minute) over IDLE s."""
+def idle_run(kind, live, extra=None):
+    """(memory at the end, CPU ticks per minute, wakeups per minute, MB
+    received) over IDLE s. `extra`: (vv lines, toml, env) for spiced."""
     q = Qemu(paused=not live, kernel=guest() if live else None)
-    p, _ = launch(kind, q.port)
+    if extra:
+        cmd, env, log = spiced_cmd(q.port, extra[0], extra[1])
+        e = dict(os.environ, **env, **extra[2])
+        p = subprocess.Popen(cmd, env=e, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=open(log, "w"))
+    else:
+        p, _ = launch(kind, q.port)
     try:
         if q.wait_channels(EXPECT[kind], 30) is None:
             return None
         time.sleep(5)
-        t0, w0, c0 = time.monotonic(), wakeups(p.pid), ticks(p.pid)
-        time.sleep(IDLE)
+        t0, c0, b0 = time.monotonic(), ticks(p.pid), received(p.pid)
+        w = Wakeups([p.pid])
+        w.sleep(IDLE)
         dt = time.monotonic() - t0
         mem = memory(p.pid)
-        return mem, (ticks(p.pid) - c0) * 60 / dt, (wakeups(p.pid) - w0) * 60 / dt
+        mb = (received(p.pid) - b0) / 1e6
+        return mem, (ticks(p.pid) - c0) * 60 / dt, w.total() * 60 / dt, mb
     finally:
         stop(p)
         q.kill()
+
+
+def notify_socket():
+    """A socket that takes sd_notify datagrams (and drops them): spiced sends
+    its watchdog pings there."""
+    path = os.path.join(WORK, "notify.sock")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(path)
+    s.setblocking(False)
+    return s, path
+
+
+def features_run():
+    """spiced with a metrics file, a control socket and WatchdogSec=60, VM
+    paused: wakeups per minute (the extra work rides the server's PINGs)."""
+    sock, path = notify_socket()
+    d = tempfile.mkdtemp(dir=WORK)
+    toml = (f'[metrics]\ntextfile = "{d}/spiced.prom"\n'
+            f'[control]\nsocket = "{d}/spiced.sock"\n')
+    try:
+        r = idle_run("spiced", False, ("", toml, {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "60000000"}))
+        return None if r is None else r[2]
+    finally:
+        sock.close()
 
 
 def start_run(kind):
@@ -572,32 +655,64 @@ def blackhole_run(kind):
         q.kill()
 
 
-def many_run(kind, sessions=50):
-    """`sessions` clients on one host, each with its own QEMU (VM paused; one
-    QEMU per client because spice-server offers a second client of one VM only
-    main, display, inputs and cursor): total PSS (MB), CPU ticks per minute and
-    file descriptors, summed over the clients, over an IDLE window once all are
-    up; None if not all came up."""
+def many_run(kind, sessions=50, per_qemu=1):
+    """`sessions` clients on one host, `per_qemu` of them per QEMU (VM paused;
+    more than one only in spice-server's multi-client mode: the first client
+    of a QEMU gets every channel, the others main, display, inputs and
+    cursor): total PSS (MB), CPU ticks per minute, file descriptors and
+    wakeups per second, summed over the clients, over an IDLE window once
+    all are up; None if not all came up."""
     qs, procs = [], []
+    want = EXPECT[kind] + 4 * (per_qemu - 1)
     try:
-        for _ in range(sessions):
-            qs.append(Qemu())
-        for q in qs:
-            procs.append(launch(kind, q.port)[0])
-        if any(q.wait_channels(EXPECT[kind], 120) is None for q in qs):
+        for _ in range(-(-sessions // per_qemu)):
+            qs.append(Qemu(clients=per_qemu))
+        for i in range(per_qemu):
+            for q in qs:
+                if len(procs) < sessions:
+                    procs.append(launch(kind, q.port)[0])
+            # The first client of each QEMU is linked before the next comes.
+            for q in qs:
+                if i == 0 and q.wait_channels(EXPECT[kind], 120) is None:
+                    return None
+        if any(q.wait_channels(want, 180) is None for q in qs):
             return None
         time.sleep(5)
         c0, t0 = sum(ticks(p.pid) for p in procs), time.monotonic()
-        time.sleep(IDLE)
+        w = Wakeups([p.pid for p in procs], every=2 if len(procs) > 100 else 0.5)
+        w.sleep(IDLE)
         dt = time.monotonic() - t0
         cpu = (sum(ticks(p.pid) for p in procs) - c0) * 60 / dt
+        wakes = w.total() / dt
         pss = sum(memory(p.pid)["Pss"] for p in procs) / 1024
-        return pss, cpu, sum(fds(p.pid) for p in procs)
+        return pss, cpu, sum(fds(p.pid) for p in procs), wakes
     finally:
         for p in procs:
             stop(p)
         for q in qs:
             q.kill()
+
+
+def mem_available_mb():
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1024
+    return 0
+
+
+# Measured here (QEMU 7.2, the lab QEMU, VM paused): PSS of a multi-client
+# QEMU, MB, its base and per client; PSS per client process, MB (docs/benchmarks.md).
+QEMU_BASE_MB, QEMU_PER_CLIENT_MB = 30, 9
+CLIENT_MB = {"spiced": 5, "spicy-stats": 14, "spice-gtk (python)": 26}
+
+
+def fitting(kind, sessions, per_qemu, margin_mb=4096):
+    """The most sessions (at most `sessions`, whole QEMUs) whose QEMUs and
+    clients fit in the memory available now with `margin_mb` to spare."""
+    per_session = QEMU_BASE_MB / per_qemu + QEMU_PER_CLIENT_MB + CLIENT_MB[kind]
+    n = int((mem_available_mb() - margin_mb) / per_session)
+    return max(0, min(sessions, n - n % per_qemu))
 
 
 def fmt(v, unit="", nd=1):
@@ -681,6 +796,11 @@ def network_rows(row, kinds, refs, net_kinds):
                 row(f"memory idle, {label} (MB)", {k: [r[0][key] / 1024 for r in v if r] for k, v in res.items()}, nd=1)
         row(f"CPU, {tag} (ticks of 1/{CLK} s per min)", {k: [r[1] for r in v if r] for k, v in res.items()}, nd=1)
         row(f"wakeups, {tag} (per s)", {k: [r[2] / 60 for r in v if r] for k, v in res.items()}, nd=2)
+        if live:
+            row("wakeups per MB drained, live screen",
+                {k: [r[2] * IDLE / 60 / r[3] for r in v if r and r[3] > 0] for k, v in res.items()}, nd=2)
+    row("wakeups, VM paused, with a metrics file, a control socket and WatchdogSec=60 (per s)",
+        {"spiced": [w / 60 for w in [features_run()] if w is not None]}, nd=2)
     row("start → all channels up (s)", {k: [start_run(k) for _ in range(RUNS)] for k in kinds}, nd=2)
     for down in ((2,) if QUICK else (2, 10, 40)):
         row(f"server down {down} s: listening → all channels up (s)",
@@ -693,8 +813,25 @@ def network_rows(row, kinds, refs, net_kinds):
             {k: [v[1]] for k, v in bh.items() if v}, nd=1)
     n = 10 if QUICK else 50
     many = {k: many_run(k, n) for k in net_kinds}
-    for i, label, nd in ((0, "total PSS (MB)", 0), (1, f"CPU (ticks of 1/{CLK} s per min)", 0), (2, "file descriptors", 0)):
+    for i, label, nd in ((0, "total PSS (MB)", 0), (1, f"CPU (ticks of 1/{CLK} s per min)", 0),
+                         (2, "file descriptors", 0), (3, "wakeups (per s)", 2)):
         row(f"{n} sessions (one QEMU each, VM paused): {label}", {k: [v[i]] for k, v in many.items() if v}, nd=nd)
+    # 500 sessions: one QEMU each would take ~17 GB here; in spice-server's
+    # multi-client mode ten sessions share a QEMU (the python client, the
+    # same network engine as spicy-stats at twice its memory, is left out).
+    per_qemu = 10
+    big = 20 if QUICK else 500
+    scale = {k: fitting(k, big, per_qemu) for k in ("spiced", "spicy-stats")}
+    m = min(scale.values())
+    if m < big:
+        print(f"  {big} sessions do not fit in the memory available: {m}", flush=True)
+    if m >= per_qemu:
+        many = {k: many_run(k, m, per_qemu) for k in scale}
+        tag = f"{m} sessions ({m // per_qemu} QEMUs, {per_qemu} sessions each, VM paused)"
+        for i, label, nd in ((0, "total PSS (MB)", 0), (1, f"CPU (ticks of 1/{CLK} s per min)", 0),
+                             (3, "wakeups (per s)", 1)):
+            row(f"{tag}: {label}", {k: [v[i]] for k, v in many.items() if v}, nd=nd)
+        row(f"{tag}: PSS per session (MB)", {k: [v[0] / m] for k, v in many.items() if v}, nd=2)
     if shutil.which("tinyproxy"):
         row("behind tinyproxy `Timeout 5`, VM paused: channels up at the end",
             {k: [proxy_run(k)] for k in net_kinds}, nd=0)
@@ -797,7 +934,9 @@ remote-viewer out: its network engine is spice-gtk, the python client's.
   idle windows of {idle} s after all channels are up and 5 s of settling.
 - Memory from `/proc/PID/smaps_rollup` (PSS counts shared pages by share; RSS
   counts the whole binary and libraries). Wakeups: voluntary context switches
-  summed over the client's threads.
+  summed over the client's threads, sampled every 0.5 s (2 s above 100
+  processes) so threads that start or end within the window count too.
+  Bytes drained: the client's TCP sockets' `bytes_received` (`ss -ti`).
 - "server down N s": QEMU killed while spiced is linked, restarted on the same
   port N s later; from the moment it listens to all 11 channels up (QMP
   `query-spice`). spiced runs with `max_attempts = 10` so a 40 s outage is
@@ -809,36 +948,51 @@ remote-viewer out: its network engine is spice-gtk, the python client's.
   showing none of the client's channels (the server's own view). One run each.
 - "N sessions": N clients of one kind at once, each against its own paused
   QEMU (spice-server offers a second client of one VM only main, display,
-  inputs and cursor); PSS, CPU over the idle window and open descriptors,
-  summed over the clients. One run each.
+  inputs and cursor); PSS, CPU over the idle window, open descriptors and
+  wakeups, summed over the clients. One run each.
+- "N sessions (N/10 QEMUs, 10 sessions each)": one QEMU per session would
+  take ~17 GB for 500 (34 MB PSS each with its client, the lab QEMU); in
+  spice-server's multi-client mode (`SPICE_DEBUG_ALLOW_MC=1`) ten sessions
+  share a QEMU, ~9 MB each: the first gets every channel, the others main,
+  display, inputs and cursor, each channel with its own PING timer. One
+  client process per session, as spiced is deployed (one systemd instance per
+  kiosk). N is 500, or what fits in the memory available with 4 GB to spare
+  (the row says). The python client (spicy-stats' network engine at twice its
+  memory) is left out.
 
 {table}
 
 ## Reading the table
 
-- **Wakeups with the VM paused**: spiced sends a keepalive on every silent
-  channel (spice-gtk sends none), coalesced so all channels go out on one
-  wakeup per 7.5–15 s ([keepalive.md](keepalive.md)). What remains is tokio's
-  timer wheel: a timer more than 4 s away is moved down the wheel at slot
-  boundaries, each a wakeup of its own (about three per keepalive tick), plus
-  the server's own PINGs.
-- **Wakeups with a live screen** are driven by the server's display updates
-  for every client; spiced wakes somewhat more often than spice-gtk (and far
-  less than remote-viewer) for the same traffic while using a fraction of its
-  CPU (it decodes nothing). Not investigated further yet.
-- **Memory**: spiced's anonymous memory is 1.3 MB; the rest of its RSS
-  (4.3 MB) is file-backed: the pages of its own binary and of libc that it
-  touches. PSS is a third of spicy-stats', not yet the 0.15 aimed at.
+- **Wakeups with the VM paused**: an idle session is woken by the server
+  alone: spice-server PINGs display and main every ~15 s, some 30 ms apart.
+  spiced's keepalives (spice-gtk sends none) and all its other periodic work
+  ride on those two wakeups; its one timer of its own (a timerfd) rings only
+  when nothing else woke it, once, at the deadline ([keepalive.md](keepalive.md)).
+  With a metrics file the file is rewritten about every 15 s on a thread of
+  its own (one wakeup of that thread per write); the watchdog ping rides the
+  PINGs; the control socket costs nothing while no client is connected.
+- **Wakeups with a live screen**: the guest's screen changes ~30 times a
+  second; spice-server writes each update as ~20 messages of ~5 KB over
+  2–3 ms, and they reach the client in two or three pieces. A client wakes
+  for each piece that finds it idle: spiced handles 64 KB in ~0.1 ms and is
+  idle again before the next piece comes; spice-gtk decodes as it reads and
+  is often still busy. Waking spiced once per update would take waiting: a
+  busy loop costs the CPU spiced saves, and a receive low-water mark
+  (SO_RCVLOWAT) sized to an update, tried, can stall the server, which stops
+  after twice its ACK window of messages until the client ACKs.
+- **Memory**: spiced's anonymous memory is ~1.3 MB; the rest of its RSS
+  is file-backed: the pages of its own binary and of libc that it touches.
 - **Black hole**: spice-gtk learns of it from TCP keepalive alone (idle 30 s,
   then 3 probes 15 s apart: about 70 s); spiced from its own keepalive (at
   most 15 s of silence) and `TCP_USER_TIMEOUT` (25 s of unacknowledged data),
   so about 33 s. The server's view does not depend on the client: spice-server
   drops a channel 30 s after a PING went unanswered, and QMP shows none of the
   client's channels some 53–55 s after the drop.
-- **50 sessions, CPU**: with the VM paused, spiced's per-session cost is its
-  wakeups (keepalives on every silent channel, row "wakeups, VM paused"), about
-  6 ms of CPU per session and minute; spice-gtk sends nothing on idle channels.
-  File descriptors: spiced links 11 channels per session, spice-gtk 10.
+- **N sessions**: with the VM paused, a session costs what its wakeups cost
+  (the server's PINGs, and the keepalives riding them). File descriptors:
+  spiced links 11 channels per session, spice-gtk 10; spiced has one more per
+  process for its timer (timerfd).
 - **The reference clients do not reconnect**: when the server goes away they
   stay disconnected, so the restart rows have no reference figure.
 - **The display mirror** (`[display] mirror`, [display.md](display.md)):

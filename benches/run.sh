@@ -3,7 +3,7 @@
 # spicy-stats, through Python gi, and remote-viewer under Xvfb), measured in the same run against real
 # QEMUs on 127.0.0.1: memory, CPU and wakeups (VM paused and live screen), start
 # to all channels up, server restarts, a black hole, 50 sessions on one host,
-# an idle-cutting proxy, display drain.
+# an idle-cutting proxy, display drain, 500 sessions (multi-client QEMUs).
 # Prints one markdown table and writes it to docs/benchmarks.md with the machine
 # and the command. Not part of the test run; --quick (one short run per row)
 # only proves the script works. --only display: just the display mirror's rows

@@ -3,10 +3,12 @@
 //!
 //! * [`IdleTimer`]: a channel silent in both directions for `idle` sends one
 //!   keepalive (ACK_SYNC echoing the current ACK generation — see
-//!   docs/keepalive.md for why that message and no other). Deadlines are
-//!   coalesced: moved earlier onto a grid of `idle / 2` counted from the
-//!   session's start, which every channel of a session shares, so the channels
-//!   of an idle session send on the same few wakeups instead of one each.
+//!   docs/keepalive.md for why that message and no other). That is the
+//!   deadline; the keepalive may also go out earlier, riding on a wakeup that
+//!   happens anyway (the server's PING on another channel, any traffic), so a
+//!   timer of spiced's own is needed only when nothing else wakes it
+//!   ([`crate::wake`]). Early keepalives are rate-limited: a burst of four,
+//!   then one per `idle / 2`, whatever the wakeups.
 //! * [`Backstop`]: no inbound byte on main for `timeout` ends the session: the
 //!   server PINGs main every 15 s, so silence there means a frozen or wedged
 //!   server — something TCP cannot see, since the server's kernel keeps ACKing.
@@ -14,13 +16,22 @@
 //!   (ATTACH_CHANNELS ⇒ CHANNELS_LIST), so a timeout shorter than the server's
 //!   PING interval still never fires on a healthy server.
 
+use crate::wake::Window;
 use std::time::Duration;
+
+/// An early keepalive needs at least this much silence before it: sooner it
+/// would buy nothing, and spend the rate limit a later wakeup needs (a
+/// timer rings a moment before a PING: the PING carries nothing).
+pub const MIN_SILENCE: Duration = Duration::from_millis(5);
 
 /// Fires after `idle` of two-way silence; any byte in either direction resets it.
 #[derive(Debug, Clone)]
 pub struct IdleTimer {
     idle: Option<Duration>,
     last_activity: Duration,
+    /// The rate limit of keepalives (GCRA, one per `idle / 2`, bursts of
+    /// four): one more may go out early once this is at most `1.5 idle` ahead.
+    credit: Duration,
 }
 
 impl IdleTimer {
@@ -29,6 +40,7 @@ impl IdleTimer {
         IdleTimer {
             idle: idle.filter(|d| !d.is_zero()),
             last_activity: now,
+            credit: now,
         }
     }
 
@@ -37,10 +49,32 @@ impl IdleTimer {
         self.last_activity = self.last_activity.max(now);
     }
 
-    /// When a keepalive is due, if ever: `idle` after the last byte, moved
-    /// back to the grid (never later, and never before `idle / 2` of silence).
+    /// A keepalive went out at `now` (it is traffic too).
+    pub fn on_keepalive(&mut self, now: Duration) {
+        self.on_traffic(now);
+        if let Some(i) = self.idle {
+            self.credit = self.credit.max(now) + i / 2;
+        }
+    }
+
+    /// When a keepalive is due at the latest: `idle` after the last byte.
     pub fn deadline(&self) -> Option<Duration> {
-        self.idle.map(|i| coalesce(self.last_activity + i, i / 2))
+        self.idle.map(|i| self.last_activity + i)
+    }
+
+    /// When a keepalive may go out at the earliest: [`MIN_SILENCE`] after
+    /// the last byte, within the rate limit.
+    pub fn earliest(&self) -> Option<Duration> {
+        self.idle
+            .map(|i| (self.last_activity + MIN_SILENCE).max(self.credit.saturating_sub(i + i / 2)))
+    }
+
+    /// Both, for the wakeup planning ([`crate::wake`]).
+    pub fn window(&self) -> Option<Window<Duration>> {
+        Some(Window {
+            earliest: self.earliest()?,
+            due: self.deadline()?,
+        })
     }
 
     pub fn due(&self, now: Duration) -> bool {
@@ -48,19 +82,51 @@ impl IdleTimer {
     }
 }
 
-/// `due` rounded down to a multiple of `grid` (unchanged for a zero grid).
-fn coalesce(due: Duration, grid: Duration) -> Duration {
-    let g = grid.as_nanos();
-    if g == 0 {
-        return due;
+/// When the server's next PING on a channel should come: spice-server PINGs
+/// a channel on a timer it restarts when the PONG to the second PING of a
+/// pair arrives, so the last interval predicts the next one. Main and
+/// display are PINGed every 15 s from the start (PING_TEST_TIMEOUT_MS in
+/// server/red-channel-client.cpp); the other channels get their pair at link
+/// and then one every few minutes (docs/spice-notes.md). The wakeup planning
+/// uses it to know that a PING will wake the process soon ([`crate::wake`]);
+/// a wrong prediction costs a timer wakeup at most.
+#[derive(Debug, Clone, Default)]
+pub struct PingClock {
+    last: Option<Duration>,
+    period: Option<Duration>,
+}
+
+/// PINGs closer than this are one pair (spice-server sends two at once).
+const PING_PAIR: Duration = Duration::from_secs(1);
+/// Intervals longer than this predict nothing useful.
+const PING_PERIOD_MAX: Duration = Duration::from_secs(600);
+/// spice-server's PING period on main and display.
+const SERVER_PERIOD: Duration = Duration::from_secs(15);
+
+impl PingClock {
+    /// A channel the server PINGs every 15 s from the start (main, display).
+    pub fn every_15s() -> PingClock {
+        PingClock {
+            last: None,
+            period: Some(SERVER_PERIOD),
+        }
     }
-    let n = due.as_nanos() / g;
-    // n * g <= due, which fits a Duration.
-    let nanos = n * g;
-    Duration::new(
-        u64::try_from(nanos / 1_000_000_000).unwrap_or(u64::MAX),
-        (nanos % 1_000_000_000) as u32,
-    )
+
+    pub fn on_ping(&mut self, now: Duration) {
+        if let Some(last) = self.last {
+            let gap = now.saturating_sub(last);
+            if gap >= PING_PAIR {
+                self.period = (gap <= PING_PERIOD_MAX).then_some(gap);
+            }
+        }
+        // The timer restarts at the pair's last PING.
+        self.last = Some(now);
+    }
+
+    /// The next PING, once the period is known.
+    pub fn next(&self) -> Option<Duration> {
+        Some(self.last? + self.period?)
+    }
 }
 
 /// Ends the session when main has been silent inbound for `timeout`.
@@ -117,44 +183,39 @@ mod tests {
     #[test]
     fn traffic_either_way_postpones_it() {
         let mut t = IdleTimer::new(Some(S(15)), S(0));
-        t.on_traffic(S(10)); // inbound: due at 25, on the 7.5 s grid 22.5
-        assert!(!t.due(S(15)));
-        assert_eq!(t.deadline(), Some(Duration::from_millis(22_500)));
-        t.on_traffic(S(20)); // outbound: due at 35, on the grid 30
-        assert!(!t.due(S(29)));
-        assert!(t.due(S(30)));
+        t.on_traffic(S(10)); // inbound
+        assert!(!t.due(S(24)));
+        assert_eq!(t.deadline(), Some(S(25)));
+        t.on_traffic(S(20)); // outbound
+        assert!(!t.due(S(34)));
+        assert!(t.due(S(35)));
     }
 
     #[test]
-    fn deadlines_are_coalesced_never_late_never_before_half_the_interval() {
-        let idle = S(15);
-        let mut deadlines = std::collections::BTreeSet::new();
-        // Channels whose last byte came anywhere in one 7.5 s slot share one.
-        for ms in (7_500..15_000).step_by(250) {
-            let last = Duration::from_millis(ms);
-            let t = IdleTimer::new(Some(idle), last);
-            let d = t.deadline().expect("enabled");
-            assert!(d <= last + idle, "late: {last:?} -> {d:?}");
-            assert!(d >= last + idle / 2, "early: {last:?} -> {d:?}");
-            deadlines.insert(d);
-        }
-        assert_eq!(deadlines.len(), 1, "{deadlines:?}");
-        // Any idle and any moment: the same bounds.
-        for idle_ms in [1_000u64, 1_500, 4_300, 15_000, 3_600_000] {
-            for last_ms in [0u64, 1, 999, 7_499, 123_456_789] {
-                let (idle, last) = (
-                    Duration::from_millis(idle_ms),
-                    Duration::from_millis(last_ms),
-                );
-                let d = IdleTimer::new(Some(idle), last)
-                    .deadline()
-                    .expect("enabled");
-                assert!(
-                    d <= last + idle && d >= last + idle / 2,
-                    "{idle:?} {last:?} {d:?}"
-                );
-            }
-        }
+    fn early_keepalives_wait_for_silence_and_are_rate_limited() {
+        let ms = Duration::from_millis;
+        let mut t = IdleTimer::new(Some(S(15)), S(0));
+        // Not on the wakeup of the last byte, nor right after it.
+        assert_eq!(t.earliest(), Some(MIN_SILENCE));
+        // Four early ones at once are fine (the PINGs of main and display
+        // come as two wakeups ~30 ms apart, both carry keepalives, and a
+        // timer that rang a moment before them may have sent one too), a
+        // fifth must wait.
+        t.on_keepalive(S(1));
+        t.on_keepalive(S(1) + ms(10));
+        t.on_keepalive(S(1) + ms(20));
+        assert!(t.earliest().unwrap() <= S(2));
+        t.on_keepalive(S(2));
+        assert_eq!(t.earliest(), Some(S(1) + ms(7_500)));
+        // Sustained: one per idle / 2.
+        t.on_keepalive(S(9));
+        assert_eq!(t.earliest(), Some(S(16)));
+        assert_eq!(t.deadline(), Some(S(24)));
+        // Plain traffic spends no budget.
+        t.on_traffic(S(20));
+        assert_eq!(t.earliest(), Some(S(20) + MIN_SILENCE));
+        let w = t.window().unwrap();
+        assert_eq!((w.earliest, w.due), (t.earliest().unwrap(), S(35)));
     }
 
     #[test]
@@ -171,6 +232,30 @@ mod tests {
         let t = IdleTimer::new(crate::time::secs_opt(0.0), S(0));
         assert!(!t.due(S(1_000_000)));
         assert_eq!(t.deadline(), None);
+    }
+
+    #[test]
+    fn the_ping_clock_predicts_from_the_last_interval_after_a_pair() {
+        let ms = Duration::from_millis;
+        // A secondary channel: its pair at link says nothing about the next.
+        let mut c = PingClock::default();
+        assert_eq!(c.next(), None);
+        c.on_ping(ms(40));
+        c.on_ping(ms(140));
+        assert_eq!(c.next(), None, "one pair shows no period");
+        // 5-minute PINGs of an idle secondary channel still predict.
+        c.on_ping(ms(300_140));
+        assert_eq!(c.next(), Some(ms(600_140)));
+        c.on_ping(ms(1_300_140));
+        assert_eq!(c.next(), None, "too far apart to mean anything");
+        // Main or display: 15 s after the second PING of the pair at link.
+        let mut c = PingClock::every_15s();
+        assert_eq!(c.next(), None);
+        c.on_ping(ms(95));
+        c.on_ping(ms(195));
+        assert_eq!(c.next(), Some(ms(15_195)));
+        c.on_ping(ms(15_197));
+        assert_eq!(c.next(), Some(ms(30_199)));
     }
 
     #[test]

@@ -35,4 +35,5 @@ pub mod text;
 pub mod ticket;
 pub mod time;
 pub mod vv;
+pub mod wake;
 pub mod wire;

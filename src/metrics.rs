@@ -3,12 +3,14 @@
 //! (docs/metrics.md lists every series).
 //!
 //! Rendering is a pure function ([`render`]); when to rewrite is a small
-//! sans-IO [`Schedule`] (on every change, at least every [`EVERY`], one write
-//! in flight); the write itself ([`write_atomic`]: a temp file in the same
-//! directory renamed over the target) is blocking and runs off the event loop.
+//! sans-IO [`Schedule`] (on every change, about every [`EVERY`] riding a
+//! wakeup that happens anyway, one write in flight); the write itself
+//! ([`write_atomic`]: a temp file in the same directory renamed over the
+//! target) is blocking and runs off the event loop.
 
 use crate::channel::counters::TrafficTotals;
 use crate::daemon::status::Status;
+use crate::wake::{Wake, Window};
 use crate::wire::ChannelId;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -17,9 +19,15 @@ use std::path::Path;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// The file is rewritten at least this often (node_exporter reads it at every
-/// scrape; a file older than this by much means spiced is stuck or gone).
+/// The file is rewritten about this often (node_exporter reads it at every
+/// scrape; a file older than this by much means spiced is stuck or gone):
+/// on a wakeup that happens anyway from [`MIN_AGE`] on (the server's PINGs
+/// come every ~15 s), by a timer of its own at [`MAX_AGE`].
 pub const EVERY: Duration = Duration::from_secs(15);
+/// A periodic rewrite is never sooner than this after the last one.
+pub const MIN_AGE: Duration = Duration::from_secs(10);
+/// A periodic rewrite is never later than this after the last one.
+pub const MAX_AGE: Duration = Duration::from_secs(20);
 
 /// The label every series carries: the systemd instance (`SPICED_INSTANCE`).
 pub const INSTANCE_LABEL: &str = "spiced_instance";
@@ -344,11 +352,14 @@ fn display(o: &mut Out, d: &crate::display::screen::DisplayView) {
     );
 }
 
-/// When to rewrite the file: at once after a change, at least every [`EVERY`],
-/// never two writes at a time (a change during a write is written after it).
+/// When to rewrite the file: at once after a change, periodically between
+/// [`MIN_AGE`] and [`MAX_AGE`] after the last write (riding a wakeup of the
+/// process, see [`crate::wake`]), never two writes at a time (a change
+/// during a write is written after it).
 #[derive(Debug)]
 pub struct Schedule {
-    due: Instant,
+    /// When the last write started.
+    last: Instant,
     dirty: bool,
     in_flight: bool,
 }
@@ -357,7 +368,7 @@ impl Schedule {
     /// The first write is due at once.
     pub fn new(now: Instant) -> Schedule {
         Schedule {
-            due: now,
+            last: now,
             dirty: true,
             in_flight: false,
         }
@@ -368,14 +379,18 @@ impl Schedule {
         self.dirty = true;
     }
 
-    /// Whether to start a write now (then call [`Schedule::written`] when it ends).
-    pub fn poll_write(&mut self, now: Instant) -> bool {
-        if self.in_flight || !(self.dirty || now >= self.due) {
+    /// Whether to start a write now (then call [`Schedule::written`] when it
+    /// ends): a change is owed, the periodic rewrite is due, or `wake` (the
+    /// process is awake anyway) carries it.
+    pub fn poll_write(&mut self, now: Instant, wake: Option<&Wake>) -> bool {
+        let w = self.window();
+        let periodic = now >= w.due || wake.is_some_and(|wake| w.ready(wake));
+        if self.in_flight || !(self.dirty || periodic) {
             return false;
         }
         self.in_flight = true;
         self.dirty = false;
-        self.due = now + EVERY;
+        self.last = now;
         true
     }
 
@@ -384,17 +399,25 @@ impl Schedule {
         self.in_flight = false;
     }
 
-    /// When [`Schedule::poll_write`] must next be asked; None while a write is
-    /// in flight (its end wakes the loop).
     /// A write is running, or one is owed for a change.
     pub fn pending(&self) -> bool {
         self.in_flight || self.dirty
     }
 
-    /// A change is written by the `poll_write` the shell makes after every
-    /// input, so only the periodic rewrite needs a timer.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        (!self.in_flight).then_some(self.due)
+    /// A write is running.
+    pub fn in_flight(&self) -> bool {
+        self.in_flight
+    }
+
+    /// When the periodic rewrite may ride a wakeup and when it is due. A
+    /// change is written by the `poll_write` the shell makes after every
+    /// input, so it needs no timer; a write still in flight at the due time
+    /// is the shell's to notice.
+    pub fn window(&self) -> Window {
+        Window {
+            earliest: crate::time::after(self.last, MIN_AGE),
+            due: crate::time::after(self.last, MAX_AGE),
+        }
     }
 }
 

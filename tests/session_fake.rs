@@ -359,6 +359,7 @@ fn ctx_with_screen(
         traffic: Default::default(),
         adopted: None,
         screen,
+        pacer: spiced::wake::Pacer::start(spiced::wake::Alarm::tokio()),
     };
     (c, fake)
 }

@@ -6,8 +6,9 @@
 pub mod counters;
 
 use crate::config::KeepaliveConfig;
-use crate::keepalive::{Backstop, IdleTimer};
+use crate::keepalive::{Backstop, IdleTimer, PingClock};
 use crate::time::secs_opt as secs;
+use crate::wake::{Wake, Window};
 use crate::wire::frame::{Decoder, Encoder, Frame, HeaderKind, DEFAULT_MAX_MESSAGE};
 use crate::wire::msg::{self, ClientMsg, MainInit, MigrateDst, ServerMsg, Writer};
 use crate::wire::{ChannelId, ChannelType, WireError};
@@ -89,6 +90,10 @@ pub struct Channel {
     ack_window: u32,
     ack_countdown: u32,
     idle: IdleTimer,
+    /// When the server's next PING should come (wakeup planning).
+    pings: PingClock,
+    /// A PING of the server's periodic timer came since the last look.
+    periodic_ping: bool,
     backstop: Option<Backstop>,
     /// Main only: ATTACH_CHANNELS went out after MAIN_INIT, so a probe may follow.
     attached: bool,
@@ -151,6 +156,12 @@ impl Channel {
             ack_window: 0,
             ack_countdown: 0,
             idle: IdleTimer::new(secs(cfg.idle_secs), now),
+            pings: if matches!(id.ty, ChannelType::Main | ChannelType::Display) {
+                PingClock::every_15s()
+            } else {
+                PingClock::default()
+            },
+            periodic_ping: false,
             backstop,
             attached: false,
             probe_outstanding: false,
@@ -254,6 +265,8 @@ impl Channel {
             }
             ServerMsg::Ping { id, timestamp } => {
                 self.counters.ping_recv_count += 1;
+                self.pings.on_ping(now);
+                self.periodic_ping |= self.pings.next().is_some();
                 self.counters.last_ping_recv_ts_secs = Some(now.as_secs_f64());
                 // Answer at once: main is watched by the server's connectivity check.
                 self.queue(ClientMsg::Pong { id, timestamp });
@@ -296,9 +309,18 @@ impl Channel {
         Ok(())
     }
 
-    /// Timers: the keepalive, (on main) the backstop, (on display with the
-    /// mirror) the stale-screen check.
+    /// Timers at `now`: the keepalive (when due), on main the probe and the
+    /// backstop, on display with the mirror the stale-screen check.
     pub fn handle_timeout(&mut self, now: Duration) -> Result<(), ChannelError> {
+        self.handle_wake(&Wake::timer(now))
+    }
+
+    /// The process is awake (see [`crate::wake`]): main's probe and backstop
+    /// and the display mirror's stale-screen check when due, and the
+    /// keepalive when due or when it would fall due before the next wakeup is
+    /// expected.
+    pub fn handle_wake(&mut self, wake: &Wake<Duration>) -> Result<(), ChannelError> {
+        let now = wake.now;
         if let Some(d) = &self.display {
             d.tick(now);
         }
@@ -315,12 +337,14 @@ impl Channel {
             self.counters.last_client_keepalive_send_ts_secs = Some(now.as_secs_f64());
             self.last_keepalive = Some(now);
         }
-        if self.idle.due(now) && self.out.is_empty() {
+        let ready = self.idle.window().is_some_and(|w| w.ready(wake));
+        if ready && self.out.is_empty() {
             // Echo the current generation: spice-server only records it (no log,
             // no reply), and the ACK window stays intact. See docs/keepalive.md.
             self.queue(ClientMsg::AckSync {
                 generation: self.ack_generation,
             });
+            self.idle.on_keepalive(now);
             self.counters.client_keepalive_send_count += 1;
             self.counters.last_client_keepalive_send_ts_secs = Some(now.as_secs_f64());
             self.last_keepalive = Some(now);
@@ -339,10 +363,11 @@ impl Channel {
         self.probe_at().is_some_and(|p| now >= p)
     }
 
-    /// The earliest time `handle_timeout` has work to do.
-    pub fn poll_timeout(&self) -> Option<Duration> {
-        [
-            self.idle.deadline(),
+    /// When the channel's task must next run, and from when it may: the
+    /// keepalive may go early (riding another wakeup), main's probe and
+    /// backstop run at their time exactly.
+    pub fn wake_window(&self) -> Option<Window<Duration>> {
+        let exact = [
             self.backstop.as_ref().and_then(Backstop::deadline),
             self.probe_at(),
             self.display.as_ref().and_then(|d| d.deadline()),
@@ -350,6 +375,24 @@ impl Channel {
         .into_iter()
         .flatten()
         .min()
+        .map(Window::at);
+        crate::wake::merge(self.idle.window(), exact)
+    }
+
+    /// When the server's next PING on this channel should wake the process.
+    pub fn expected_ping(&self) -> Option<Duration> {
+        self.pings.next()
+    }
+
+    /// Whether a PING of the server's periodic timer came since the last
+    /// call (it is what wakes an idle session: see [`crate::wake`]).
+    pub fn take_periodic_ping(&mut self) -> bool {
+        std::mem::take(&mut self.periodic_ping)
+    }
+
+    /// The latest time `handle_timeout` has work to do.
+    pub fn poll_timeout(&self) -> Option<Duration> {
+        self.wake_window().map(|w| w.due)
     }
 
     /// The next bytes to write; the caller writes them right away.

@@ -151,8 +151,8 @@ fn keepalive_is_ack_sync_with_current_generation_after_two_way_silence() {
     ch.on_bytes(&server_msg(101, &[]), S(25)).unwrap();
     ch.handle_timeout(S(30)).unwrap();
     assert!(sent(&mut ch, S(30)).is_empty());
-    // 40 s, coalesced onto the 7.5 s grid.
-    assert_eq!(ch.poll_timeout(), Some(Duration::from_millis(37_500)));
+    // Due 15 s after the last byte.
+    assert_eq!(ch.poll_timeout(), Some(S(40)));
     // The ACK window was not touched by the keepalive: 19 more messages, no ACK yet.
     let many: Vec<u8> = (0..18).flat_map(|_| server_msg(101, &[])).collect();
     ch.on_bytes(&many, S(31)).unwrap();
@@ -183,8 +183,46 @@ fn outbound_traffic_postpones_the_keepalive() {
     sent(&mut ch, S(10)); // PONG written at 10 s
     ch.handle_timeout(S(22)).unwrap();
     assert!(sent(&mut ch, S(22)).is_empty());
-    // Due 15 s after the PONG, coalesced onto the 7.5 s grid: 22.5 s.
-    assert_eq!(ch.poll_timeout(), Some(Duration::from_millis(22_500)));
+    // Due 15 s after the PONG.
+    assert_eq!(ch.poll_timeout(), Some(S(25)));
+}
+
+#[test]
+fn a_keepalive_rides_a_wakeup_that_happens_anyway() {
+    use crate::wake::Wake;
+    let ms = Duration::from_millis;
+    let mut ch = Channel::new(
+        ChannelId::new(ChannelType::Inputs, 0),
+        HeaderKind::Mini,
+        &cfg(15.0, 0.0),
+        S(0),
+    );
+    // Awake at 8 s, next wakeup expected within 5 s: not due before it.
+    let wake = |at: Duration, horizon: Duration| Wake {
+        start: at,
+        now: at,
+        horizon,
+    };
+    ch.handle_wake(&wake(S(8), S(5))).unwrap();
+    assert!(sent(&mut ch, S(8)).is_empty());
+    // Awake at 11 s, the next wakeup maybe 18 s away: it goes now, not at 15 s.
+    ch.handle_wake(&wake(S(11), S(18))).unwrap();
+    assert_eq!(types(&sent(&mut ch, S(11))), vec![client::ACK_SYNC]);
+    assert_eq!(ch.poll_timeout(), Some(S(26)));
+    // Traffic on this very wakeup: nothing rides on the wakeup that carried it.
+    ch.on_bytes(&server_msg(101, &[]), S(20)).unwrap();
+    let same = Wake {
+        start: ms(19_999),
+        now: S(20),
+        horizon: S(18),
+    };
+    ch.handle_wake(&same).unwrap();
+    assert!(sent(&mut ch, S(20)).is_empty());
+    // The window says the same to the planner.
+    let w = ch.wake_window().unwrap();
+    assert_eq!(w.due, S(35));
+    assert!(!w.ready(&same));
+    assert!(w.ready(&wake(ms(20_030), S(18))));
 }
 
 #[test]

@@ -425,6 +425,27 @@ impl DaemonCore {
         self.exited
     }
 
+    /// The watchdog ping may ride a wakeup of the process from halfway
+    /// through its period on, and is due at its end ([`crate::wake`]).
+    pub fn watchdog_window(&self) -> Option<crate::wake::Window> {
+        let due = self.next_watchdog.filter(|_| !self.exited)?;
+        let every = self.opts.watchdog.unwrap_or(Duration::from_secs(1));
+        Some(crate::wake::Window {
+            earliest: due.checked_sub(every / 2).unwrap_or(due),
+            due,
+        })
+    }
+
+    /// Pings the watchdog now, ahead of its time (a wakeup carries it).
+    pub fn watchdog_early(&mut self, now: Now) {
+        if self.exited || self.next_watchdog.is_none() {
+            return;
+        }
+        self.effects.push_back(Effect::Notify(Notice::Watchdog));
+        let every = self.opts.watchdog.unwrap_or(Duration::from_secs(1));
+        self.next_watchdog = Some(crate::time::after(now.mono, every));
+    }
+
     pub fn handle_timeout(&mut self, now: Now) {
         if self.exited {
             return;

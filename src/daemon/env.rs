@@ -54,6 +54,9 @@ pub struct Env {
     pub hub: crate::control::Hub,
     /// The instance name (`SPICED_INSTANCE`): status and metrics labels.
     pub instance: String,
+    /// The process's own timer ([`crate::wake`]): a timerfd; tokio's timer
+    /// in tests, so paused time drives it.
+    pub alarm: fn() -> crate::wake::Alarm,
 }
 
 impl Env {
@@ -92,6 +95,7 @@ impl Env {
             instance: crate::metrics::instance_name(
                 std::env::var(crate::metrics::INSTANCE_ENV).ok().as_deref(),
             ),
+            alarm: crate::wake::Alarm::timerfd,
         }
     }
 }

@@ -9,10 +9,12 @@
 pub mod core;
 mod env;
 mod idle_cut;
+mod metrics_writer;
 mod migration;
 pub mod status;
 #[cfg(test)]
 mod tests;
+mod vv_watch;
 
 pub use self::core::{DaemonCore, Effect, Input, LoadError, Loaded, Options, Origin, Signal};
 pub use env::{Env, Stamp, VvRead};
@@ -42,7 +44,8 @@ const STOP_GRACE: Duration = Duration::from_secs(2);
 /// After the loop ends: how long sessions and reports in flight may still take.
 /// With the runtime's own bounded shutdown the process is gone within 2 s.
 pub const EXIT_GRACE: Duration = Duration::from_millis(1200);
-/// How often the .vv path is checked while waiting for a ticket.
+/// How often the .vv path is checked while waiting for a ticket, where its
+/// directory cannot be watched (see `vv_watch`).
 const WATCH_EVERY: Duration = Duration::from_secs(1);
 
 /// Runs spiced until it stops; returns the process exit code (see `exit`).
@@ -110,14 +113,34 @@ enum Msg {
     Refreshed(u64, Result<Box<Loaded>, String>),
     Report(Result<PathBuf, String>),
     Stamp(Option<Stamp>),
-    /// A metrics file write finished.
-    Metrics(Result<(), String>),
+    /// A metrics file write finished (told only when the loop asked).
+    MetricsDone,
     /// A readiness check finished.
     Probed(crate::link::Probe),
     /// A migration target's settings for this plan are built.
     Prepared(u64, Result<Box<Loaded>, String>),
     /// Linking at a migration target ahead of the move for this plan finished.
     Prelinked(u64, Result<Prelinks, String>),
+    /// The inotify watch of the .vv's directory is set up (or not).
+    VvWatch(Result<std::os::fd::OwnedFd, String>),
+}
+
+/// How the loop notices a new .vv while waiting for a ticket.
+enum Watch {
+    Off,
+    /// The watch is being set up (off the loop); the path is polled meanwhile.
+    Opening,
+    Inotify(vv_watch::VvWatch),
+    Polling,
+}
+
+/// Resolves when the watch saw something happen to the .vv; never for the
+/// other states.
+async fn watch_changed(w: &mut Watch) -> std::io::Result<()> {
+    match w {
+        Watch::Inotify(v) => v.changed().await,
+        _ => std::future::pending().await,
+    }
 }
 
 /// What a .vv read brought back.
@@ -179,6 +202,8 @@ struct Shell {
     prelinking: Option<(u64, AbortHandle)>,
     /// The last refresh command run started.
     refresh_job: Option<AbortHandle>,
+    /// The process's wakeup planning, shared with every session.
+    pacer: Arc<crate::wake::Pacer>,
 }
 
 struct MetricsFile {
@@ -186,6 +211,26 @@ struct MetricsFile {
     schedule: crate::metrics::Schedule,
     /// The last write failed (one warning per failing streak).
     failing: bool,
+    /// None: the thread could not be started (every write fails).
+    writer: Option<metrics_writer::Writer>,
+    /// The writer tells the loop when its write ends (`Msg::MetricsDone`).
+    asked: bool,
+}
+
+impl MetricsFile {
+    fn new(path: PathBuf) -> MetricsFile {
+        let path = Arc::new(path);
+        let writer = metrics_writer::Writer::spawn(path.clone(), crate::metrics::write_atomic)
+            .map_err(|e| warn!("cannot start the metrics writer: {e}"))
+            .ok();
+        MetricsFile {
+            path,
+            schedule: crate::metrics::Schedule::new(Instant::now()),
+            failing: false,
+            writer,
+            asked: false,
+        }
+    }
 }
 
 /// The loop. `signals` carries SIGTERM/SIGINT/SIGHUP/SIGUSR1 (tests inject them).
@@ -233,6 +278,7 @@ pub async fn run(
         },
         None => None,
     };
+    let pacer = crate::wake::Pacer::start((env.alarm)());
     let mut shell = Shell {
         config: config.clone(),
         opts_vv: opts.vv_path.clone(),
@@ -248,14 +294,11 @@ pub async fn run(
         traffic: Default::default(),
         screen,
         status_tx,
-        metrics: config.metrics.textfile.clone().map(|p| MetricsFile {
-            path: Arc::new(p),
-            schedule: crate::metrics::Schedule::new(Instant::now()),
-            failing: false,
-        }),
+        metrics: config.metrics.textfile.clone().map(MetricsFile::new),
         prelinks: None,
         prelinking: None,
         refresh_job: None,
+        pacer,
     };
     // The first read, off the loop and bounded like every other. Signals keep
     // coming meanwhile: only SIGTERM/SIGINT mean anything yet.
@@ -297,6 +340,11 @@ pub async fn run(
     let mut watch_tick = tokio::time::interval(WATCH_EVERY);
     watch_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_status: Option<status::Status> = None;
+    // The daemon's timers (the core's, the watchdog, the metrics rewrite, a
+    // stop's grace) are one slot of the process's wakeup planning: they ride
+    // on wakeups that happen anyway, and the one alarm rings only for them.
+    let slot = shell.pacer.slot();
+    let mut watch = Watch::Off;
     loop {
         while let Some(e) = core.poll_effect() {
             if let Effect::Exit(code) = e {
@@ -306,72 +354,118 @@ pub async fn run(
             }
             shell.execute(e);
         }
+        shell.collect_metrics();
         shell.observe(&core, &mut last_status);
-        let abort_at = shell.sessions.values().filter_map(|s| s.abort_at).min();
+        slot.set(shell.window(&core), None);
         let watching = core.watching_vv();
-        let metrics_at = shell
-            .metrics
-            .as_ref()
-            .and_then(|m| m.schedule.poll_timeout());
-        tokio::select! {
+        match (&watch, watching) {
+            (Watch::Off, true) => {
+                shell.open_vv_watch();
+                watch = Watch::Opening;
+            }
+            (Watch::Off, false) | (_, true) => {}
+            (_, false) => watch = Watch::Off,
+        }
+        let polling = watching && matches!(watch, Watch::Opening | Watch::Polling);
+        let woke = tokio::select! {
             biased;
-            Some(sig) = signals.recv() => core.handle(Input::Signal(sig), Now::system()),
+            Some(sig) = signals.recv() => {
+                core.handle(Input::Signal(sig), Now::system());
+                None
+            }
             Some(()) = reconnect_rx.recv() => {
                 info!("control socket: reconnect requested");
                 core.handle(Input::Signal(Signal::Reconnect), Now::system());
+                None
             }
-            Some(m) = rx.recv() => match m {
-                Msg::Session(generation, event) => core.handle(Input::Session { generation, event }, Now::system()),
-                Msg::Ended(generation, end) => {
-                    core.handle(Input::SessionEnded { generation, end }, Now::system());
-                    // Its report (if any) is queued now and needs the capture.
-                    while let Some(e) = core.poll_effect() {
-                        if let Effect::Exit(code) = e {
-                            shell.sessions.remove(&generation);
-                            shell.finish(&mut core, &mut rx).await;
-                            return code;
+            Some(m) = rx.recv() => {
+                match m {
+                    Msg::Session(generation, event) => core.handle(Input::Session { generation, event }, Now::system()),
+                    Msg::Ended(generation, end) => {
+                        core.handle(Input::SessionEnded { generation, end }, Now::system());
+                        // Its report (if any) is queued now and needs the capture.
+                        while let Some(e) = core.poll_effect() {
+                            if let Effect::Exit(code) = e {
+                                shell.sessions.remove(&generation);
+                                shell.finish(&mut core, &mut rx).await;
+                                return code;
+                            }
+                            shell.execute(e);
                         }
-                        shell.execute(e);
+                        shell.ended(generation);
                     }
-                    shell.ended(generation);
-                }
-                Msg::Read(origin, out) => {
-                    core.handle(Input::Loaded { origin, result: out.result }, Now::system());
-                    // A file renamed into place during the read: seen by a
-                    // look at the path now.
-                    if out.stamp.is_some() {
-                        shell.stamp = out.stamp;
-                        shell.stat_vv();
+                    Msg::Read(origin, out) => {
+                        core.handle(Input::Loaded { origin, result: out.result }, Now::system());
+                        // A file renamed into place during the read: seen by a
+                        // look at the path now.
+                        if out.stamp.is_some() {
+                            shell.stamp = out.stamp;
+                            shell.stat_vv();
+                        }
+                    }
+                    Msg::Refreshed(run, result) => core.handle(Input::Refreshed { run, result }, Now::system()),
+                    Msg::Probed(seen) => core.handle(Input::Probed(seen), Now::system()),
+                    Msg::Prepared(plan, result) => core.handle(Input::MigrationPrepared { plan, result }, Now::system()),
+                    Msg::Prelinked(plan, result) => {
+                        let result = shell.prelinked(plan, result);
+                        core.handle(Input::Prelinked { plan, result }, Now::system());
+                    }
+                    Msg::Report(r) => {
+                        shell.reports_in_flight = shell.reports_in_flight.saturating_sub(1);
+                        core.handle(Input::ReportDone(r), Now::system());
+                    }
+                    Msg::Stamp(s) => {
+                        shell.stat_in_flight = false;
+                        if s.is_some() && s != shell.stamp {
+                            shell.stamp = s;
+                            core.handle(Input::VvChanged, Now::system());
+                        }
+                        if std::mem::take(&mut shell.stat_again) {
+                            shell.stat_vv();
+                        }
+                    }
+                    Msg::MetricsDone => shell.metrics_told(),
+                    Msg::VvWatch(r) => {
+                        if matches!(watch, Watch::Opening) {
+                            let w = r.and_then(|fd| {
+                                vv_watch::VvWatch::new(fd, &shell.opts_vv).map_err(|e| e.to_string())
+                            });
+                            watch = match w {
+                                Ok(w) => Watch::Inotify(w),
+                                Err(e) => {
+                                    info!("cannot watch the directory of {} ({e}): checking it every second", shell.opts_vv.display());
+                                    Watch::Polling
+                                }
+                            };
+                            // Whatever happened while it was set up.
+                            shell.stat_vv();
+                        }
                     }
                 }
-                Msg::Refreshed(run, result) => core.handle(Input::Refreshed { run, result }, Now::system()),
-                Msg::Probed(seen) => core.handle(Input::Probed(seen), Now::system()),
-                Msg::Prepared(plan, result) => core.handle(Input::MigrationPrepared { plan, result }, Now::system()),
-                Msg::Prelinked(plan, result) => {
-                    let result = shell.prelinked(plan, result);
-                    core.handle(Input::Prelinked { plan, result }, Now::system());
-                }
-                Msg::Report(r) => {
-                    shell.reports_in_flight = shell.reports_in_flight.saturating_sub(1);
-                    core.handle(Input::ReportDone(r), Now::system());
-                }
-                Msg::Stamp(s) => {
-                    shell.stat_in_flight = false;
-                    if s.is_some() && s != shell.stamp {
-                        shell.stamp = s;
-                        core.handle(Input::VvChanged, Now::system());
-                    }
-                    if std::mem::take(&mut shell.stat_again) {
-                        shell.stat_vv();
+                None
+            }
+            wake = slot.kicked() => Some(wake),
+            r = watch_changed(&mut watch), if watching => {
+                match r {
+                    Ok(()) => shell.stat_vv(),
+                    Err(e) => {
+                        info!("the watch of {} failed ({e}): checking it every second", shell.opts_vv.display());
+                        watch = Watch::Polling;
                     }
                 }
-                Msg::Metrics(r) => shell.metrics_written(r),
-            },
-            // The write itself starts in `observe` at the top of the loop.
-            _ = crate::time::sleep_until_opt(metrics_at) => {}
-            _ = crate::time::sleep_until_opt(core.poll_timeout()) => core.handle_timeout(Now::system()),
-            _ = crate::time::sleep_until_opt(abort_at) => shell.abort_overdue(),
-            _ = watch_tick.tick(), if watching => shell.stat_vv(),
+                None
+            }
+            _ = watch_tick.tick(), if polling => {
+                shell.stat_vv();
+                None
+            }
+        };
+        match woke {
+            Some(wake) => shell.on_wake(&mut core, &wake),
+            // The loop ran for an input: whatever falls due soon rides on it.
+            None => {
+                slot.awake(Instant::now(), false);
+            }
         }
     }
 }
@@ -413,14 +507,99 @@ impl Shell {
             }
             *last = Some(st);
         }
-        self.write_metrics_if_due();
+        self.write_metrics_if_due(None);
     }
 
-    fn write_metrics_if_due(&mut self) {
+    /// When the daemon's timers need the loop: the core's deadlines (exact),
+    /// the watchdog and the metrics rewrite (riding a wakeup when they can),
+    /// a stopped session's grace (exact).
+    fn window(&self, core: &DaemonCore) -> Option<crate::wake::Window> {
+        use crate::wake::{merge, Window};
+        let abort_at = self.sessions.values().filter_map(|s| s.abort_at).min();
+        [
+            core.poll_timeout().map(Window::at),
+            core.watchdog_window(),
+            self.metrics
+                .as_ref()
+                .filter(|m| !m.asked)
+                .map(|m| m.schedule.window()),
+            abort_at.map(Window::at),
+        ]
+        .into_iter()
+        .fold(None, merge)
+    }
+
+    /// The planning says the daemon's timers run now (`wake`: the wakeup).
+    fn on_wake(&mut self, core: &mut DaemonCore, wake: &crate::wake::Wake) {
+        let now = Now::system();
+        if core.poll_timeout().is_some_and(|t| now.mono >= t) {
+            core.handle_timeout(now);
+        }
+        if core.watchdog_window().is_some_and(|w| w.ready(wake)) {
+            core.watchdog_early(now);
+        }
+        if self
+            .sessions
+            .values()
+            .any(|s| s.abort_at.is_some_and(|t| now.mono >= t))
+        {
+            self.abort_overdue();
+        }
+        self.collect_metrics();
+        self.write_metrics_if_due(Some(wake));
+        // A write still running when the next one falls due (a stalled
+        // disk): from now on its end wakes the loop.
+        if let Some(m) = &self.metrics {
+            let overdue = now.mono >= m.schedule.window().due;
+            if overdue && m.schedule.in_flight() {
+                self.ask_metrics();
+            }
+        }
+    }
+
+    /// Takes the end of a metrics write, if one ended since the last look.
+    fn collect_metrics(&mut self) {
+        if let Some(r) = self
+            .metrics
+            .as_ref()
+            .and_then(|m| m.writer.as_ref())
+            .and_then(|w| w.take_done())
+        {
+            self.metrics_written(r);
+        }
+    }
+
+    /// The writer tells the loop when the write in flight ends.
+    fn ask_metrics(&mut self) {
         let Some(m) = &mut self.metrics else {
             return;
         };
-        if !m.schedule.poll_write(Instant::now()) {
+        if m.asked {
+            return;
+        }
+        if let Some(w) = &m.writer {
+            m.asked = true;
+            let tx = self.tx.clone();
+            w.tell_when_done(move || {
+                let _ = tx.send(Msg::MetricsDone);
+            });
+        }
+    }
+
+    /// The writer told the loop its write ended.
+    fn metrics_told(&mut self) {
+        if let Some(m) = &mut self.metrics {
+            m.asked = false;
+        }
+        self.collect_metrics();
+        self.write_metrics_if_due(None);
+    }
+
+    fn write_metrics_if_due(&mut self, wake: Option<&crate::wake::Wake>) {
+        let Some(m) = &mut self.metrics else {
+            return;
+        };
+        if !m.schedule.poll_write(Instant::now(), wake) {
             return;
         }
         let traffic = self.traffic.snapshot();
@@ -433,18 +612,10 @@ impl Shell {
             traffic: &traffic,
             now: crate::time::unix_now(),
         });
-        let path = m.path.clone();
-        let tx = self.tx.clone();
-        let job = tokio::task::spawn_blocking(move || {
-            crate::metrics::write_atomic(&path, &text).map_err(|e| e.to_string())
-        });
-        tokio::spawn(async move {
-            let r = match job.await {
-                Ok(r) => r,
-                Err(e) => Err(format!("the metrics writer failed: {e}")),
-            };
-            let _ = tx.send(Msg::Metrics(r));
-        });
+        match &m.writer {
+            Some(w) => w.submit(text),
+            None => self.metrics_written(Err("no writer thread".into())),
+        }
     }
 
     /// The metrics file still has a write running or due (the exit waits).
@@ -693,6 +864,7 @@ impl Shell {
             traffic: self.traffic.clone(),
             adopted: None,
             screen: self.screen.clone(),
+            pacer: self.pacer.clone(),
         }
     }
 
@@ -760,6 +932,22 @@ impl Shell {
         }
     }
 
+    /// Sets up the inotify watch of the .vv's directory, off the loop and
+    /// bounded like a read; the result comes back as `Msg::VvWatch`.
+    fn open_vv_watch(&self) {
+        let path = self.opts_vv.clone();
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let job = tokio::task::spawn_blocking(move || vv_watch::open(&path));
+            let r = match tokio::time::timeout(VV_READ_TIMEOUT, job).await {
+                Ok(Ok(r)) => r.map_err(|e| e.to_string()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("setting it up did not finish in time".into()),
+            };
+            let _ = tx.send(Msg::VvWatch(r));
+        });
+    }
+
     /// One stat of the .vv at a time, off the loop; one asked for meanwhile
     /// follows it.
     fn stat_vv(&mut self) {
@@ -788,18 +976,19 @@ impl Shell {
             let _ = s.stop.send(Stop::Polite);
         }
         // The final state (stopped, gave up) reaches the metrics file too.
-        self.write_metrics_if_due();
+        self.collect_metrics();
+        self.write_metrics_if_due(None);
         let wait = async {
             while !self.sessions.is_empty() || self.reports_in_flight > 0 || self.metrics_pending()
             {
+                if self.metrics_pending() {
+                    self.ask_metrics();
+                }
                 match rx.recv().await {
                     Some(Msg::Ended(g, _)) => {
                         self.sessions.remove(&g);
                     }
-                    Some(Msg::Metrics(r)) => {
-                        self.metrics_written(r);
-                        self.write_metrics_if_due();
-                    }
+                    Some(Msg::MetricsDone) => self.metrics_told(),
                     Some(Msg::Report(r)) => {
                         self.reports_in_flight = self.reports_in_flight.saturating_sub(1);
                         core.handle(Input::ReportDone(r), Now::system());

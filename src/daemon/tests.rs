@@ -1015,6 +1015,7 @@ mod shell {
             stamp: |_| None,
             hub: crate::control::Hub::default(),
             instance: "test".into(),
+            alarm: crate::wake::Alarm::tokio,
         };
         (env, f)
     }

@@ -240,34 +240,64 @@ fn instance_defaults_to_default() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn rewritten_on_change_and_every_15_s_one_write_at_a_time() {
+async fn rewritten_on_change_and_about_every_15_s_one_write_at_a_time() {
+    use crate::wake::Wake;
     let t0 = Instant::now();
     let mut s = Schedule::new(t0);
-    assert!(s.poll_write(t0), "the first write is due at once");
-    assert!(!s.poll_write(t0), "one in flight");
-    assert_eq!(s.poll_timeout(), None, "its end wakes the loop");
+    assert!(s.poll_write(t0, None), "the first write is due at once");
+    assert!(!s.poll_write(t0, None), "one in flight");
+    assert!(s.in_flight());
     s.changed();
-    assert!(!s.poll_write(t0), "a change during a write waits for it");
+    assert!(
+        !s.poll_write(t0, None),
+        "a change during a write waits for it"
+    );
     assert!(s.pending());
     s.written();
-    assert!(s.poll_write(t0), "...and is written right after it");
+    assert!(s.poll_write(t0, None), "...and is written right after it");
     s.written();
     assert!(!s.pending());
-    assert_eq!(s.poll_timeout(), Some(t0 + EVERY));
-    tokio::time::advance(Duration::from_secs(14)).await;
-    assert!(!s.poll_write(Instant::now()), "nothing changed, not due");
-    tokio::time::advance(Duration::from_secs(1)).await;
-    assert!(s.poll_write(Instant::now()), "due every 15 s");
+    let w = s.window();
+    assert_eq!((w.earliest, w.due), (t0 + MIN_AGE, t0 + MAX_AGE));
+    // A wakeup at 15 s (the server's PING) whose next is ~15 s away carries it.
+    tokio::time::advance(Duration::from_secs(9)).await;
+    let ping = |horizon| Wake {
+        start: Instant::now(),
+        now: Instant::now(),
+        horizon,
+    };
+    assert!(
+        !s.poll_write(Instant::now(), Some(&ping(EVERY))),
+        "too soon"
+    );
+    tokio::time::advance(Duration::from_secs(6)).await;
+    assert!(
+        !s.poll_write(Instant::now(), Some(&ping(Duration::from_millis(50)))),
+        "another wakeup comes before it falls due"
+    );
+    assert!(s.poll_write(Instant::now(), Some(&ping(EVERY))));
     s.written();
     let t1 = Instant::now();
-    assert_eq!(s.poll_timeout(), Some(t1 + EVERY));
+    // Nothing wakes the process: its own timer at 20 s.
+    assert_eq!(s.window().due, t1 + MAX_AGE);
+    tokio::time::advance(Duration::from_secs(19)).await;
+    assert!(
+        !s.poll_write(Instant::now(), None),
+        "nothing changed, not due"
+    );
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert!(s.poll_write(Instant::now(), None), "due");
+    s.written();
     tokio::time::advance(Duration::from_secs(3)).await;
     s.changed();
-    assert!(s.poll_write(Instant::now()), "a change is written at once");
+    assert!(
+        s.poll_write(Instant::now(), None),
+        "a change is written at once"
+    );
     s.written();
     assert_eq!(
-        s.poll_timeout(),
-        Some(Instant::now() + EVERY),
+        s.window().due,
+        Instant::now() + MAX_AGE,
         "the period restarts"
     );
 }

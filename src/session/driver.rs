@@ -227,6 +227,12 @@ pub(super) async fn run(
     let mut buf = vec![0u8; READ_BUF];
     let mut aborted = false;
     let mut traffic = ctx.traffic.publisher(ch);
+    // The keepalive, main's probe and backstop are planned with every other
+    // periodic job of the process: they run when the process is awake anyway
+    // (any channel's traffic), a timer of its own only when nothing else woke it.
+    let slot = ctx.pacer.slot();
+    let at = |d: Duration| crate::time::after(ctx.start, d);
+    let mut woken_by_io = false;
     let failure = loop {
         traffic.publish(state.counters());
         // Flush answers first (they are tiny; the server always reads).
@@ -254,7 +260,14 @@ pub(super) async fn run(
         while let Some(ev) = state.poll_event() {
             out.send(ChannelMsg::Event(ch, ev));
         }
-        let deadline = state.poll_timeout().map(|d| ctx.start + d);
+        slot.set(
+            state.wake_window().map(|w| w.map(at)),
+            state.expected_ping().map(at),
+        );
+        if std::mem::take(&mut woken_by_io) {
+            // Bytes woke the process: whatever falls due soon rides on it.
+            slot.awake(tokio::time::Instant::now(), state.take_periodic_ping());
+        }
         tokio::select! {
             r = stream.read(&mut buf) => match r {
                 Ok(0) => break Some(Failure::io(ch, &std::io::ErrorKind::UnexpectedEof.into(), false)),
@@ -262,12 +275,14 @@ pub(super) async fn run(
                     if let Err(e) = state.on_bytes(&buf[..n], ctx.now()) {
                         break Some(Failure::channel(ch, e));
                     }
+                    woken_by_io = true;
                 }
                 Err(e) => break Some(Failure::io(ch, &e, false)),
             },
             Some(linked) = next_reply(&mut replies) => state.migrate_reply(linked),
-            _ = crate::time::sleep_until_opt(deadline) => {
-                if let Err(e) = state.handle_timeout(ctx.now()) {
+            wake = slot.kicked() => {
+                let wake = wake.map(|i| i.saturating_duration_since(ctx.start));
+                if let Err(e) = state.handle_wake(&wake) {
                     break Some(Failure::channel(ch, e));
                 }
             }

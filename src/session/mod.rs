@@ -239,6 +239,9 @@ pub struct SessionCtx {
     pub adopted: Option<Arc<Adopted>>,
     /// The display mirror's screen (off: [`crate::display::screen::Screen::off`]).
     pub screen: crate::display::screen::Screen,
+    /// The process's wakeup planning: keepalives and channel timers ride on
+    /// wakeups that happen anyway ([`crate::wake`]).
+    pub pacer: Arc<crate::wake::Pacer>,
 }
 
 impl SessionCtx {
