@@ -417,7 +417,8 @@ fn the_stale_check_is_the_display_channels_deadline() {
         let fill = crate::display::tests::fill(0, 0, 0, 2, 2, 0xff);
         ch.on_bytes(&msg(302, fill), S(2)).unwrap();
         match stale_after {
-            None => assert_eq!(ch.poll_timeout(), Some(S(15))),
+            // The keepalive: 15 s after the last byte.
+            None => assert_eq!(ch.poll_timeout(), Some(S(17))),
             Some(_) => {
                 // The new surface's repaint time (2 s) ends at 3 s: the
                 // drawing is looked at then, and the stale check is 5 s
@@ -428,7 +429,7 @@ fn the_stale_check_is_the_display_channels_deadline() {
                 ch.handle_timeout(S(7)).unwrap();
                 let v = screen.view_at(start + S(7), 0.0).unwrap();
                 assert_eq!(v.stale, Some(true));
-                assert_eq!(ch.poll_timeout(), Some(S(15)), "stale: keepalive only");
+                assert_eq!(ch.poll_timeout(), Some(S(17)), "stale: keepalive only");
             }
         }
     }
