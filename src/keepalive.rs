@@ -8,7 +8,11 @@
 //!   happens anyway (the server's PING on another channel, any traffic), so a
 //!   timer of spiced's own is needed only when nothing else wakes it
 //!   ([`crate::wake`]). Early keepalives are rate-limited: a burst of four,
-//!   then one per `idle / 2`, whatever the wakeups.
+//!   then one per `idle / 2`, whatever the wakeups; none in the first
+//!   `idle / 2` after the link, while the server sends its opening messages
+//!   (SET_ACK, the channel's INIT, the PING pair): an ACK_SYNC ahead of the
+//!   server's SET_ACK would echo no generation, and those messages would be
+//!   counted as the keepalive's replies.
 //! * [`Backstop`]: no inbound byte on main for `timeout` ends the session: the
 //!   server PINGs main every 15 s, so silence there means a frozen or wedged
 //!   server — something TCP cannot see, since the server's kernel keeps ACKing.
@@ -35,12 +39,14 @@ pub struct IdleTimer {
 }
 
 impl IdleTimer {
-    /// `idle` of `None` (or zero) disables the timer.
+    /// `idle` of `None` (or zero) disables the timer. `now` is the link: the
+    /// rate limit starts spent, so the first early keepalive waits `idle / 2`.
     pub fn new(idle: Option<Duration>, now: Duration) -> Self {
+        let idle = idle.filter(|d| !d.is_zero());
         IdleTimer {
-            idle: idle.filter(|d| !d.is_zero()),
+            idle,
             last_activity: now,
-            credit: now,
+            credit: now + idle.map_or(Duration::ZERO, |i| i * 2),
         }
     }
 
@@ -195,27 +201,32 @@ mod tests {
     fn early_keepalives_wait_for_silence_and_are_rate_limited() {
         let ms = Duration::from_millis;
         let mut t = IdleTimer::new(Some(S(15)), S(0));
-        // Not on the wakeup of the last byte, nor right after it.
-        assert_eq!(t.earliest(), Some(MIN_SILENCE));
+        // A fresh link: none while the server sends its opening messages.
+        assert_eq!(t.earliest(), Some(ms(7_500)));
+        assert_eq!(t.deadline(), Some(S(15)));
+        // By 1.5 idle after the link the whole burst is there. Not on the
+        // wakeup of the last byte, nor right after it.
+        t.on_traffic(S(30));
+        assert_eq!(t.earliest(), Some(S(30) + MIN_SILENCE));
         // Four early ones at once are fine (the PINGs of main and display
         // come as two wakeups ~30 ms apart, both carry keepalives, and a
         // timer that rang a moment before them may have sent one too), a
         // fifth must wait.
-        t.on_keepalive(S(1));
-        t.on_keepalive(S(1) + ms(10));
-        t.on_keepalive(S(1) + ms(20));
-        assert!(t.earliest().unwrap() <= S(2));
-        t.on_keepalive(S(2));
-        assert_eq!(t.earliest(), Some(S(1) + ms(7_500)));
+        t.on_keepalive(S(31));
+        t.on_keepalive(S(31) + ms(10));
+        t.on_keepalive(S(31) + ms(20));
+        assert!(t.earliest().unwrap() <= S(32));
+        t.on_keepalive(S(32));
+        assert_eq!(t.earliest(), Some(S(31) + ms(7_500)));
         // Sustained: one per idle / 2.
-        t.on_keepalive(S(9));
-        assert_eq!(t.earliest(), Some(S(16)));
-        assert_eq!(t.deadline(), Some(S(24)));
+        t.on_keepalive(S(39));
+        assert_eq!(t.earliest(), Some(S(46)));
+        assert_eq!(t.deadline(), Some(S(54)));
         // Plain traffic spends no budget.
-        t.on_traffic(S(20));
-        assert_eq!(t.earliest(), Some(S(20) + MIN_SILENCE));
+        t.on_traffic(S(50));
+        assert_eq!(t.earliest(), Some(S(50) + MIN_SILENCE));
         let w = t.window().unwrap();
-        assert_eq!((w.earliest, w.due), (t.earliest().unwrap(), S(35)));
+        assert_eq!((w.earliest, w.due), (t.earliest().unwrap(), S(65)));
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod exit;
 pub mod failure;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod heap;
 pub mod journal;
 pub mod keepalive;
 pub mod link;

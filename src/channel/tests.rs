@@ -226,6 +226,37 @@ fn a_keepalive_rides_a_wakeup_that_happens_anyway() {
 }
 
 #[test]
+fn a_fresh_link_lets_the_server_open_before_any_keepalive_rides() {
+    use crate::wake::Wake;
+    let ms = Duration::from_millis;
+    let cursor = ChannelId::new(ChannelType::Cursor, 0);
+    let mut ch = Channel::new(cursor, HeaderKind::Mini, &cfg(15.0, 0.0), S(0));
+    let wake = |at: Duration| Wake {
+        start: at,
+        now: at,
+        horizon: S(18),
+    };
+    // Other channels wake the process right after the link: nothing rides yet.
+    ch.handle_wake(&wake(ms(20))).unwrap();
+    assert!(sent(&mut ch, ms(20)).is_empty());
+    // The server's opening messages, late (a loaded server): the SET_ACK is
+    // answered with its own generation, and nothing counts as a reply.
+    let mut opening = set_ack(1, 20);
+    opening.extend(server_msg(101, &[0; 12]));
+    ch.on_bytes(&opening, ms(900)).unwrap();
+    assert_eq!(
+        sent(&mut ch, ms(900)),
+        vec![(client::ACK_SYNC, 1u32.to_le_bytes().to_vec())]
+    );
+    ch.handle_wake(&wake(S(2))).unwrap();
+    assert!(sent(&mut ch, S(2)).is_empty());
+    assert_eq!(ch.counters().keepalive_replies, 0);
+    // From idle / 2 after the link a wakeup carries one.
+    ch.handle_wake(&wake(ms(7_600))).unwrap();
+    assert_eq!(types(&sent(&mut ch, ms(7_600))), vec![client::ACK_SYNC]);
+}
+
+#[test]
 fn main_backstop_fires_on_inbound_silence_only() {
     let mut ch = Channel::new(ChannelId::MAIN, HeaderKind::Mini, &cfg(15.0, 90.0), S(0));
     ch.on_bytes(&ping(1, 1), S(10)).unwrap();

@@ -86,8 +86,10 @@ impl Env {
                     })
                 });
                 let input = job.into_input(capture, ring.snapshot());
-                crate::report::write_report_named(&dir, &cfg, &input, wall, &name)
-                    .map_err(|e| e.to_string())
+                let written = crate::report::write_report_named(&dir, &cfg, &input, wall, &name);
+                drop(input);
+                crate::heap::release_free_memory();
+                written.map_err(|e| e.to_string())
             }),
             refresh: Arc::new(|config, secrets| Box::pin(refresh(config, secrets))),
             stamp: Stamp::at,

@@ -26,8 +26,8 @@ pub async fn screenshot_line(screen: &Screen) -> String {
         return err("no frame yet: the display channel has not drawn a screen");
     };
     let job = tokio::task::spawn_blocking(move || {
-        let png = shot.frame.png()?;
-        Ok::<_, std::io::Error>(
+        let png = shot.frame.png();
+        let answer = png.map(|png| {
             serde_json::json!({
                 "version": crate::control::VERSION,
                 "type": "screenshot",
@@ -37,8 +37,11 @@ pub async fn screenshot_line(screen: &Screen) -> String {
                 "digest": shot.frame.digest(),
                 "png": crate::base64::encode(&png),
             })
-            .to_string(),
-        )
+            .to_string()
+        });
+        drop(shot);
+        crate::heap::release_free_memory();
+        answer
     });
     match job.await {
         Ok(Ok(line)) => line,

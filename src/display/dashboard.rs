@@ -82,7 +82,12 @@ async fn run(screen: Screen, path: PathBuf, every: Duration) {
             continue;
         };
         let (p, frame) = (path.clone(), shot.frame.clone());
-        let job = tokio::task::spawn_blocking(move || write_atomic(&p, &frame.png()?));
+        let job = tokio::task::spawn_blocking(move || {
+            let written = frame.png().and_then(|png| write_atomic(&p, &png));
+            drop(frame);
+            crate::heap::release_free_memory();
+            written
+        });
         match job.await {
             Ok(Ok(())) => {
                 written.done(&shot);
