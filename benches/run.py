@@ -970,8 +970,9 @@ remote-viewer out: its network engine is spice-gtk, the python client's.
   ride on those two wakeups; its one timer of its own (a timerfd) rings only
   when nothing else woke it, once, at the deadline ([keepalive.md](keepalive.md)).
   With a metrics file the file is rewritten about every 15 s on a thread of
-  its own (one wakeup of that thread per write); the watchdog ping rides the
-  PINGs; the control socket costs nothing while no client is connected.
+  its own (one or two wakeups of that thread per write: the rename can block
+  on a disk filesystem); the watchdog ping rides the PINGs; the control
+  socket costs nothing while no client is connected.
 - **Wakeups with a live screen**: the guest's screen changes ~30 times a
   second; spice-server writes each update as ~20 messages of ~5 KB over
   2–3 ms, and they reach the client in two or three pieces. A client wakes
@@ -990,7 +991,14 @@ remote-viewer out: its network engine is spice-gtk, the python client's.
   drops a channel 30 s after a PING went unanswered, and QMP shows none of the
   client's channels some 53–55 s after the drop.
 - **N sessions**: with the VM paused, a session costs what its wakeups cost
-  (the server's PINGs, and the keepalives riding them). File descriptors:
+  (the server's PINGs, and the keepalives riding them). CPU: spice-server's
+  PING period is 15 s plus a few milliseconds (its timer restarts at the
+  PONG), so with `idle_secs = 15` an idle channel sends its keepalive at both
+  PING wakeups of a period (main's, then display's) rather than go 15 s and a
+  few ms without a byte: about 21 sends per 15 s for 11 channels, against
+  spice-gtk's 4 PONGs; on loopback each send also runs the server's receive
+  path in the sender's system time. At 50 sessions on 2 cores that is tens of
+  ticks a minute and moves with the machine's load (29 vs 3 on 2026-12-02). File descriptors:
   spiced links 11 channels per session, spice-gtk 10; spiced has one more per
   process for its timer (timerfd).
 - **The reference clients do not reconnect**: when the server goes away they
