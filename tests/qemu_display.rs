@@ -12,8 +12,6 @@ use common::*;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-const LINK_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// A binary PPM (P6, maxval 255) as 0x00RRGGBB pixels.
 fn read_ppm(path: &Path) -> (u32, u32, Vec<u32>) {
     let b = std::fs::read(path).expect("read the screendump");
@@ -60,30 +58,7 @@ fn screenshot_equals_screendump_over_a_series_of_still_moments() {
         ..Default::default()
     });
     let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("c.sock");
-    let vv = write_vv(
-        dir.path(),
-        &[("host", "127.0.0.1"), ("port", &q.port().to_string())],
-    );
-    let toml = format!(
-        "[report]\nspool_dir = \"{}\"\n[control]\nsocket = \"{}\"\n",
-        dir.path().join("spool").display(),
-        sock.display()
-    );
-    let s = Spiced::start(&vv, &toml, &[]);
-    assert!(
-        s.wait_log("session fully linked", LINK_TIMEOUT),
-        "{}",
-        s.log()
-    );
-    // The screen is drawing.
-    assert!(
-        wait_until(Duration::from_secs(20), || {
-            sock.exists() && ask(&sock, "screenshot")["type"] == "screenshot"
-        }),
-        "no frame: {}",
-        s.log()
-    );
+    let (s, sock) = mirrored_spiced(dir.path(), q.port(), "");
     let dump = dir.path().join("dump.ppm");
     let mut digests = Vec::new();
     for round in 0..3 {
@@ -154,26 +129,8 @@ fn the_report_after_a_kill_holds_the_last_frame() {
         ..Default::default()
     });
     let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("c.sock");
+    let (s, sock) = mirrored_spiced(dir.path(), q.port(), "[reconnect]\nenabled = false\n");
     let spool = dir.path().join("spool");
-    let vv = write_vv(
-        dir.path(),
-        &[("host", "127.0.0.1"), ("port", &q.port().to_string())],
-    );
-    let toml = format!(
-        "[report]\nspool_dir = \"{}\"\n[control]\nsocket = \"{}\"\n[reconnect]\nenabled = false\n",
-        spool.display(),
-        sock.display()
-    );
-    let s = Spiced::start(&vv, &toml, &[]);
-    assert!(
-        s.wait_log("session fully linked", LINK_TIMEOUT),
-        "{}",
-        s.log()
-    );
-    assert!(wait_until(Duration::from_secs(20), || {
-        sock.exists() && ask(&sock, "screenshot")["type"] == "screenshot"
-    }));
     q.qmp().execute("stop", None).expect("QMP stop");
     let mut last = screenshot(&sock);
     assert!(wait_until(Duration::from_secs(15), || {
@@ -266,29 +223,7 @@ fn rig(vga_noise: bool, spice_opts: &[&str], toml: &str) -> Option<Rig> {
         ..Default::default()
     });
     let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("c.sock");
-    let vv = write_vv(
-        dir.path(),
-        &[("host", "127.0.0.1"), ("port", &q.port().to_string())],
-    );
-    let toml = format!(
-        "[report]\nspool_dir = \"{}\"\n[control]\nsocket = \"{}\"\n{toml}",
-        dir.path().join("spool").display(),
-        sock.display()
-    );
-    let s = Spiced::start(&vv, &toml, &[]);
-    assert!(
-        s.wait_log("session fully linked", LINK_TIMEOUT),
-        "{}",
-        s.log()
-    );
-    assert!(
-        wait_until(Duration::from_secs(20), || {
-            sock.exists() && ask(&sock, "screenshot")["type"] == "screenshot"
-        }),
-        "no frame: {}",
-        s.log()
-    );
+    let (s, sock) = mirrored_spiced(dir.path(), q.port(), toml);
     Some(Rig {
         q,
         s,

@@ -11,8 +11,6 @@ use common::*;
 use std::path::Path;
 use std::time::Duration;
 
-const LINK_TIMEOUT: Duration = Duration::from_secs(30);
-
 fn changed_at(sock: &Path) -> f64 {
     display_status(sock)["changed_at"].as_f64().unwrap_or(0.0)
 }
@@ -93,25 +91,7 @@ fn screenshots_equal_the_x_servers_view_over_a_series_of_moments() {
         ],
     );
     let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("c.sock");
-    let vv = write_vv(
-        dir.path(),
-        &[("host", "127.0.0.1"), ("port", &x.port().to_string())],
-    );
-    let toml = format!(
-        "[report]\nspool_dir = \"{}\"\n[control]\nsocket = \"{}\"\n",
-        dir.path().join("spool").display(),
-        sock.display()
-    );
-    let s = Spiced::start(&vv, &toml, &[]);
-    assert!(
-        s.wait_log("session fully linked", LINK_TIMEOUT),
-        "{}",
-        s.log()
-    );
-    assert!(wait_until(Duration::from_secs(20), || {
-        sock.exists() && ask(&sock, "screenshot")["type"] == "screenshot"
-    }));
+    let (s, sock) = mirrored_spiced(dir.path(), x.port(), "");
     let mut digests = vec![same_moment(&x, &sock, "at link", None)];
 
     let t = changed_at(&sock);
@@ -214,25 +194,7 @@ fn a_server_set_to_quic_and_jpeg_still_sends_lossless_lz() {
     // One before spiced links (the screen sent at link time), one after.
     x.client("xwud", &["-in", &path, "-geometry", "+40+40", "-noclick"]);
     let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("c.sock");
-    let vv = write_vv(
-        dir.path(),
-        &[("host", "127.0.0.1"), ("port", &x.port().to_string())],
-    );
-    let toml = format!(
-        "[report]\nspool_dir = \"{}\"\n[control]\nsocket = \"{}\"\n",
-        dir.path().join("spool").display(),
-        sock.display()
-    );
-    let s = Spiced::start(&vv, &toml, &[]);
-    assert!(
-        s.wait_log("session fully linked", LINK_TIMEOUT),
-        "{}",
-        s.log()
-    );
-    assert!(wait_until(Duration::from_secs(20), || {
-        sock.exists() && ask(&sock, "screenshot")["type"] == "screenshot"
-    }));
+    let (_spiced, sock) = mirrored_spiced(dir.path(), x.port(), "");
     same_moment(&x, &sock, "gradient at link", None);
     let t = changed_at(&sock);
     x.client("xwud", &["-in", &path, "-geometry", "+500+300", "-noclick"]);

@@ -3,8 +3,37 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use super::{wait_until, write_vv, Spiced};
+
+/// spiced against 127.0.0.1:`port` with its spool in `dir/spool`, its control
+/// socket at `dir/c.sock` and `extra_toml`, once every channel has linked
+/// and the mirror answers a screenshot. Returns spiced and the socket.
+pub fn mirrored_spiced(dir: &Path, port: u16, extra_toml: &str) -> (Spiced, PathBuf) {
+    let sock = dir.join("c.sock");
+    let vv = write_vv(dir, &[("host", "127.0.0.1"), ("port", &port.to_string())]);
+    let toml = format!(
+        "[report]\nspool_dir = \"{}\"\n[control]\nsocket = \"{}\"\n{extra_toml}",
+        dir.join("spool").display(),
+        sock.display()
+    );
+    let s = Spiced::start(&vv, &toml, &[]);
+    assert!(
+        s.wait_log("session fully linked", Duration::from_secs(30)),
+        "{}",
+        s.log()
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            sock.exists() && ask(&sock, "screenshot")["type"] == "screenshot"
+        }),
+        "no frame: {}",
+        s.log()
+    );
+    (s, sock)
+}
 
 /// One request on the control socket, its answer as JSON.
 pub fn ask(sock: &Path, cmd: &str) -> serde_json::Value {
