@@ -14,8 +14,8 @@
 
 mod common;
 use ::spiced::events;
+use common::journal::{field, journal};
 use common::{free_port, have_program, kill_child, port_accepts, spawn_tied, wait_until};
-use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -53,30 +53,6 @@ fn require_tools() -> Option<(PathBuf, PathBuf)> {
     assert!(std::env::var_os("CI").is_none(), "{why}");
     eprintln!("skipping: {why}");
     None
-}
-
-/// `journalctl --directory DIR -o json MATCHES...`: one object per entry.
-fn journal(dir: &Path, matches: &[&str]) -> Vec<Value> {
-    let out = Command::new("journalctl")
-        .arg("--directory")
-        .arg(dir)
-        .args(["--no-pager", "-o", "json"])
-        .args(matches)
-        .output()
-        .expect("run journalctl");
-    assert!(
-        out.status.success() || out.stdout.is_empty(),
-        "journalctl {matches:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("journalctl JSON"))
-        .collect()
-}
-
-fn field<'a>(e: &'a Value, name: &str) -> &'a str {
-    e[name].as_str().unwrap_or("")
 }
 
 /// Runs `cmd` to its end, at most `limit`; (exit code, stderr).

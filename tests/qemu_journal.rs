@@ -7,6 +7,7 @@
 
 mod common;
 use ::spiced::events;
+use common::journal::{field, journal};
 use common::*;
 use serde_json::Value;
 use std::os::unix::net::UnixDatagram;
@@ -47,30 +48,6 @@ fn sandboxed_spiced(args: &[&str]) -> Command {
     let mut c = Command::new("bash");
     c.arg(SANDBOX).args(args).arg("--").arg(spiced_bin());
     c
-}
-
-/// `journalctl --directory DIR -o json MATCHES...`: one object per entry.
-fn journal<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(dir: &Path, matches: &[S]) -> Vec<Value> {
-    let out = Command::new("journalctl")
-        .arg("--directory")
-        .arg(dir)
-        .args(["--no-pager", "-o", "json"])
-        .args(matches)
-        .output()
-        .expect("run journalctl");
-    assert!(
-        out.status.success() || out.stdout.is_empty(),
-        "journalctl {matches:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("journalctl JSON"))
-        .collect()
-}
-
-fn field<'a>(e: &'a Value, name: &str) -> &'a str {
-    e[name].as_str().unwrap_or("")
 }
 
 fn messages(entries: &[Value]) -> Vec<String> {

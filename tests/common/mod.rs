@@ -30,6 +30,7 @@ pub mod certs;
 pub mod display;
 pub mod firewall;
 pub mod guest;
+pub mod journal;
 pub mod netns;
 pub mod proxy;
 pub mod qemu;
