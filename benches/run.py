@@ -511,49 +511,10 @@ def drain_run(kind):
         q.kill()
 
 
-XSPICE_CONF = """Section "Device"
-    Identifier "XSPICE"
-    Driver "spiceqxl"
-    Option "SpiceAddr" "127.0.0.1"
-    Option "SpiceIPV4Only" "True"
-    Option "SpicePort" "{port}"
-    Option "SpiceDisableTicketing" "True"
-    Option "NumHeads" "1"
-    Option "FrameBufferSize" "16"
-    Option "SurfaceBufferSize" "128"
-    Option "CommandBufferSize" "128"
-EndSection
-Section "InputDevice"
-    Identifier "XSPICE POINTER"
-    Driver     "xspice pointer"
-EndSection
-Section "InputDevice"
-    Identifier "XSPICE KEYBOARD"
-    Driver     "xspice keyboard"
-EndSection
-Section "Monitor"
-    Identifier "Configured Monitor"
-EndSection
-Section "Screen"
-    Identifier "XSPICE Screen"
-    Monitor    "Configured Monitor"
-    Device     "XSPICE"
-    DefaultDepth 24
-    SubSection "Display"
-        Depth 24
-        Modes "1024x768"
-    EndSubSection
-EndSection
-Section "ServerLayout"
-    Identifier "XSPICE"
-    Screen "XSPICE Screen"
-    InputDevice "XSPICE KEYBOARD"
-    InputDevice "XSPICE POINTER"
-EndSection
-Section "ServerFlags"
-    Option "AutoAddDevices" "False"
-EndSection
-"""
+# The Xorg configuration the tests use too (tests/common/xspice.rs).
+XSPICE_CONF = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "xspice",
+                                "xorg.conf.in")).read().replace("{extra}", "")
+XSPICE_MODE = {"width": 1024, "height": 768}
 
 
 def have_xspice():
@@ -573,7 +534,7 @@ def xspice_drain_run(kind):
     d = tempfile.mkdtemp(dir=WORK)
     conf = os.path.join(d, "xorg.conf")
     with open(conf, "w") as f:
-        f.write(XSPICE_CONF.format(port=port))
+        f.write(XSPICE_CONF.format(port=port, **XSPICE_MODE))
     xorg = subprocess.Popen(["/usr/lib/xorg/Xorg", "-config", conf, "-logfile", os.path.join(d, "xorg.log"),
                              "-nolisten", "tcp", "-noreset", f":{disp}"],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

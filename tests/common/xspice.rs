@@ -48,51 +48,11 @@ fn config(port: u16, width: u32, height: u32, options: &[(&str, &str)]) -> Strin
         .iter()
         .map(|(k, v)| format!("    Option \"{k}\" \"{v}\"\n"))
         .collect();
-    format!(
-        r#"Section "Device"
-    Identifier "XSPICE"
-    Driver "spiceqxl"
-    Option "SpiceAddr" "127.0.0.1"
-    Option "SpiceIPV4Only" "True"
-    Option "SpicePort" "{port}"
-    Option "SpiceDisableTicketing" "True"
-    Option "NumHeads" "1"
-    Option "FrameBufferSize" "16"
-    Option "SurfaceBufferSize" "128"
-    Option "CommandBufferSize" "128"
-{extra}EndSection
-Section "InputDevice"
-    Identifier "XSPICE POINTER"
-    Driver     "xspice pointer"
-EndSection
-Section "InputDevice"
-    Identifier "XSPICE KEYBOARD"
-    Driver     "xspice keyboard"
-EndSection
-Section "Monitor"
-    Identifier "Configured Monitor"
-EndSection
-Section "Screen"
-    Identifier "XSPICE Screen"
-    Monitor    "Configured Monitor"
-    Device     "XSPICE"
-    DefaultDepth 24
-    SubSection "Display"
-        Depth 24
-        Modes "{width}x{height}"
-    EndSubSection
-EndSection
-Section "ServerLayout"
-    Identifier "XSPICE"
-    Screen "XSPICE Screen"
-    InputDevice "XSPICE KEYBOARD"
-    InputDevice "XSPICE POINTER"
-EndSection
-Section "ServerFlags"
-    Option "AutoAddDevices" "False"
-EndSection
-"#
-    )
+    include_str!("../xspice/xorg.conf.in")
+        .replace("{port}", &port.to_string())
+        .replace("{width}", &width.to_string())
+        .replace("{height}", &height.to_string())
+        .replace("{extra}", &extra)
 }
 
 impl Xspice {
