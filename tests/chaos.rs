@@ -4,7 +4,8 @@
 //! a `pvespiceproxy:` ticket host behind an authenticating CONNECT proxy
 //! (`common::Firewall`, routing every tunnel to QEMU like Proxmox's spiceproxy).
 //! A driver injects faults at random, one at a time, from a printed seed
-//! (`SPICED_CHAOS_SEED` replays the order and durations):
+//! (`SPICED_CHAOS_SEED` replays the order and durations; `SPICED_CHAOS_FAULTS`,
+//! a comma-separated list of fault names, narrows the draw to those):
 //!
 //! | fault | how |
 //! |---|---|
@@ -630,7 +631,18 @@ fn chaos_soak() {
     let mut samples: Vec<Sample> = Vec::new();
     let mut broken: Vec<String> = Vec::new();
     // Every fault once, in a shuffled order, then at random.
-    let mut order: Vec<Fault> = Fault::EVERY.to_vec();
+    // `SPICED_CHAOS_FAULTS=idle_cut,burst` narrows the draw to those faults (to
+    // hammer one fault; the seed then replays that narrowed run).
+    let only = std::env::var("SPICED_CHAOS_FAULTS").unwrap_or_default();
+    let pool: Vec<Fault> = Fault::EVERY
+        .into_iter()
+        .filter(|f| only.is_empty() || only.split(',').any(|n| n.trim() == f.name()))
+        .collect();
+    assert!(
+        !pool.is_empty(),
+        "SPICED_CHAOS_FAULTS={only:?} names no fault"
+    );
+    let mut order: Vec<Fault> = pool.clone();
     for i in (1..order.len()).rev() {
         order.swap(i, soak.rng.below(i + 1));
     }
@@ -638,7 +650,7 @@ fn chaos_soak() {
     while Instant::now() < end {
         let f = order
             .pop()
-            .unwrap_or_else(|| Fault::EVERY[soak.rng.below(Fault::EVERY.len())]);
+            .unwrap_or_else(|| pool[soak.rng.below(pool.len())]);
         if f == Fault::FullSpool && spool.is_none() {
             continue;
         }
@@ -1044,7 +1056,22 @@ fn chaos_soak() {
             println!("  - {b}");
         }
     }
-    if Fault::EVERY
+    if !broken.is_empty() {
+        // The spool is a tmpfs that ends with the run: keep the reports to read.
+        let keep = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("target")
+            .join(format!("chaos-{seed}-reports"));
+        let _ = std::fs::create_dir_all(&keep);
+        for e in std::fs::read_dir(&spool_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = std::fs::copy(e.path(), keep.join(e.file_name()));
+        }
+        println!("reports kept in {}", keep.display());
+    }
+    if pool
         .iter()
         .any(|f| !by.contains_key(f) && (*f != Fault::FullSpool || spool.is_some()))
     {

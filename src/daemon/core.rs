@@ -879,6 +879,24 @@ impl DaemonCore {
                 f.channel,
                 f.message
             );
+            if end.server_closed_session {
+                // What the idle-cut and takeover rules weigh, so their verdict
+                // can be checked from the journal.
+                if let Some((main, other)) = super::idle_cut::silences(&end) {
+                    let other = other.map_or("no other channel closed".into(), |(ch, t)| {
+                        format!("longest silence elsewhere {t:.1} s ({ch})")
+                    });
+                    info!(
+                        session = generation,
+                        "close shape: main silent {main:.1} s before the close, {other}{}",
+                        if end.server_gone {
+                            "; the server went away"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+            }
             let cut = self.idle_cuts.observe(&end, now.mono);
             let word = if cut.is_some() {
                 Cause::IdleCut
@@ -921,7 +939,7 @@ impl DaemonCore {
                         shape: CloseShape {
                             clean: f.cause == Cause::ServerClosed,
                             server_gone: end.server_gone,
-                            idle_shaped: super::idle_cut::pattern(&end).is_some(),
+                            may_be_idle_cut: super::idle_cut::may_be_cut(&end),
                             server_quiet: end.main_quiet(),
                         },
                     },

@@ -14,7 +14,9 @@
 //! the tolerance). Then spiced takes the session back once, with a shorter
 //! keepalive; a third close is judged by the takeover rule again.
 
+use crate::channel::counters::ChannelCounters;
 use crate::session::SessionEnd;
+use crate::wire::ChannelId;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -33,24 +35,40 @@ fn tolerance(t: f64) -> f64 {
     (0.15 * t).max(1.0)
 }
 
+/// How long a channel had been silent both ways when it closed (None: it never
+/// linked, or has not closed).
+fn idle(c: &ChannelCounters) -> Option<f64> {
+    let closed = c.closed_at_secs?;
+    let last = [
+        c.last_recv_ts_secs,
+        c.last_send_ts_secs,
+        c.connected_at_secs,
+    ]
+    .into_iter()
+    .flatten()
+    .fold(f64::NEG_INFINITY, f64::max);
+    last.is_finite().then_some(closed - last)
+}
+
+/// For the log: main's silence before it closed, and the longest silence of
+/// any other channel (what `pattern` weighs).
+pub fn silences(end: &SessionEnd) -> Option<(f64, Option<(ChannelId, f64)>)> {
+    let main = idle(end.counters.get(&ChannelId::MAIN)?)?;
+    let other = end
+        .counters
+        .iter()
+        .filter(|(id, _)| **id != ChannelId::MAIN)
+        .filter_map(|(id, c)| Some((*id, idle(c)?)))
+        .max_by(|a, b| a.1.total_cmp(&b.1));
+    Some((main, other))
+}
+
 /// T when `end` looks like an idle cut: main closed by the peer after T of
 /// silence, and no channel silent much longer (a middlebox cuts each flow when
 /// *it* has been idle for T, so a channel idle for longer would have been cut
 /// first). Channels with more recent traffic (a live display) do not matter:
 /// once main is cut, spice-server drops the whole client.
 pub fn pattern(end: &SessionEnd) -> Option<f64> {
-    let idle = |c: &crate::channel::counters::ChannelCounters| -> Option<f64> {
-        let closed = c.closed_at_secs?;
-        let last = [
-            c.last_recv_ts_secs,
-            c.last_send_ts_secs,
-            c.connected_at_secs,
-        ]
-        .into_iter()
-        .flatten()
-        .fold(f64::NEG_INFINITY, f64::max);
-        last.is_finite().then_some(closed - last)
-    };
     // The server's address refused a connection right after the close: the
     // server itself went away (killed, restarted), whatever the silence was.
     // Once the keepalive is short, every loss comes after a silence of about
@@ -58,7 +76,7 @@ pub fn pattern(end: &SessionEnd) -> Option<f64> {
     if end.server_gone {
         return None;
     }
-    let main = end.counters.get(&crate::wire::ChannelId::MAIN)?;
+    let main = end.counters.get(&ChannelId::MAIN)?;
     if !matches!(
         main.close_reason.as_deref(),
         Some("server_closed" | "reset")
@@ -74,6 +92,24 @@ pub fn pattern(end: &SessionEnd) -> Option<f64> {
         .values()
         .all(|c| idle(c).is_some_and(|i| i <= t + tolerance(t)));
     none_longer.then_some(t)
+}
+
+/// Whether `end` may be a middlebox's idle cut at all, whatever the other
+/// channels did: main closed by the peer after 1 s or more of silence both ways,
+/// with the server still there. The first cut after a middlebox starts cutting
+/// (or changes its timeout) comes after any silence longer than its timeout and
+/// takes every channel idle that long with it, so it has no telling shape.
+pub fn may_be_cut(end: &SessionEnd) -> bool {
+    if end.server_gone {
+        return false;
+    }
+    let Some(main) = end.counters.get(&ChannelId::MAIN) else {
+        return false;
+    };
+    matches!(
+        main.close_reason.as_deref(),
+        Some("server_closed" | "reset")
+    ) && idle(main).is_some_and(|t| t >= MIN_IDLE)
 }
 
 /// The idle-cut rule across sessions (see the module docs).
@@ -128,9 +164,8 @@ impl IdleCuts {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::channel::counters::ChannelCounters;
     use crate::session::SessionInfo;
-    use crate::wire::{ChannelId, ChannelType};
+    use crate::wire::ChannelType;
     use std::collections::BTreeMap;
 
     /// (last traffic, close, reason) per channel.
@@ -221,6 +256,31 @@ mod tests {
             pattern(&end(&[(0.3, 0.8, "reset"), (0.4, 0.9, "reset")])),
             None
         );
+    }
+
+    #[test]
+    fn any_close_after_a_silence_on_main_may_be_a_cut() {
+        // Another channel silent far longer: no cut's shape, but it may be the
+        // first cut of a middlebox that just started cutting.
+        assert!(pattern(&not_a_cut()).is_none());
+        let first_cut = end(&[(2.0, 9.0, "server_closed"), (0.2, 9.0, "server_closed")]);
+        assert!(pattern(&first_cut).is_none());
+        assert!(may_be_cut(&first_cut));
+        assert!(may_be_cut(&proxy_cut()));
+        // Main busy up to the end, an error close, or a server gone: no cut.
+        assert!(!may_be_cut(&end(&[
+            (8.5, 9.0, "server_closed"),
+            (0.2, 9.0, "server_closed")
+        ])));
+        assert!(!may_be_cut(&end(&[
+            (2.0, 9.0, "keepalive_timeout"),
+            (0.2, 9.0, "server_closed")
+        ])));
+        let gone = SessionEnd {
+            server_gone: true,
+            ..proxy_cut()
+        };
+        assert!(!may_be_cut(&gone));
     }
 
     #[tokio::test(start_paused = true)]

@@ -677,6 +677,51 @@ async fn an_idle_cut_seen_twice_is_learnt_not_taken_for_a_takeover() {
     assert_eq!(h.core.status().last_disconnect.unwrap().cause, "idle_cut");
 }
 
+/// Chaos seed 18381381220734413630: a proxy starts cutting flows idle for 5 s
+/// under a session whose channels had been idle up to 12 s (main 8 s): the
+/// first cut comes after main's 8 s with other channels silent longer (no
+/// idle-cut shape), the next ones after 5 s. Learnt at the third close, never
+/// taken for a takeover.
+#[tokio::test(start_paused = true)]
+async fn a_cut_switched_on_under_a_session_is_learnt_not_taken_for_a_takeover() {
+    let mut cfg = Config::default();
+    cfg.report.cooldown_secs = 0.0;
+    let mut h = H::with(cfg, settings());
+    h.at(0.1);
+    h.connected();
+    h.at(20.0);
+    let mut first = idle_cut_end(0.0);
+    for (id, c) in first.counters.iter_mut() {
+        let silent = if *id == ChannelId::MAIN { 8.0 } else { 12.0 };
+        c.last_recv_ts_secs = Some(20.0 - silent);
+        c.closed_at_secs = Some(20.0);
+    }
+    first.uptime = Duration::from_secs(20);
+    assert!(super::idle_cut::pattern(&first).is_none());
+    assert!(super::idle_cut::may_be_cut(&first));
+    h.end(first);
+    assert!(matches!(h.core.state(), State::Pending { attempt: 1, .. }));
+    h.at(21.0);
+    h.connected();
+    h.at(26.6);
+    h.take();
+    h.end(idle_cut_end(0.0));
+    let log = h.take();
+    assert!(
+        !log.iter().any(|l| l.contains("taken over")),
+        "the second close taken for a takeover: {log:?}"
+    );
+    assert!(matches!(h.core.state(), State::Pending { attempt: 2, .. }));
+    h.at(30.6);
+    h.connected();
+    h.at(36.2);
+    h.end(idle_cut_end(0.0));
+    let log = h.take();
+    assert!(log.iter().any(|l| l == "report main idle_cut"), "{log:?}");
+    assert!(matches!(h.core.state(), State::Connecting { attempt: 0 }));
+    assert_eq!(h.core.idle_secs(), 2.5);
+}
+
 /// A clean close after main heard nothing for `quiet` s (display still busy).
 fn closed_after_quiet(up: f64, quiet: f64) -> SessionEnd {
     let ch = |ty, last_recv: f64| {

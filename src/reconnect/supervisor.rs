@@ -34,9 +34,12 @@ pub struct CloseShape {
     /// Right after the close, the server's address refused a connection:
     /// it went away, so the close was no takeover.
     pub server_gone: bool,
-    /// Main had been silent for T >= 1 s and no channel longer when it closed:
-    /// what a middlebox's idle cut looks like (and a takeover of an idle session).
-    pub idle_shaped: bool,
+    /// Main, closed by the peer, had been silent both ways for 1 s or more: a
+    /// middlebox's idle cut cannot be ruled out (nor a takeover of an idle
+    /// session). The first cut after a middlebox starts cutting, or changes its
+    /// timeout, comes after any silence and with any channel silent longer, so
+    /// only the silence on main is weighed here.
+    pub may_be_idle_cut: bool,
     /// How long main had received nothing from the server when it closed.
     pub server_quiet: Duration,
 }
@@ -297,12 +300,11 @@ pub struct Supervisor {
     ticket: TicketState,
     cluster: Option<Cluster>,
     /// Clean closes of healthy sessions that were followed by an immediately
-    /// successful link (confirmed takeover-like closes), newest last, with
-    /// whether each was idle-shaped.
-    takeover_closes: VecDeque<(Instant, bool)>,
-    /// The last disconnect was a clean close of a healthy session (and whether
-    /// it was idle-shaped); confirmed if the next attempt links at once.
-    suspect_close: Option<(Instant, bool)>,
+    /// successful link (confirmed takeover-like closes), newest last.
+    takeover_closes: VecDeque<Instant>,
+    /// The last disconnect was a clean close of a healthy session; confirmed if
+    /// the next attempt links at once.
+    suspect_close: Option<Instant>,
     /// The pending retry may be brought forward by [`Input::ServerReady`].
     advance_ok: bool,
     /// Refresh command starts, newest last (bounded per cluster window).
@@ -610,25 +612,27 @@ impl Supervisor {
             && !stalled
             && channel.ty == ChannelType::Main
             && healthy >= TAKEOVER_MIN_HEALTHY;
-        self.suspect_close = takeover_like.then_some((now.mono, shape.idle_shaped));
+        self.suspect_close = takeover_like.then_some(now.mono);
         if takeover_like {
             let window = self.policy.cluster_window();
             while self
                 .takeover_closes
                 .front()
-                .is_some_and(|&(t, _)| now.mono.saturating_duration_since(t) >= window)
+                .is_some_and(|&t| now.mono.saturating_duration_since(t) >= window)
             {
                 self.takeover_closes.pop_front();
             }
-            // An idle-shaped close (main silent for T >= 1 s, no channel longer) may be the first
-            // of a middlebox's idle cuts (the second, with the same silence, is
-            // learnt as one): it confirms a takeover only after two earlier
-            // takeover-like closes, or one that was not idle-shaped. A takeover
-            // of an idle session then costs the other client one more kick.
+            // A close after a silence on main may be one of a middlebox's idle
+            // cuts: two of them after the same silence are learnt as such before
+            // they get here, but the first cut after the middlebox starts (or
+            // changes its timeout) comes after any silence, so two closes are
+            // needed after it. It confirms a takeover only after two earlier
+            // takeover-like closes; a takeover of an idle session then costs the
+            // other client one more kick (chaos seed 18381381220734413630: a cut
+            // switched on under a session took it for a takeover).
             let earlier = self.takeover_closes.len();
-            let shaped = self.takeover_closes.iter().filter(|c| c.1).count();
-            let confirmed = if shape.idle_shaped {
-                earlier >= 2 || earlier > shaped
+            let confirmed = if shape.may_be_idle_cut {
+                earlier >= 2
             } else {
                 earlier >= 1
             };
