@@ -272,7 +272,16 @@ impl Sim {
 /// PINGs come minutes later; left out). `first`: when main's and display's
 /// pairs end, which sets the phase of their timers.
 fn idle_session(first: [Duration; 2], period: [Duration; 2], hours: u64) -> Sim {
-    let mut s = Sim::new(11, S(15));
+    idle_session_with(S(15), first, period, hours)
+}
+
+fn idle_session_with(
+    idle: Duration,
+    first: [Duration; 2],
+    period: [Duration; 2],
+    hours: u64,
+) -> Sim {
+    let mut s = Sim::new(11, idle);
     s.pings[0] = crate::keepalive::PingClock::every_15s();
     s.pings[1] = crate::keepalive::PingClock::every_15s();
     // Linking: each channel's link bytes, then its pair.
@@ -324,6 +333,29 @@ fn an_idle_session_needs_no_wakeup_of_its_own() {
         assert!(*k <= 2 * cycles + 4, "channel {ch}: {k} keepalives");
     }
     assert!(s.keepalives[0] <= cycles + 4 && s.keepalives[1] <= cycles + 4);
+}
+
+#[test]
+fn an_interval_above_the_ping_period_sends_once_per_period() {
+    // docs/keepalive.md: with idle_secs a little above spice-server's period
+    // every channel rides one PING wakeup per period instead of both.
+    let p = S(15) + MS(2);
+    let s = idle_session_with(MS(15_500), [MS(232), MS(200)], [p, p], 1);
+    s.assert_guarantee();
+    assert!(s.alarms.len() <= 1, "alarms: {:?}", s.alarms);
+    let cycles = 3600 / 15;
+    for (ch, k) in s.keepalives.iter().enumerate() {
+        assert!(*k <= cycles + 4, "channel {ch}: {k} keepalives");
+    }
+    // At the default 15 s the same session sends about twice as many.
+    let strict = idle_session([MS(232), MS(200)], [p, p], 1);
+    let sum = |s: &Sim| s.keepalives.iter().sum::<u32>();
+    assert!(
+        sum(&strict) > sum(&s) * 3 / 2,
+        "{} vs {}",
+        sum(&strict),
+        sum(&s)
+    );
 }
 
 proptest! {
