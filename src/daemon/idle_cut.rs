@@ -69,24 +69,10 @@ pub fn silences(end: &SessionEnd) -> Option<(f64, Option<(ChannelId, f64)>)> {
 /// first). Channels with more recent traffic (a live display) do not matter:
 /// once main is cut, spice-server drops the whole client.
 pub fn pattern(end: &SessionEnd) -> Option<f64> {
-    // The server's address refused a connection right after the close: the
-    // server itself went away (killed, restarted), whatever the silence was.
-    // Once the keepalive is short, every loss comes after a silence of about
-    // that interval, so without this two server restarts look like one cut.
-    if end.server_gone {
+    if !may_be_cut(end) || end.counters.len() < 2 {
         return None;
     }
-    let main = end.counters.get(&ChannelId::MAIN)?;
-    if !matches!(
-        main.close_reason.as_deref(),
-        Some("server_closed" | "reset")
-    ) {
-        return None;
-    }
-    let t = idle(main)?;
-    if t < MIN_IDLE || end.counters.len() < 2 {
-        return None;
-    }
+    let t = idle(end.counters.get(&ChannelId::MAIN)?)?;
     let none_longer = end
         .counters
         .values()
@@ -100,6 +86,10 @@ pub fn pattern(end: &SessionEnd) -> Option<f64> {
 /// (or changes its timeout) comes after any silence longer than its timeout and
 /// takes every channel idle that long with it, so it has no telling shape.
 pub fn may_be_cut(end: &SessionEnd) -> bool {
+    // The server's address refused a connection right after the close: the
+    // server itself went away (killed, restarted), whatever the silence was.
+    // Once the keepalive is short, every loss comes after a silence of about
+    // that interval, so without this two server restarts look like one cut.
     if end.server_gone {
         return false;
     }

@@ -646,13 +646,19 @@ fn idle_cut_end(base: f64) -> SessionEnd {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn an_idle_cut_seen_twice_is_learnt_not_taken_for_a_takeover() {
+/// A core linked at 0.1 s, every loss getting a report (no cooldown).
+fn linked_without_cooldown() -> H {
     let mut cfg = Config::default();
     cfg.report.cooldown_secs = 0.0;
     let mut h = H::with(cfg, settings());
     h.at(0.1);
     h.connected();
+    h
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_cut_seen_twice_is_learnt_not_taken_for_a_takeover() {
+    let mut h = linked_without_cooldown();
     h.at(5.6);
     h.end(idle_cut_end(0.0));
     assert!(matches!(h.core.state(), State::Pending { attempt: 1, .. }));
@@ -684,11 +690,7 @@ async fn an_idle_cut_seen_twice_is_learnt_not_taken_for_a_takeover() {
 /// taken for a takeover.
 #[tokio::test(start_paused = true)]
 async fn a_cut_switched_on_under_a_session_is_learnt_not_taken_for_a_takeover() {
-    let mut cfg = Config::default();
-    cfg.report.cooldown_secs = 0.0;
-    let mut h = H::with(cfg, settings());
-    h.at(0.1);
-    h.connected();
+    let mut h = linked_without_cooldown();
     h.at(20.0);
     let mut first = idle_cut_end(0.0);
     for (id, c) in first.counters.iter_mut() {
