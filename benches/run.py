@@ -42,7 +42,6 @@ EXPECT = {"spiced": 11, "spiced (mirror)": 11, "spicy-stats": 10, "spice-gtk (py
 # main() starts when both are installed.
 XDISPLAY = ":77"
 WORK = tempfile.mkdtemp(prefix="spiced-bench-")
-CLK = os.sysconf("SC_CLK_TCK")
 
 # A minimal headless spice-gtk client: links every channel the server offers
 # and runs until killed. Proxy from SPICE_PROXY (spice-gtk reads it itself).
@@ -275,9 +274,24 @@ def memory(pid):
 
 
 def ticks(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
+    """CPU time of a process so far, in 1/100 s: the scheduler's own on-CPU
+    time (`/proc/PID/task/*/schedstat`, nanoseconds) summed over its threads.
+    Not utime+stime from /proc/PID/stat: those are whole clock ticks, and an
+    idle client running for microseconds per wakeup rounds to 0 in one window
+    and 1 in another (50 idle spiced read 41 ticks/min in one run and 0 in the
+    next). A thread that ends inside the window takes its time with it."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for t in tids:
+        try:
+            with open(f"/proc/{pid}/task/{t}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total / 1e7
 
 
 class Wakeups:
@@ -366,7 +380,7 @@ def guest():
 
 
 def idle_run(kind, live, extra=None):
-    """(memory at the end, CPU ticks per minute, wakeups per minute, MB
+    """(memory at the end, CPU time per minute (1/100 s), wakeups per minute, MB
     received) over IDLE s. `extra`: (vv lines, toml, env) for spiced."""
     q = Qemu(paused=not live, kernel=guest() if live else None)
     if extra:
@@ -486,7 +500,7 @@ def drained_bytes(kind, log):
 
 
 def drain_run(kind):
-    """Display load (the vga-noise guest): CPU ticks per MB the display drained,
+    """Display load (the vga-noise guest): CPU time (1/100 s) per MB the display drained,
     and MB/s, and the memory at the end of the window. Bytes: spiced's log
     totals, spicy-stats's own summary."""
     q = Qemu(paused=False, kernel=guest())
@@ -526,7 +540,7 @@ def have_xspice():
 def xspice_drain_run(kind):
     """An X desktop under load (Xspice, 1024x768, as the SPICE lab's
     `xspice-server.sh --load`: an xterm 160x50 printing base64 of
-    /dev/urandom): CPU ticks per MB drained and memory at the end. One Xorg
+    /dev/urandom): CPU time (1/100 s) per MB drained and memory at the end. One Xorg
     per client; 4 channels (main, display, inputs, cursor)."""
     port = free_port()
     disp = next(n for n in range(60, 200)
@@ -620,7 +634,7 @@ def many_run(kind, sessions=50, per_qemu=1):
     """`sessions` clients on one host, `per_qemu` of them per QEMU (VM paused;
     more than one only in spice-server's multi-client mode: the first client
     of a QEMU gets every channel, the others main, display, inputs and
-    cursor): total PSS (MB), CPU ticks per minute, file descriptors and
+    cursor): total PSS (MB), CPU time per minute (1/100 s), file descriptors and
     wakeups per second, summed over the clients, over an IDLE window once
     all are up; None if not all came up."""
     qs, procs = [], []
@@ -755,7 +769,7 @@ def network_rows(row, kinds, refs, net_kinds):
         if not live:
             for key, label in (("Pss", "PSS"), ("Anonymous", "anonymous"), ("Rss", "RSS")):
                 row(f"memory idle, {label} (MB)", {k: [r[0][key] / 1024 for r in v if r] for k, v in res.items()}, nd=1)
-        row(f"CPU, {tag} (ticks of 1/{CLK} s per min)", {k: [r[1] for r in v if r] for k, v in res.items()}, nd=1)
+        row(f"CPU, {tag} (1/100 s of CPU per min)", {k: [r[1] for r in v if r] for k, v in res.items()}, nd=2)
         row(f"wakeups, {tag} (per s)", {k: [r[2] / 60 for r in v if r] for k, v in res.items()}, nd=2)
         if live:
             row("wakeups per MB drained, live screen",
@@ -774,7 +788,7 @@ def network_rows(row, kinds, refs, net_kinds):
             {k: [v[1]] for k, v in bh.items() if v}, nd=1)
     n = 10 if QUICK else 50
     many = {k: many_run(k, n) for k in net_kinds}
-    for i, label, nd in ((0, "total PSS (MB)", 0), (1, f"CPU (ticks of 1/{CLK} s per min)", 0),
+    for i, label, nd in ((0, "total PSS (MB)", 0), (1, "CPU (1/100 s of CPU per min)", 1),
                          (2, "file descriptors", 0), (3, "wakeups (per s)", 2)):
         row(f"{n} sessions (one QEMU each, VM paused): {label}", {k: [v[i]] for k, v in many.items() if v}, nd=nd)
     # 500 sessions: one QEMU each would take ~17 GB here; in spice-server's
@@ -789,7 +803,7 @@ def network_rows(row, kinds, refs, net_kinds):
     if m >= per_qemu:
         many = {k: many_run(k, m, per_qemu) for k in scale}
         tag = f"{m} sessions ({m // per_qemu} QEMUs, {per_qemu} sessions each, VM paused)"
-        for i, label, nd in ((0, "total PSS (MB)", 0), (1, f"CPU (ticks of 1/{CLK} s per min)", 0),
+        for i, label, nd in ((0, "total PSS (MB)", 0), (1, "CPU (1/100 s of CPU per min)", 1),
                              (3, "wakeups (per s)", 1)):
             row(f"{tag}: {label}", {k: [v[i]] for k, v in many.items() if v}, nd=nd)
         row(f"{tag}: PSS per session (MB)", {k: [v[0] / m] for k, v in many.items() if v}, nd=2)
@@ -837,9 +851,9 @@ def display_rows(row, refs):
         ref = d["spicy-stats"]
         # The vga-noise rows with the mirror off keep their names from before
         # the mirror: the same measurement.
-        row(off_label or f"{tag}, mirror off: CPU ticks per MB drained",
+        row(off_label or f"{tag}, mirror off: CPU (1/100 s) per MB drained",
             {"spiced": per_mb(d["spiced"]), "spicy-stats": per_mb(ref)}, nd=2)
-        row(f"{tag}, mirror on: CPU ticks per MB drained",
+        row(f"{tag}, mirror on: CPU (1/100 s) per MB drained",
             {"spiced": per_mb(d[on]), "spicy-stats": per_mb(ref)}, nd=2)
         for mode, k in (("off", "spiced"), ("on", on)):
             name = f"{tag}, mirror {mode}: MB drained in the run"
@@ -853,7 +867,7 @@ def display_rows(row, refs):
                      "spicy-stats": [mb(r[3][key]) for r in ref]}, nd=1)
 
     load_rows("display load (vga-noise, 720x400)", drains(drain_run),
-              off_label="display load: CPU ticks per MB drained")
+              off_label="display load: CPU (1/100 s) per MB drained")
     if not have_xspice():
         print("  (no Xorg with spiceqxl, or no xterm: the X desktop rows are left out)", flush=True)
         return
@@ -898,6 +912,9 @@ remote-viewer out: its network engine is spice-gtk, the python client's.
   summed over the client's threads, sampled every 0.5 s (2 s above 100
   processes) so threads that start or end within the window count too.
   Bytes drained: the client's TCP sockets' `bytes_received` (`ss -ti`).
+  CPU: the scheduler's on-CPU time (`/proc/PID/task/*/schedstat`) summed over
+  the client's threads, in hundredths of a second; not clock ticks, which an
+  idle client running for microseconds per wakeup rounds to 0 or 1 at random.
 - "server down N s": QEMU killed while spiced is linked, restarted on the same
   port N s later; from the moment it listens to all 11 channels up (QMP
   `query-spice`). spiced runs with `max_attempts = 10` so a 40 s outage is
@@ -958,8 +975,10 @@ remote-viewer out: its network engine is spice-gtk, the python client's.
   PING wakeups of a period (main's, then display's) rather than go 15 s and a
   few ms without a byte: about 21 sends per 15 s for 11 channels, against
   spice-gtk's 4 PONGs; on loopback each send also runs the server's receive
-  path in the sender's system time. At 50 sessions on 2 cores that is tens of
-  ticks a minute and moves with the machine's load (29 vs 3 on 2026-12-02). File descriptors:
+  path in the sender's system time. `idle_secs = 15.5` (a little above the
+  server's period) halves the sends ([keepalive.md](keepalive.md)). Until
+  2026-12-06 this row counted clock ticks (41 vs 7 one day, 0 vs 4 the next
+  for the same setup); it now reads the scheduler's on-CPU time. File descriptors:
   spiced links 11 channels per session, spice-gtk 10; spiced has one more per
   process for its timer (timerfd).
 - **The reference clients do not reconnect**: when the server goes away they
