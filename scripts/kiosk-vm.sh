@@ -52,6 +52,14 @@ KIOSK_VM_XFAIL=${KIOSK_VM_XFAIL-}
 die() { local rc=$1; shift; echo "$me: $*" >&2; exit "$rc"; }
 now() { echo "$EPOCHREALTIME"; }
 dt() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.1f", b-a}'; }
+# need_space DIR MIB WHAT: fail up front, saying so, when DIR's filesystem has
+# less than MIB free, instead of an ENOSPC from deep inside mmdebstrap or mkfs.
+need_space() {
+  local avail
+  avail=$(df -Pm "$1" 2>/dev/null | awk 'NR==2 {print $4}')
+  [ -n "$avail" ] || return 0
+  [ "$avail" -ge "$2" ] || die 1 "$3 needs $2 MiB free on $(df -P "$1" | awk 'NR==2 {print $6}') ($1), only $avail MiB are"
+}
 
 # ---------------------------------------------------------------- the image
 
@@ -211,6 +219,8 @@ cmd_build() {
   [ -r "$sources" ] || die 1 "no apt sources ($sources) to take the mirror from"
   mkdir -p "$img"
   rm -f "$img/key"
+  # the root tree (~350 MiB) and the ext4 image made of it exist at once
+  need_space "$img" 1536 "building the VM image"
   local rootfs=$img/root.tmp scrub excl=() p
   rm -rf "$rootfs"
   scrub=$(mirror_scrub)
@@ -388,6 +398,8 @@ cmd_run() {
   t_all=$(now)
   cmd_build
   t_img=$(now)
+  # the guest's writes (snapshot=on overlay), its journal and the test's files
+  need_space "$cache" 512 "the VM run"
   case "$accel" in
     auto) accel=$(pick_accel "$img") ;;
     kvm|tcg) ;;
