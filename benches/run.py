@@ -953,13 +953,17 @@ remote-viewer out: its network engine is spice-gtk, the python client's.
   socket costs nothing while no client is connected.
 - **Wakeups with a live screen**: the guest's screen changes ~30 times a
   second; spice-server writes each update as ~20 messages of ~5 KB over
-  2–3 ms, and they reach the client in two or three pieces. A client wakes
-  for each piece that finds it idle: spiced handles 64 KB in ~0.1 ms and is
-  idle again before the next piece comes; spice-gtk decodes as it reads and
-  is often still busy. Waking spiced once per update would take waiting: a
-  busy loop costs the CPU spiced saves, and a receive low-water mark
-  (SO_RCVLOWAT) sized to an update, tried, can stall the server, which stops
-  after twice its ACK window of messages until the client ACKs.
+  2–3 ms, and they reach the client in two or three pieces (a 64 KB
+  segment on loopback, then the rest). A client woken by every piece wakes
+  two or three times per update. Once updates recur, spiced sets its display
+  socket's receive low-water mark (SO_RCVLOWAT) to three quarters of the
+  last update, so the kernel wakes it once the update is mostly in; the mark
+  never asks for more than half the messages the server may send before it
+  waits for an ACK, data under a mark is read within 1.5 update periods,
+  and marks back off each time data had to wait for that deadline
+  ([architecture.md](architecture.md), `wake::lowat`). An X desktop's
+  ~1 KB messages reach the server's ACK stop every ~40 KB, below any
+  useful mark: there spiced wakes as before.
 - **Memory**: spiced's anonymous memory is ~1.3 MB; the rest of its RSS
   is file-backed: the pages of its own binary and of libc that it touches.
 - **Black hole**: spice-gtk learns of it from TCP keepalive alone (idle 30 s,

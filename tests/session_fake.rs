@@ -307,7 +307,7 @@ impl Connector for Fake {
             self.close_all.subscribe(),
         ));
         Box::pin(async move {
-            let b: Stream = Box::new(c);
+            let b = Stream::new(c);
             Ok(b)
         })
     }

@@ -200,6 +200,17 @@ impl Channel {
         self.tap = Some(tap);
     }
 
+    /// How many more messages the server may send before it waits for an
+    /// ACK: it stops past `2 x window` unacknowledged ones, and spiced ACKs
+    /// every `window` (None: no SET_ACK yet, the server does not wait).
+    pub fn ack_headroom(&self) -> Option<u32> {
+        (self.ack_window > 0).then(|| {
+            self.ack_window
+                .saturating_add(1)
+                .saturating_add(self.ack_countdown)
+        })
+    }
+
     pub fn counters(&self) -> &ChannelCounters {
         &self.counters
     }

@@ -189,6 +189,7 @@ impl TlsSetup {
             )));
         };
         let connector = tokio_rustls::TlsConnector::from(config.clone());
+        let socket = stream.socket();
         let tls = tokio::time::timeout_at(deadline, connector.connect(name, stream))
             .await
             .map_err(|_| TransportError::Timeout {
@@ -203,7 +204,7 @@ impl TlsSetup {
             suite = ?conn.negotiated_cipher_suite().map(|s| s.suite()),
             "TLS established"
         );
-        Ok(Box::new(tls))
+        Ok(Stream::layered(tls, socket))
     }
 }
 

@@ -55,6 +55,7 @@ pub async fn connect(
                 budget,
             )
             .await?;
+            let socket = std::os::fd::AsRawFd::as_raw_fd(&tcp);
             let tunnel = proxy::tunnel(
                 tcp,
                 &proxy,
@@ -65,9 +66,9 @@ pub async fn connect(
                 budget,
             )
             .await?;
-            Box::new(tunnel)
+            Stream::layered(tunnel, Some(socket))
         }
-        None => Box::new(
+        None => Stream::tcp(
             tcp_connect(
                 &target.host,
                 target.port,

@@ -233,6 +233,10 @@ pub(super) async fn run(
     let slot = ctx.pacer.slot();
     let at = |d: Duration| crate::time::after(ctx.start, d);
     let mut woken_by_io = false;
+    // A changing screen arrives in bursts: the kernel gathers each one before
+    // it wakes the process (crate::wake::lowat).
+    let mut lowat = (ch.ty == crate::wire::ChannelType::Display && stream.socket().is_some())
+        .then(crate::wake::Lowat::<tokio::time::Instant>::new);
     let failure = loop {
         traffic.publish(state.counters());
         // Flush answers first (they are tiny; the server always reads).
@@ -272,13 +276,23 @@ pub(super) async fn run(
             r = stream.read(&mut buf) => match r {
                 Ok(0) => break Some(Failure::io(ch, &std::io::ErrorKind::UnexpectedEof.into(), false)),
                 Ok(n) => {
+                    let before = state.counters().messages_in;
                     if let Err(e) = state.on_bytes(&buf[..n], ctx.now()) {
                         break Some(Failure::channel(ch, e));
                     }
                     woken_by_io = true;
+                    if let Some(l) = lowat.as_mut() {
+                        let messages = state.counters().messages_in.saturating_sub(before);
+                        let mark = l.on_read(tokio::time::Instant::now(), n, messages, state.ack_headroom());
+                        apply_mark(&stream, &mut lowat, mark, ch);
+                    }
                 }
                 Err(e) => break Some(Failure::io(ch, &e, false)),
             },
+            () = hold_until(lowat.as_ref().and_then(|l| l.deadline())) => {
+                let mark = lowat.as_mut().and_then(|l| l.on_deadline(tokio::time::Instant::now()));
+                apply_mark(&stream, &mut lowat, mark, ch);
+            }
             Some(linked) = next_reply(&mut replies) => state.migrate_reply(linked),
             wake = slot.kicked() => {
                 let wake = wake.map(|i| i.saturating_duration_since(ctx.start));
@@ -340,6 +354,30 @@ pub(super) async fn run(
     end.counters = state.counters().clone();
     end.failure = failure;
     end
+}
+
+/// Sets the socket's low-water mark; a socket that refuses one keeps the
+/// kernel's default for the rest of the channel.
+fn apply_mark(
+    stream: &Stream,
+    lowat: &mut Option<crate::wake::Lowat<tokio::time::Instant>>,
+    mark: Option<usize>,
+    ch: ChannelId,
+) {
+    let Some(m) = mark else { return };
+    if let Err(e) = stream.set_recv_lowat(m) {
+        tracing::debug!(channel = %ch, "SO_RCVLOWAT {m} refused ({e}): waking on every byte");
+        let _ = stream.set_recv_lowat(1);
+        *lowat = None;
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn hold_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The next answer to send on main, if this channel takes answers.

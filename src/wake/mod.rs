@@ -20,6 +20,7 @@
 
 mod alarm;
 pub(crate) mod horizon;
+pub(crate) mod lowat;
 pub(crate) mod pacer;
 pub(crate) mod plan;
 #[cfg(test)]
@@ -27,6 +28,7 @@ mod tests;
 
 pub use alarm::Alarm;
 pub use horizon::Horizon;
+pub use lowat::Lowat;
 pub use pacer::{Pacer, Slot};
 pub use plan::Plan;
 
