@@ -489,6 +489,36 @@ def proxy_run(kind):
         q.kill()
 
 
+def haproxy_run(kind):
+    """Behind haproxy in TCP mode with 20 s client and server timeouts (a
+    load balancer in front of the SPICE port, as kiosk fleets put one), VM
+    paused: channels after IDLE s."""
+    q = Qemu()
+    hport = free_port()
+    conf = os.path.join(WORK, f"hap{hport}.cfg")
+    with open(conf, "w") as f:
+        f.write("global\n  maxconn 256\n"
+                "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 20s\n  timeout server 20s\n"
+                f"listen spice\n  bind 127.0.0.1:{hport}\n  server qemu 127.0.0.1:{q.port}\n")
+    hp = subprocess.Popen(["haproxy", "-db", "-f", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while not port_accepts(hport):
+            if hp.poll() is not None:
+                return None
+            time.sleep(0.02)
+        p, _ = launch(kind, hport)
+        try:
+            q.wait_channels(EXPECT[kind], 30)
+            time.sleep(max(IDLE, 45))
+            return q.channels()
+        finally:
+            stop(p)
+    finally:
+        hp.kill()
+        hp.wait()
+        q.kill()
+
+
 def drained_bytes(kind, log):
     """Display bytes the client drained: spiced's log totals at its exit,
     spicy-stats's own summary."""
@@ -810,6 +840,10 @@ def network_rows(row, kinds, refs, net_kinds):
     if shutil.which("tinyproxy"):
         row("behind tinyproxy `Timeout 5`, VM paused: channels up at the end",
             {k: [proxy_run(k)] for k in net_kinds}, nd=0)
+    if shutil.which("haproxy"):
+        hap = {k: haproxy_run(k) for k in net_kinds}
+        row("behind haproxy (`mode tcp`, `timeout client/server 20s`), VM paused: channels up at the end",
+            {k: [v] for k, v in hap.items() if v is not None}, nd=0)
 
 
 def display_rows(row, refs):
@@ -1003,6 +1037,10 @@ remote-viewer out: its network engine is spice-gtk, the python client's.
 - **Behind the idle-cutting proxy** the reference clients lose the whole
   session (they send nothing on idle channels; the proxy cuts main, and the
   server drops the rest); spiced's keepalives keep all 11 channels.
+  **Behind haproxy** (TCP mode, 20 s timeouts, the client connecting to
+  haproxy's port as to the server's) every channel silent for 20 s is cut:
+  the references keep only the channels the server PINGs; spiced's 15 s
+  keepalives keep all 11.
 """
 
 if __name__ == "__main__":

@@ -16,11 +16,12 @@ for p in qemu-system-x86_64 spicy-stats tinyproxy as ld; do
 done
 /usr/bin/python3 -c 'import gi; gi.require_version("SpiceClientGLib", "2.0")' 2>/dev/null \
   || { echo "benches/run.sh: python3-gi / gir1.2-spiceclientglib-2.0 missing (bash scripts/install-deps.sh)" >&2; exit 2; }
-# remote-viewer (under Xvfb) is the third reference; installed here when we can.
-if ! command -v remote-viewer >/dev/null || ! command -v Xvfb >/dev/null; then
+# remote-viewer (under Xvfb) is the third reference, haproxy the load balancer
+# of one row; installed here when we can.
+if ! command -v remote-viewer >/dev/null || ! command -v Xvfb >/dev/null || ! command -v haproxy >/dev/null; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends xvfb virt-viewer >/dev/null \
-      || echo "benches/run.sh: could not install xvfb virt-viewer; remote-viewer is left out" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends xvfb virt-viewer haproxy >/dev/null \
+      || echo "benches/run.sh: could not install xvfb virt-viewer haproxy; remote-viewer or the haproxy row is left out" >&2
   else
     echo "benches/run.sh: remote-viewer or Xvfb missing; remote-viewer is left out" >&2
   fi
