@@ -465,58 +465,59 @@ def restart_run(down):
         q.kill()
 
 
-def proxy_run(kind):
-    """Behind tinyproxy `Timeout 5` with the VM paused: channels after IDLE s."""
+def behind_run(kind, proxy_cmd, pport, via_connect, hold):
+    """A client through a proxy process listening on `pport` (an HTTP CONNECT
+    proxy when `via_connect`, else a TCP forwarder the client dials as if it
+    were the server), VM paused: channels on the QEMU after `hold` s."""
     q = Qemu()
-    pport = free_port()
-    conf = os.path.join(WORK, f"tp{pport}.conf")
-    with open(conf, "w") as f:
-        f.write(f"Port {pport}\nListen 127.0.0.1\nTimeout 5\nAllow 127.0.0.1\nMaxClients 64\nConnectPort {q.port}\n")
-    tp = subprocess.Popen(["tinyproxy", "-d", "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    px = subprocess.Popen(proxy_cmd(q.port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         while not port_accepts(pport):
+            if px.poll() is not None:
+                return None
             time.sleep(0.02)
-        p, _ = launch(kind, q.port, proxy=f"http://127.0.0.1:{pport}")
+        if via_connect:
+            p, _ = launch(kind, q.port, proxy=f"http://127.0.0.1:{pport}")
+        else:
+            p, _ = launch(kind, pport)
         try:
             q.wait_channels(EXPECT[kind], 30)
-            time.sleep(max(IDLE, 20))
+            time.sleep(hold)
             return q.channels()
         finally:
             stop(p)
     finally:
-        tp.kill()
-        tp.wait()
+        px.kill()
+        px.wait()
         q.kill()
+
+
+def proxy_run(kind):
+    """Behind tinyproxy `Timeout 5` with the VM paused: channels after IDLE s."""
+    pport = free_port()
+    conf = os.path.join(WORK, f"tp{pport}.conf")
+
+    def cmd(qport):
+        with open(conf, "w") as f:
+            f.write(f"Port {pport}\nListen 127.0.0.1\nTimeout 5\nAllow 127.0.0.1\nMaxClients 64\nConnectPort {qport}\n")
+        return ["tinyproxy", "-d", "-c", conf]
+    return behind_run(kind, cmd, pport, True, max(IDLE, 20))
 
 
 def haproxy_run(kind):
     """Behind haproxy in TCP mode with 20 s client and server timeouts (a
     load balancer in front of the SPICE port, as kiosk fleets put one), VM
     paused: channels after IDLE s."""
-    q = Qemu()
     hport = free_port()
     conf = os.path.join(WORK, f"hap{hport}.cfg")
-    with open(conf, "w") as f:
-        f.write("global\n  maxconn 256\n"
-                "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 20s\n  timeout server 20s\n"
-                f"listen spice\n  bind 127.0.0.1:{hport}\n  server qemu 127.0.0.1:{q.port}\n")
-    hp = subprocess.Popen(["haproxy", "-db", "-f", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        while not port_accepts(hport):
-            if hp.poll() is not None:
-                return None
-            time.sleep(0.02)
-        p, _ = launch(kind, hport)
-        try:
-            q.wait_channels(EXPECT[kind], 30)
-            time.sleep(max(IDLE, 45))
-            return q.channels()
-        finally:
-            stop(p)
-    finally:
-        hp.kill()
-        hp.wait()
-        q.kill()
+
+    def cmd(qport):
+        with open(conf, "w") as f:
+            f.write("global\n  maxconn 256\n"
+                    "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 20s\n  timeout server 20s\n"
+                    f"listen spice\n  bind 127.0.0.1:{hport}\n  server qemu 127.0.0.1:{qport}\n")
+        return ["haproxy", "-db", "-f", conf]
+    return behind_run(kind, cmd, hport, False, max(IDLE, 45))
 
 
 def drained_bytes(kind, log):
