@@ -140,9 +140,9 @@ pub fn decode_lz(
             LzType::Rgb24 | LzType::Rgb32 => lz_units(&mut r, &mut px, 1, bgr)?,
             LzType::Rgba => {
                 lz_units(&mut r, &mut px, 1, bgr)?;
-                lz_alpha(&mut r, &mut px)?;
+                lz_alpha(&mut r, &mut px, true)?;
             }
-            LzType::Xxxa | LzType::A8 => lz_alpha(&mut r, &mut px)?,
+            LzType::Xxxa | LzType::A8 => lz_alpha(&mut r, &mut px, false)?,
             _ => return Err(DecodeError::Bad("lz image type")),
         }
         px
@@ -265,7 +265,9 @@ fn copy_back<T: Copy>(
 }
 
 /// The alpha pass of RGBA/XXXA/A8: the same loop over the alpha bytes only.
-fn lz_alpha(r: &mut In<'_>, px: &mut [u32]) -> Result<(), DecodeError> {
+/// `opaque`: the colour pass left every pixel at alpha 0xff, so a run of
+/// 0xff (most of what an X desktop's RGBA images carry) changes nothing.
+fn lz_alpha(r: &mut In<'_>, px: &mut [u32], opaque: bool) -> Result<(), DecodeError> {
     let mut op = 0usize;
     while op < px.len() {
         let ctrl = u32::from(r.u8()?);
@@ -288,8 +290,10 @@ fn lz_alpha(r: &mut In<'_>, px: &mut [u32]) -> Result<(), DecodeError> {
             if dist == 1 {
                 // A run (an opaque image: one run of 0xff).
                 let a = px[op - 1] & 0xff00_0000;
-                for p in &mut px[op..op + len] {
-                    *p = (*p & 0x00ff_ffff) | a;
+                if !(opaque && a == 0xff00_0000) {
+                    for p in &mut px[op..op + len] {
+                        *p = (*p & 0x00ff_ffff) | a;
+                    }
                 }
             } else {
                 for i in op..op + len {
@@ -603,6 +607,39 @@ mod tests {
         b.extend_from_slice(&[3 << 5, 0]); // a match of 3 at distance 1
         let p = decode_lz(&b, None, 1 << 20).unwrap();
         assert_eq!(p.px, vec![0xff00_00ff; 4]);
+    }
+
+    #[test]
+    fn lz_rgba_alpha_runs() {
+        // w x 1 RGBA: one literal blue pixel and a run of it (w - 1, RGB
+        // matches count from 1), then the alpha pass (its matches from 3).
+        let rgba = |w: u32, alpha: &[u8]| {
+            let mut b = header(9, w, 1, 4 * w, true);
+            b.extend_from_slice(&[0, 0xff, 0, 0, ((w - 1) << 5) as u8, 0]);
+            b.extend_from_slice(alpha);
+            decode_lz(&b, None, 1 << 20).unwrap().px
+        };
+        // Opaque: one literal 0xff and a run of it (the skipped case).
+        assert_eq!(rgba(4, &[0, 0xff, 1 << 5, 0]), vec![0xff00_00ff; 4]);
+        // A translucent run is written, also after an opaque literal.
+        assert_eq!(rgba(4, &[0, 0x80, 1 << 5, 0]), vec![0x8000_00ff; 4]);
+        assert_eq!(
+            rgba(5, &[1, 0xff, 0x80, 1 << 5, 0]),
+            vec![
+                0xff00_00ff,
+                0x8000_00ff,
+                0x8000_00ff,
+                0x8000_00ff,
+                0x8000_00ff
+            ]
+        );
+        // XXXA has no colour pass: its run of 0xff must be written.
+        let mut b = header(10, 4, 1, 16, true);
+        b.extend_from_slice(&[0, 0xff, 1 << 5, 0]);
+        assert_eq!(
+            decode_lz(&b, None, 1 << 20).unwrap().px,
+            vec![0xff00_0000; 4]
+        );
     }
 
     #[test]
