@@ -1009,13 +1009,15 @@ remote-viewer out: its network engine is spice-gtk, the python client's.
   client's channels some 53–55 s after the drop.
 - **N sessions**: with the VM paused, a session costs what its wakeups cost
   (the server's PINGs, and the keepalives riding them). CPU: spice-server's
-  PING period is 15 s plus a few milliseconds (its timer restarts at the
-  PONG), so with `idle_secs = 15` an idle channel sends its keepalive at both
-  PING wakeups of a period (main's, then display's) rather than go 15 s and a
-  few ms without a byte: about 21 sends per 15 s for 11 channels, against
-  spice-gtk's 4 PONGs; on loopback each send also runs the server's receive
-  path in the sender's system time. `idle_secs = 15.5` (a little above the
-  server's period) halves the sends ([keepalive.md](keepalive.md)). Until
+  PING period is 15 s plus the round trip (its timer restarts at the PONG), so
+  an idle channel's keepalive, due 15 s after the last PING, waits a few
+  milliseconds for the next one (`keepalive.ping_grace_secs`, 0.25 s): 13
+  sends per 15 s per session (9 keepalives, 4 PONGs) against spice-gtk's 4
+  PONGs, no timer wakeup; on loopback each send also runs the server's receive
+  path (and often a switch to QEMU) in the sender's CPU time. With
+  `ping_grace_secs = 0` (never past 15 s) every idle channel sends at both PING
+  wakeups of a period, 24 sends, and this row read 1.4-1.6x
+  ([keepalive.md](keepalive.md)). Until
   2026-12-06 this row counted clock ticks (41 vs 7 one day, 0 vs 4 the next
   for the same setup); it now reads the scheduler's on-CPU time. File descriptors:
   spiced links 11 channels per session, spice-gtk 10; spiced has one more per

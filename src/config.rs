@@ -59,6 +59,10 @@ pub enum LogTarget {
 pub struct KeepaliveConfig {
     /// A channel silent in both directions this long sends one keepalive. 0 disables.
     pub idle_secs: f64,
+    /// How much later than `idle_secs` a keepalive may go out to ride on a
+    /// server PING expected by then (the server's 15 s PING period plus its
+    /// round trip). 0: at `idle_secs` exactly.
+    pub ping_grace_secs: f64,
     /// No inbound byte on main for this long ends the session (`keepalive_timeout`);
     /// a probe goes out at half of it. 0 disables.
     pub main_timeout_secs: f64,
@@ -78,6 +82,7 @@ impl Default for KeepaliveConfig {
     fn default() -> Self {
         KeepaliveConfig {
             idle_secs: 15.0,
+            ping_grace_secs: 0.25,
             main_timeout_secs: 90.0,
             tcp_idle_secs: 30,
             tcp_interval_secs: 15,
@@ -427,6 +432,13 @@ impl Config {
         let r = &self.reconnect;
         let p = &self.report;
         secs("keepalive.idle_secs", k.idle_secs, OFF, 1.0, 3600.0)?;
+        num(
+            "keepalive.ping_grace_secs",
+            k.ping_grace_secs,
+            0.0,
+            1.0,
+            " s",
+        )?;
         secs(
             "keepalive.main_timeout_secs",
             k.main_timeout_secs,
@@ -836,6 +848,12 @@ mod tests {
                 "idle_secs",
                 &["0.0", "1.0", "3600.0"],
                 &["0.5", "3601.0", "nan", "inf", "-1.0"],
+            ),
+            (
+                "keepalive",
+                "ping_grace_secs",
+                &["0.0", "0.25", "1.0"],
+                &["-0.1", "1.5", "nan", "inf"],
             ),
             (
                 "keepalive",

@@ -4,7 +4,10 @@
 //! * [`IdleTimer`]: a channel silent in both directions for `idle` sends one
 //!   keepalive (ACK_SYNC echoing the current ACK generation — see
 //!   docs/keepalive.md for why that message and no other). That is the
-//!   deadline; the keepalive may also go out earlier, riding on a wakeup that
+//!   deadline, stretched by at most `ping_grace_secs` when a server PING is
+//!   expected by then (the server's PING period is 15 s plus the round trip,
+//!   so the keepalive rides on it instead of costing a wakeup of its own);
+//!   the keepalive may also go out earlier, riding on a wakeup that
 //!   happens anyway (the server's PING on another channel, any traffic), so a
 //!   timer of spiced's own is needed only when nothing else wakes it
 //!   ([`crate::wake`]). Early keepalives are rate-limited: a burst of four,
@@ -28,10 +31,12 @@ use std::time::Duration;
 /// timer rings a moment before a PING: the PING carries nothing).
 pub const MIN_SILENCE: Duration = Duration::from_millis(5);
 
-/// Fires after `idle` of two-way silence; any byte in either direction resets it.
+/// Fires after `idle` of two-way silence (or up to `grace` later, riding on a
+/// PING of the server expected by then); any byte in either direction resets it.
 #[derive(Debug, Clone)]
 pub struct IdleTimer {
     idle: Option<Duration>,
+    grace: Duration,
     last_activity: Duration,
     /// The rate limit of keepalives (GCRA, one per `idle / 2`, bursts of
     /// four): one more may go out early once this is at most `1.5 idle` ahead.
@@ -41,10 +46,13 @@ pub struct IdleTimer {
 impl IdleTimer {
     /// `idle` of `None` (or zero) disables the timer. `now` is the link: the
     /// rate limit starts spent, so the first early keepalive waits `idle / 2`.
-    pub fn new(idle: Option<Duration>, now: Duration) -> Self {
+    /// `grace`: how long past `idle` the keepalive may wait for a wakeup that
+    /// is expected by then (`keepalive.ping_grace_secs`).
+    pub fn new(idle: Option<Duration>, grace: Duration, now: Duration) -> Self {
         let idle = idle.filter(|d| !d.is_zero());
         IdleTimer {
             idle,
+            grace,
             last_activity: now,
             credit: now + idle.map_or(Duration::ZERO, |i| i * 2),
         }
@@ -80,6 +88,7 @@ impl IdleTimer {
         Some(Window {
             earliest: self.earliest()?,
             due: self.deadline()?,
+            grace: self.grace,
         })
     }
 
@@ -179,7 +188,7 @@ mod tests {
 
     #[test]
     fn fires_after_exactly_idle_of_two_way_silence() {
-        let t = IdleTimer::new(Some(S(15)), S(0));
+        let t = IdleTimer::new(Some(S(15)), Duration::ZERO, S(0));
         assert!(!t.due(S(14)));
         assert!(!t.due(Duration::from_millis(14_999)));
         assert!(t.due(S(15)));
@@ -188,7 +197,7 @@ mod tests {
 
     #[test]
     fn traffic_either_way_postpones_it() {
-        let mut t = IdleTimer::new(Some(S(15)), S(0));
+        let mut t = IdleTimer::new(Some(S(15)), Duration::ZERO, S(0));
         t.on_traffic(S(10)); // inbound
         assert!(!t.due(S(24)));
         assert_eq!(t.deadline(), Some(S(25)));
@@ -200,7 +209,7 @@ mod tests {
     #[test]
     fn early_keepalives_wait_for_silence_and_are_rate_limited() {
         let ms = Duration::from_millis;
-        let mut t = IdleTimer::new(Some(S(15)), S(0));
+        let mut t = IdleTimer::new(Some(S(15)), Duration::ZERO, S(0));
         // A fresh link: none while the server sends its opening messages.
         assert_eq!(t.earliest(), Some(ms(7_500)));
         assert_eq!(t.deadline(), Some(S(15)));
@@ -231,7 +240,7 @@ mod tests {
 
     #[test]
     fn sending_the_keepalive_resets_it() {
-        let mut t = IdleTimer::new(Some(S(15)), S(0));
+        let mut t = IdleTimer::new(Some(S(15)), Duration::ZERO, S(0));
         assert!(t.due(S(15)));
         t.on_traffic(S(15));
         assert!(!t.due(S(29)));
@@ -240,7 +249,7 @@ mod tests {
 
     #[test]
     fn disabled_never_fires() {
-        let t = IdleTimer::new(crate::time::secs_opt(0.0), S(0));
+        let t = IdleTimer::new(crate::time::secs_opt(0.0), Duration::ZERO, S(0));
         assert!(!t.due(S(1_000_000)));
         assert_eq!(t.deadline(), None);
     }

@@ -417,6 +417,7 @@ impl Schedule {
         Window {
             earliest: crate::time::after(self.last, MIN_AGE),
             due: crate::time::after(self.last, MAX_AGE),
+            grace: std::time::Duration::ZERO,
         }
     }
 }

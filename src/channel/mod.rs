@@ -155,7 +155,11 @@ impl Channel {
             ack_generation: 0,
             ack_window: 0,
             ack_countdown: 0,
-            idle: IdleTimer::new(secs(cfg.idle_secs), now),
+            idle: IdleTimer::new(
+                secs(cfg.idle_secs),
+                crate::time::secs(cfg.ping_grace_secs),
+                now,
+            ),
             pings: if matches!(id.ty, ChannelType::Main | ChannelType::Display) {
                 PingClock::every_15s()
             } else {

@@ -433,6 +433,7 @@ impl DaemonCore {
         Some(crate::wake::Window {
             earliest: due.checked_sub(every / 2).unwrap_or(due),
             due,
+            grace: Duration::ZERO,
         })
     }
 

@@ -55,32 +55,47 @@ impl Time for Duration {
 }
 
 /// When a piece of periodic work may run (from `earliest` on) and when it
-/// must (at `due`). An exact deadline has both equal.
+/// must (at `due`, or up to `grace` later when a wakeup from outside is
+/// expected by then: see [`Plan::next_due`]). An exact deadline has
+/// `earliest` and `due` equal and no grace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Window<T = tokio::time::Instant> {
     pub earliest: T,
     pub due: T,
+    pub grace: Duration,
 }
 
 impl<T: Time> Window<T> {
     /// Work that runs at `due` exactly, never earlier.
     pub fn at(due: T) -> Self {
-        Window { earliest: due, due }
+        Window {
+            earliest: due,
+            due,
+            grace: Duration::ZERO,
+        }
+    }
+
+    /// The latest the work may run when a wakeup is expected by then.
+    pub fn hard(&self) -> T {
+        self.due + self.grace
     }
 
     /// Whether the work runs at this wakeup: it is due, or it may run and
-    /// would fall due before the next wakeup is expected. `earliest` is
-    /// compared with the start of the wakeup, so work that a task of this
+    /// would pass its grace before the next wakeup is expected. `earliest`
+    /// is compared with the start of the wakeup, so work that a task of this
     /// same wakeup just did (a byte sent, a file written) does not qualify.
     pub fn ready(&self, wake: &Wake<T>) -> bool {
-        wake.now >= self.due || (wake.start >= self.earliest && self.due < wake.now + wake.horizon)
+        wake.now >= self.due
+            || (wake.start >= self.earliest && self.hard() < wake.now + wake.horizon)
     }
 
     /// The window of doing both (the earlier of each bound).
     pub fn merge(self, other: Window<T>) -> Window<T> {
+        let due = self.due.min(other.due);
         Window {
             earliest: self.earliest.min(other.earliest),
-            due: self.due.min(other.due),
+            due,
+            grace: self.hard().min(other.hard()).since(due),
         }
     }
 
@@ -89,6 +104,7 @@ impl<T: Time> Window<T> {
         Window {
             earliest: f(self.earliest),
             due: f(self.due),
+            grace: self.grace,
         }
     }
 }

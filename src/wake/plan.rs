@@ -140,9 +140,28 @@ impl<T: Time> Plan<T> {
     }
 
     /// When the alarm must ring: the earliest due time of a slot not
-    /// already told to run.
+    /// already told to run, or as much later as its grace allows when a
+    /// wakeup from outside is expected within the grace (the server's PING
+    /// period is 15 s plus the round trip: a keepalive due a moment before
+    /// the PING rides on it instead of costing a wakeup of its own).
     pub fn next_due(&self) -> Option<T> {
-        self.by_due.first().map(|(due, _)| *due)
+        let mut best: Option<T> = None;
+        for (due, id) in &self.by_due {
+            if best.is_some_and(|b| b <= *due) {
+                break;
+            }
+            let grace = self.entries[*id]
+                .as_ref()
+                .and_then(|e| e.window)
+                .map_or(Duration::ZERO, |w| w.grace);
+            let hard = *due + grace;
+            let at = match self.by_expect.range((*due, 0)..).next() {
+                Some((x, _)) if !grace.is_zero() && *x <= hard => hard,
+                _ => *due,
+            };
+            best = Some(best.map_or(at, |b| b.min(at)));
+        }
+        best
     }
 
     /// Slots in use.

@@ -23,6 +23,7 @@ fn a_window_runs_when_due_or_when_it_would_fall_due_before_the_next_wakeup() {
     let w = Window {
         earliest: S(10),
         due: S(20),
+        grace: Duration::ZERO,
     };
     assert!(!w.ready(&wake(S(5), S(5), S(30))), "too early");
     assert!(
@@ -44,10 +45,32 @@ fn a_window_runs_when_due_or_when_it_would_fall_due_before_the_next_wakeup() {
         merge(Some(w), Some(exact)),
         Some(Window {
             earliest: S(10),
-            due: S(20)
+            due: S(20),
+            grace: Duration::ZERO,
         })
     );
     assert_eq!(merge(None, Some(exact)), Some(exact));
+    // A grace never carries past the other window's deadline.
+    let lenient = Window {
+        grace: MS(250),
+        ..w
+    };
+    assert_eq!(
+        merge(Some(lenient), Some(Window::at(S(20) + MS(100)))).map(|m| m.hard()),
+        Some(S(20) + MS(100))
+    );
+    assert_eq!(
+        merge(Some(lenient), Some(Window::at(S(30)))),
+        Some(Window {
+            earliest: S(10),
+            ..lenient
+        })
+    );
+    // Riding early looks past the grace: due at 20 s, the next wakeup 0.1 s
+    // after it is within the grace, so not now.
+    assert!(!lenient.ready(&wake(S(12), S(12), S(8) + MS(100))));
+    assert!(lenient.ready(&wake(S(12), S(12), S(9))));
+    assert!(lenient.ready(&wake(S(20), S(20), S(0))), "due");
     assert_eq!(merge::<Duration>(None, None), None);
 }
 
@@ -82,6 +105,7 @@ fn the_plan_kicks_what_is_ready_and_the_alarm_skips_kicked_slots() {
     let ka = Window {
         earliest: S(5),
         due: S(15),
+        grace: Duration::ZERO,
     };
     p.set(a, Some(ka), None);
     p.set(b, Some(Window::at(S(20))), None);
@@ -120,6 +144,7 @@ fn an_expected_wakeup_shortens_the_horizon() {
         Some(Window {
             earliest: S(5),
             due: S(15),
+            grace: Duration::ZERO,
         }),
         None,
     );
@@ -157,6 +182,7 @@ fn a_periodic_ping_sets_the_horizon_by_itself() {
 /// alarm drive them: traffic at server events, keepalives at wakeups.
 struct Sim {
     idle: Duration,
+    grace: Duration,
     chans: Vec<IdleTimer>,
     ids: Vec<usize>,
     last: Vec<Duration>,
@@ -170,12 +196,15 @@ struct Sim {
 }
 
 impl Sim {
-    fn new(n: usize, idle: Duration) -> Sim {
+    fn new(n: usize, idle: Duration, grace: Duration) -> Sim {
         let mut plan = Plan::new(crate::wake::pacer::MEMORY);
         let ids = (0..n).map(|_| plan.add()).collect();
         let mut s = Sim {
             idle,
-            chans: (0..n).map(|_| IdleTimer::new(Some(idle), S(0))).collect(),
+            grace,
+            chans: (0..n)
+                .map(|_| IdleTimer::new(Some(idle), grace, S(0)))
+                .collect(),
             ids,
             last: vec![S(0); n],
             worst: vec![S(0); n],
@@ -257,9 +286,10 @@ impl Sim {
     fn assert_guarantee(&self) {
         for (ch, w) in self.worst.iter().enumerate() {
             assert!(
-                *w <= self.idle,
-                "channel {ch} silent both ways for {w:?} (idle {:?})",
-                self.idle
+                *w <= self.idle + self.grace,
+                "channel {ch} silent both ways for {w:?} (idle {:?}, grace {:?})",
+                self.idle,
+                self.grace
             );
         }
     }
@@ -272,16 +302,17 @@ impl Sim {
 /// PINGs come minutes later; left out). `first`: when main's and display's
 /// pairs end, which sets the phase of their timers.
 fn idle_session(first: [Duration; 2], period: [Duration; 2], hours: u64) -> Sim {
-    idle_session_with(S(15), first, period, hours)
+    idle_session_with(S(15), Duration::ZERO, first, period, hours)
 }
 
 fn idle_session_with(
     idle: Duration,
+    grace: Duration,
     first: [Duration; 2],
     period: [Duration; 2],
     hours: u64,
 ) -> Sim {
-    let mut s = Sim::new(11, idle);
+    let mut s = Sim::new(11, idle, grace);
     s.pings[0] = crate::keepalive::PingClock::every_15s();
     s.pings[1] = crate::keepalive::PingClock::every_15s();
     // Linking: each channel's link bytes, then its pair.
@@ -340,7 +371,7 @@ fn an_interval_above_the_ping_period_sends_once_per_period() {
     // docs/keepalive.md: with idle_secs a little above spice-server's period
     // every channel rides one PING wakeup per period instead of both.
     let p = S(15) + MS(2);
-    let s = idle_session_with(MS(15_500), [MS(232), MS(200)], [p, p], 1);
+    let s = idle_session_with(MS(15_500), Duration::ZERO, [MS(232), MS(200)], [p, p], 1);
     s.assert_guarantee();
     assert!(s.alarms.len() <= 1, "alarms: {:?}", s.alarms);
     let cycles = 3600 / 15;
@@ -356,6 +387,63 @@ fn an_interval_above_the_ping_period_sends_once_per_period() {
         sum(&strict),
         sum(&s)
     );
+}
+
+#[test]
+fn the_alarm_waits_out_the_grace_only_for_an_expected_wakeup() {
+    let mut p = Plan::new(S(60));
+    let (ka, ping, exact) = (p.add(), p.add(), p.add());
+    let lenient = Window {
+        earliest: S(5),
+        due: S(15),
+        grace: MS(250),
+    };
+    p.set(ka, Some(lenient), None);
+    assert_eq!(
+        p.next_due(),
+        Some(S(15)),
+        "nothing expected: at the deadline"
+    );
+    p.set(ping, None, Some(S(15) + MS(3)));
+    assert_eq!(
+        p.next_due(),
+        Some(S(15) + MS(250)),
+        "a PING 3 ms late carries it"
+    );
+    p.set(ping, None, Some(S(15) + MS(300)));
+    assert_eq!(p.next_due(), Some(S(15)), "a PING past the grace does not");
+    p.set(ping, None, Some(S(14)));
+    assert_eq!(
+        p.next_due(),
+        Some(S(15)),
+        "one before the deadline leaves the early ride to it"
+    );
+    // Exact work is never stretched, whatever is expected.
+    p.set(ping, None, Some(S(15) + MS(3)));
+    p.set(exact, Some(Window::at(S(15) + MS(100))), None);
+    assert_eq!(p.next_due(), Some(S(15) + MS(100)));
+}
+
+#[test]
+fn the_default_grace_rides_one_ping_per_period() {
+    // The traced session (docs/spice-notes.md), and timers whose periods
+    // differ (display 15.0013 s, main 15.0039 s, as traced on 2026-12-06).
+    for (first, period) in [
+        ([MS(232), MS(200)], [S(15) + MS(2), S(15) + MS(2)]),
+        ([MS(214), MS(200)], [MS(15_004), MS(15_001)]),
+    ] {
+        let s = idle_session_with(S(15), MS(250), first, period, 1);
+        s.assert_guarantee();
+        assert!(
+            s.alarms.iter().all(|a| *a < S(16)),
+            "alarms: {:?}",
+            s.alarms
+        );
+        let cycles = 3600 / 15;
+        for (ch, k) in s.keepalives.iter().enumerate() {
+            assert!(*k <= cycles + 4, "channel {ch}: {k} keepalives");
+        }
+    }
 }
 
 proptest! {
@@ -394,12 +482,14 @@ proptest! {
     #[test]
     fn no_channel_is_ever_silent_longer_than_its_interval(
         idle_ms in 1_000u64..20_000,
+        grace_ms in prop_oneof![Just(0u64), 1u64..1_000],
         n in 1usize..12,
         events in proptest::collection::vec((0u64..600_000, 0usize..12, 1usize..4), 0..300),
         pings in proptest::collection::vec((0u64..20_000, 100u64..40_000), 0..3),
     ) {
         let idle = MS(idle_ms);
-        let mut s = Sim::new(n, idle);
+        let no_pings = pings.is_empty();
+        let mut s = Sim::new(n, idle, MS(grace_ms));
         let end = MS(600_000);
         // Server traffic: random messages on random channels (a few at once),
         // plus periodic PINGers restarted by our answer.
@@ -420,6 +510,11 @@ proptest! {
         }
         s.finish(end);
         s.assert_guarantee();
+        // The grace is only for riding an expected PING: without any, the
+        // interval holds exactly.
+        if no_pings {
+            prop_assert!(s.worst.iter().all(|w| *w <= idle), "{:?}", s.worst);
+        }
     }
 }
 
@@ -434,6 +529,7 @@ async fn the_pacer_kicks_slots_on_wakeups_and_its_alarm_rings_once_at_the_deadli
         Some(Window {
             earliest: t0 + S(1),
             due: t0 + S(15),
+            grace: Duration::ZERO,
         }),
         None,
     );
@@ -448,6 +544,7 @@ async fn the_pacer_kicks_slots_on_wakeups_and_its_alarm_rings_once_at_the_deadli
         Some(Window {
             earliest: t0 + S(16),
             due: t0 + S(30),
+            grace: Duration::ZERO,
         }),
         None,
     );
