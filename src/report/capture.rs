@@ -14,6 +14,7 @@ use crate::config::ReportConfig;
 use crate::wire::frame::HeaderKind;
 use crate::wire::msg;
 use crate::wire::{ChannelId, ChannelType};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -48,6 +49,7 @@ pub enum RecordKind {
 /// (which encodes). `record` is O(len) and short, so a std mutex is right.
 pub type SharedCapture = Arc<Mutex<Capture>>;
 
+/// A link record: few per connection, so each owns its bytes.
 #[derive(Debug, Clone)]
 struct Record {
     dir: Direction,
@@ -60,18 +62,26 @@ struct Stream {
     ch: ChannelId,
     client_port: u16,
     link: Vec<Record>,
-    /// Ring entries still referencing this stream.
-    in_ring: usize,
+    /// Number of its newest ring message: it has messages in the ring while
+    /// the ring's oldest is not newer (see [`in_ring`]), which eviction keeps
+    /// true without looking the stream up.
+    last_seq: Option<u64>,
     last_at: Duration,
     /// A newer connection of the same channel exists.
     superseded: bool,
     closed: bool,
 }
 
-#[derive(Debug, Clone)]
+/// A ring message: its bytes are the next `len` bytes of the [`ByteRing`]
+/// (entries and bytes are both oldest first).
+#[derive(Debug, Clone, Copy)]
 struct Entry {
     stream: u64,
-    rec: Record,
+    /// Numbers increase along the ring.
+    seq: u64,
+    at: Duration,
+    len: usize,
+    dir: Direction,
 }
 
 /// Bounded capture of the session's SPICE traffic. See the module docs.
@@ -84,7 +94,19 @@ pub struct Capture {
     current: BTreeMap<ChannelId, u64>,
     next_stream: u64,
     ring: VecDeque<Entry>,
-    ring_bytes: usize,
+    next_seq: u64,
+    bytes: ByteRing,
+    /// Superseded streams in `streams`: without any, the MAX_STREAMS loop in
+    /// `trim` has nothing to drop.
+    superseded: usize,
+    /// Only superseded streams with nothing in the ring can be forgotten, once
+    /// the horizon passes their `last_at`: `trim` walks `streams` only when
+    /// that may have happened, not on every record. At most the `last_at` of
+    /// every such stream.
+    sweep_after: Option<Duration>,
+    /// At most the `last_seq` of every superseded stream with messages in the
+    /// ring: once eviction passes it, one may have become forgettable.
+    sweep_after_seq: Option<u64>,
     dropped: u64,
 }
 
@@ -103,7 +125,11 @@ impl Capture {
             current: BTreeMap::new(),
             next_stream: 0,
             ring: VecDeque::new(),
-            ring_bytes: 0,
+            next_seq: 0,
+            bytes: ByteRing::default(),
+            superseded: 0,
+            sweep_after: None,
+            sweep_after_seq: None,
             dropped: 0,
         }
     }
@@ -124,7 +150,11 @@ impl Capture {
             current: BTreeMap::new(),
             next_stream: self.next_stream,
             ring: VecDeque::new(),
-            ring_bytes: 0,
+            next_seq: 0,
+            bytes: ByteRing::default(),
+            superseded: 0,
+            sweep_after: None,
+            sweep_after_seq: None,
             dropped: 0,
         };
         std::mem::replace(self, empty)
@@ -198,17 +228,28 @@ impl Capture {
                     // Keeping it would evict everything else; count it instead.
                     self.dropped += 1;
                 } else {
-                    let mut data = bytes.to_vec();
-                    if !self.keep_payloads && is_private(ch, dir, header, &data) {
-                        data[header.header_len()..].fill(0);
-                    }
-                    self.ring_bytes += data.len();
+                    // Making room first evicts what evicting after the push
+                    // would, and the byte ring never holds more than the budget.
+                    self.evict(self.horizon(at), bytes.len());
+                    let kept = if !self.keep_payloads && is_private(ch, dir, header, bytes) {
+                        header.header_len()
+                    } else {
+                        bytes.len()
+                    };
+                    // A private body goes in as zeros: it is never stored.
+                    let (stored, blanked) = bytes.split_at(kept.min(bytes.len()));
+                    self.bytes.push(stored, blanked.len(), self.max_bytes);
+                    let seq = self.next_seq;
+                    self.next_seq += 1;
                     self.ring.push_back(Entry {
                         stream: sid,
-                        rec: Record { dir, at, data },
+                        seq,
+                        at,
+                        len: bytes.len(),
+                        dir,
                     });
                     if let Some(s) = self.streams.get_mut(&sid) {
-                        s.in_ring += 1;
+                        s.last_seq = Some(seq);
                         s.last_at = s.last_at.max(at);
                     }
                 }
@@ -231,23 +272,17 @@ impl Capture {
     /// Evicts what is older than `capture_secs` before `now` or over the byte
     /// budget. Call it with the disconnect time before [`Capture::to_pcap`].
     pub fn trim(&mut self, now: Duration) {
-        let horizon = now.saturating_sub(self.max_age);
-        while let Some(front) = self.ring.front() {
-            if self.ring_bytes <= self.max_bytes && front.rec.at >= horizon {
-                break;
-            }
-            if let Some(e) = self.ring.pop_front() {
-                self.ring_bytes -= e.rec.data.len();
-                if let Some(s) = self.streams.get_mut(&e.stream) {
-                    s.in_ring = s.in_ring.saturating_sub(1);
-                }
-            }
-        }
+        let horizon = self.horizon(now);
+        self.evict(horizon, 0);
         // Forget old connections that were replaced and have nothing left in the
         // window; the current connection of each channel keeps its link records.
-        self.streams
-            .retain(|_, s| !(s.superseded && s.in_ring == 0 && s.last_at < horizon));
-        while self.streams.len() > MAX_STREAMS {
+        let front = self.front_seq();
+        if self.sweep_after.is_some_and(|t| t < horizon)
+            || self.sweep_after_seq.is_some_and(|q| !in_ring(front, q))
+        {
+            self.sweep(horizon);
+        }
+        while self.superseded > 0 && self.streams.len() > MAX_STREAMS {
             let victim = self
                 .streams
                 .iter()
@@ -258,9 +293,56 @@ impl Capture {
         }
     }
 
+    fn horizon(&self, now: Duration) -> Duration {
+        now.saturating_sub(self.max_age)
+    }
+
+    /// Pops the oldest messages while the ring holds more than `max_bytes - room`
+    /// bytes or its oldest message is older than `horizon`.
+    fn evict(&mut self, horizon: Duration, room: usize) {
+        let budget = self.max_bytes.saturating_sub(room);
+        let mut left = self.bytes.len();
+        while let Some(front) = self.ring.front() {
+            if left <= budget && front.at >= horizon {
+                break;
+            }
+            left = left.saturating_sub(front.len);
+            self.ring.pop_front();
+        }
+        self.bytes.pop_front(self.bytes.len().saturating_sub(left));
+    }
+
+    /// Forgets the superseded streams with nothing in the ring and nothing since
+    /// `horizon`, and recomputes what `trim` decides to sweep on.
+    fn sweep(&mut self, horizon: Duration) {
+        let front = self.front_seq();
+        let mut superseded = 0;
+        let mut after = None;
+        let mut after_seq = None;
+        self.streams.retain(|_, s| {
+            if !s.superseded {
+                return true;
+            }
+            match s.last_seq.filter(|&q| in_ring(front, q)) {
+                Some(q) => lower(&mut after_seq, q),
+                None if s.last_at < horizon => return false,
+                None => lower(&mut after, s.last_at),
+            }
+            superseded += 1;
+            true
+        });
+        self.superseded = superseded;
+        self.sweep_after = after;
+        self.sweep_after_seq = after_seq;
+    }
+
+    fn front_seq(&self) -> Option<u64> {
+        self.ring.front().map(|e| e.seq)
+    }
+
     /// Bytes of messages currently in the ring (link records not included).
     pub fn ring_bytes(&self) -> usize {
-        self.ring_bytes
+        self.bytes.len()
     }
 
     /// Messages currently in the ring.
@@ -280,6 +362,7 @@ impl Capture {
     /// wall-clock time (Unix seconds) at which the session started. Empty when
     /// nothing was recorded (the report then has no `traffic.pcap`).
     pub fn to_pcap(&self, server_port: u16, start_unix: f64) -> Vec<u8> {
+        let flat = self.bytes.contiguous();
         let mut index: BTreeMap<u64, usize> = BTreeMap::new();
         let mut streams: Vec<PcapStream<'_>> = Vec::new();
         for (id, s) in &self.streams {
@@ -294,10 +377,15 @@ impl Capture {
                 closed: s.closed || s.superseded,
             });
         }
+        let mut offset = 0usize;
         for e in &self.ring {
-            if let Some(ps) = index.get(&e.stream).and_then(|i| streams.get_mut(*i)) {
-                ps.records
-                    .push((e.rec.dir, e.rec.at, e.rec.data.as_slice()));
+            let end = offset.saturating_add(e.len);
+            let data = flat.get(offset..end);
+            offset = end;
+            if let (Some(ps), Some(data)) =
+                (index.get(&e.stream).and_then(|i| streams.get_mut(*i)), data)
+            {
+                ps.records.push((e.dir, e.at, data));
             }
         }
         streams.retain(|s| !s.records.is_empty());
@@ -317,15 +405,25 @@ impl Capture {
 
     fn stream_for(&mut self, ch: ChannelId, at: Duration, new_connection: bool) -> u64 {
         if let Some(&id) = self.current.get(&ch) {
-            let fresh = self
-                .streams
-                .get(&id)
-                .is_some_and(|s| s.link.is_empty() && s.in_ring == 0);
-            if !new_connection || fresh {
+            if !new_connection {
+                return id;
+            }
+            let front = self.front_seq();
+            let fresh = self.streams.get(&id).is_some_and(|s| {
+                s.link.is_empty() && !s.last_seq.is_some_and(|q| in_ring(front, q))
+            });
+            if fresh {
                 return id;
             }
             if let Some(s) = self.streams.get_mut(&id) {
-                s.superseded = true;
+                if !s.superseded {
+                    s.superseded = true;
+                    self.superseded += 1;
+                    match s.last_seq.filter(|&q| in_ring(front, q)) {
+                        Some(q) => lower(&mut self.sweep_after_seq, q),
+                        None => lower(&mut self.sweep_after, s.last_at),
+                    }
+                }
             }
         }
         let id = self.next_stream;
@@ -337,7 +435,7 @@ impl Capture {
                 ch,
                 client_port,
                 link: Vec::new(),
-                in_ring: 0,
+                last_seq: None,
                 last_at: at,
                 superseded: false,
                 closed: false,
@@ -347,19 +445,155 @@ impl Capture {
         id
     }
 
+    /// Forgets a stream and its ring messages. O(ring), but only with more than
+    /// MAX_STREAMS connections in the window.
     fn drop_stream(&mut self, id: u64) {
-        self.streams.remove(&id);
+        if self.streams.remove(&id).is_some_and(|s| s.superseded) {
+            self.superseded = self.superseded.saturating_sub(1);
+        }
+        // Rewrite the kept messages into the same buffer from a copy.
+        let flat = self.bytes.contiguous().into_owned();
+        self.bytes.clear();
         let before = self.ring.len();
-        let mut freed = 0;
+        let mut offset = 0usize;
+        let bytes = &mut self.bytes;
+        let limit = self.max_bytes;
         self.ring.retain(|e| {
-            let keep = e.stream != id;
-            if !keep {
-                freed += e.rec.data.len();
+            let end = offset.saturating_add(e.len);
+            let data = flat.get(offset..end).unwrap_or_default();
+            offset = end;
+            if e.stream == id {
+                return false;
             }
-            keep
+            bytes.push(data, 0, limit);
+            true
         });
-        self.ring_bytes -= freed;
         self.dropped += (before - self.ring.len()) as u64;
+    }
+}
+
+/// Whether a stream whose newest ring message is numbered `last_seq` still has
+/// messages in a ring whose oldest is numbered `front`: the ring only loses
+/// its oldest, or every message of a stream that is then forgotten.
+fn in_ring(front: Option<u64>, last_seq: u64) -> bool {
+    front.is_some_and(|f| f <= last_seq)
+}
+
+fn lower<T: Ord + Copy>(bound: &mut Option<T>, value: T) {
+    *bound = Some(bound.map_or(value, |b| b.min(value)));
+}
+
+/// Smallest buffer the byte ring starts with (a budget below it is used as is).
+const MIN_RING_CAPACITY: usize = 64 * 1024;
+
+/// The ring's message bytes, oldest first, in one circular buffer that grows
+/// geometrically up to the byte budget and then stays: recording a message is
+/// a copy and evicting one moves `head`, neither allocates.
+#[derive(Clone, Default)]
+struct ByteRing {
+    /// All initialised (zeros before first use); its length is the capacity.
+    buf: Vec<u8>,
+    head: usize,
+    len: usize,
+}
+
+impl ByteRing {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The buffer index `offset` bytes past the head (`offset <= capacity`).
+    fn index(&self, offset: usize) -> usize {
+        let i = self.head.saturating_add(offset);
+        if i >= self.buf.len() {
+            i - self.buf.len()
+        } else {
+            i
+        }
+    }
+
+    /// Appends `data` and then `zeros` zero bytes. The buffer grows only when
+    /// full, doubling but never past `limit` unless this message needs it.
+    fn push(&mut self, data: &[u8], zeros: usize, limit: usize) {
+        let n = data.len().saturating_add(zeros);
+        let need = self.len.saturating_add(n);
+        if need > self.buf.len() {
+            let grown = self
+                .buf
+                .len()
+                .saturating_mul(2)
+                .max(MIN_RING_CAPACITY)
+                .min(limit);
+            self.grow(need.max(grown));
+        }
+        let tail = self.index(self.len).min(self.buf.len());
+        let (wrapped, after) = self.buf.split_at_mut(tail);
+        let first = n.min(after.len());
+        let second = (n - first).min(wrapped.len());
+        let mut src = data;
+        for dst in [&mut after[..first], &mut wrapped[..second]] {
+            let (copied, zeroed) = dst.split_at_mut(src.len().min(dst.len()));
+            let (now, rest) = src.split_at(copied.len());
+            copied.copy_from_slice(now);
+            zeroed.fill(0);
+            src = rest;
+        }
+        self.len += first + second;
+    }
+
+    fn grow(&mut self, capacity: usize) {
+        let (a, b) = self.as_slices();
+        let mut buf = Vec::with_capacity(capacity);
+        buf.extend_from_slice(a);
+        buf.extend_from_slice(b);
+        buf.resize(capacity, 0);
+        self.buf = buf;
+        self.head = 0;
+    }
+
+    /// Drops the oldest `n` bytes.
+    fn pop_front(&mut self, n: usize) {
+        let n = n.min(self.len);
+        self.head = self.index(n);
+        self.len -= n;
+        if self.len == 0 {
+            self.head = 0;
+        }
+    }
+
+    fn as_slices(&self) -> (&[u8], &[u8]) {
+        let end = self.head.saturating_add(self.len);
+        match end.checked_sub(self.buf.len()) {
+            Some(wrapped) if wrapped > 0 => (
+                self.buf.get(self.head..).unwrap_or_default(),
+                self.buf.get(..wrapped).unwrap_or_default(),
+            ),
+            _ => (self.buf.get(self.head..end).unwrap_or_default(), &[]),
+        }
+    }
+
+    /// The bytes in order as one slice (copied only if they wrap).
+    fn contiguous(&self) -> Cow<'_, [u8]> {
+        match self.as_slices() {
+            (a, []) => Cow::Borrowed(a),
+            (a, b) => Cow::Owned([a, b].concat()),
+        }
+    }
+
+    /// Empties the ring, keeping its buffer.
+    fn clear(&mut self) {
+        self.head = 0;
+        self.len = 0;
+    }
+}
+
+/// The bytes stay out of logs: megabytes, and possibly sensitive.
+impl std::fmt::Debug for ByteRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ByteRing")
+            .field("len", &self.len)
+            .field("capacity", &self.buf.len())
+            .finish()
     }
 }
 
@@ -442,7 +676,15 @@ mod tests {
     }
 
     fn ring_data(c: &Capture) -> Vec<Vec<u8>> {
-        c.ring.iter().map(|e| e.rec.data.clone()).collect()
+        let flat = c.bytes.contiguous();
+        let mut offset = 0;
+        c.ring
+            .iter()
+            .map(|e| {
+                offset += e.len;
+                flat[offset - e.len..offset].to_vec()
+            })
+            .collect()
     }
 
     const INPUTS: ChannelId = ChannelId {
@@ -599,7 +841,7 @@ mod tests {
         }
         // now = 99 s: entries at 39..=99 remain.
         assert_eq!(c.ring_len(), 61);
-        assert_eq!(c.ring.front().unwrap().rec.at, Duration::from_secs(39));
+        assert_eq!(c.ring.front().unwrap().at, Duration::from_secs(39));
         c.trim(Duration::from_secs(150));
         assert_eq!(c.ring_len(), 10, "90..=99 are within 60 s of 150");
     }
@@ -709,5 +951,416 @@ mod tests {
         assert_eq!(c.ring_len(), 0);
         assert!(c.client_ports().is_empty());
         assert!(c.to_pcap(5900, 0.0).is_empty());
+    }
+
+    /// Deterministic xorshift, so the randomised tests reproduce.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    const MAIN: ChannelId = ChannelId::MAIN;
+
+    fn link(c: &mut Capture, ch: ChannelId, at: Duration, bytes: &[u8]) {
+        c.record(ch, Direction::ToServer, at, RecordKind::Link, bytes);
+    }
+
+    fn ports(c: &Capture) -> Vec<u16> {
+        c.client_ports().iter().map(|p| p.1).collect()
+    }
+
+    /// Checks the storage against `recorded` (each message as it should be
+    /// stored, by sequence number) and the bookkeeping against the ring.
+    fn check(c: &Capture, recorded: &[Vec<u8>]) {
+        let data = ring_data(c);
+        assert_eq!(data.len(), c.ring.len());
+        for (e, d) in c.ring.iter().zip(&data) {
+            assert_eq!(d, &recorded[e.seq as usize], "message {}", e.seq);
+            assert!(c.streams.contains_key(&e.stream), "entry of a lost stream");
+        }
+        let sum: usize = c.ring.iter().map(|e| e.len).sum();
+        assert_eq!(c.ring_bytes(), sum);
+        assert!(c.ring_bytes() <= c.max_bytes);
+        assert!(c.bytes.buf.len() <= c.max_bytes, "ring buffer over budget");
+        let front = c.front_seq();
+        for (id, s) in &c.streams {
+            let has = c.ring.iter().any(|e| e.stream == *id);
+            let says = s.last_seq.is_some_and(|q| in_ring(front, q));
+            assert_eq!(has, says, "stream {id}: in the ring");
+            if s.superseded && !has {
+                assert!(c.sweep_after.is_some_and(|t| t <= s.last_at));
+            }
+            if let (true, Some(q)) = (s.superseded && has, s.last_seq) {
+                assert!(c.sweep_after_seq.is_some_and(|b| b <= q));
+            }
+        }
+        let superseded = c.streams.values().filter(|s| s.superseded).count();
+        assert_eq!(c.superseded, superseded);
+        assert!(c.streams.len() <= MAX_STREAMS || superseded == 0);
+    }
+
+    #[test]
+    fn byte_ring_matches_a_deque_across_wraps_and_growth() {
+        for (limit, push, pop, rounds) in
+            [(1000, 300, 400, 20_000), (1 << 20, 60_000, 80_000, 1_500)]
+        {
+            let mut ring = ByteRing::default();
+            let mut model: VecDeque<u8> = VecDeque::new();
+            let mut rng = Rng(7);
+            let (mut wrapped, mut moved) = (0, 0);
+            for i in 0..rounds {
+                if rng.below(3) > 0 {
+                    let n = rng.below(push) as usize;
+                    let data: Vec<u8> = (0..n).map(|k| (i + k) as u8 | 1).collect();
+                    let zeros = rng.below(push / 5) as usize;
+                    while model.len() + n + zeros > limit {
+                        let k = model.len().min(1 + rng.below(pop) as usize);
+                        ring.pop_front(k);
+                        model.drain(..k);
+                    }
+                    let (capacity, head) = (ring.buf.len(), ring.head);
+                    ring.push(&data, zeros, limit);
+                    if ring.buf.len() > capacity && head > 0 {
+                        moved += 1;
+                    }
+                    model.extend(data.iter().chain([0u8].iter().cycle().take(zeros)));
+                } else {
+                    let k = rng.below(pop) as usize;
+                    ring.pop_front(k);
+                    model.drain(..k.min(model.len()));
+                }
+                assert_eq!(ring.len(), model.len());
+                assert_eq!(&*ring.contiguous(), model.make_contiguous());
+                assert!(ring.buf.len() <= limit);
+                if !ring.as_slices().1.is_empty() {
+                    wrapped += 1;
+                }
+            }
+            assert!(wrapped > rounds / 10, "the wrapped layout was exercised");
+            if limit > MIN_RING_CAPACITY {
+                assert!(moved > 0, "growth with data away from the start");
+            }
+        }
+    }
+
+    #[test]
+    fn private_bodies_are_never_stored() {
+        for keep in [false, true] {
+            let mut c = Capture::new(&cfg(60.0, 700, keep));
+            let mut found = false;
+            for i in 0..2_000u64 {
+                let at = Duration::from_millis(i);
+                let body = b"SECRET-PAYLOAD".repeat(1 + (i % 5) as usize);
+                match i % 4 {
+                    0 => message(&mut c, INPUTS, Direction::ToServer, at, &msg(101, &body)),
+                    1 => c.record_message(
+                        MAIN,
+                        Direction::ToClient,
+                        at,
+                        HeaderKind::Full,
+                        &full(i, 109, &body),
+                    ),
+                    2 => message(&mut c, MAIN, Direction::ToServer, at, &msg(107, &body)),
+                    _ => message(&mut c, DISPLAY, Direction::ToClient, at, &msg(4, &[7; 90])),
+                }
+                // The whole buffer, free space included.
+                found |= contains(&c.bytes.buf, b"SECRET");
+            }
+            assert_eq!(found, keep, "keep_payloads {keep}");
+            let d = ring_data(&c);
+            let last = d.len() - 1;
+            if !keep {
+                assert_eq!(d[last], msg(4, &[7; 90]));
+                assert_eq!(d[last - 1], msg(107, &[0; 14 * 4]), "header kept");
+                assert_eq!(d[last - 2], full(1997, 109, &[0; 14 * 3]));
+                assert_eq!(d[last - 3], msg(101, &[0; 14 * 2]));
+            }
+        }
+    }
+
+    #[test]
+    fn byte_budget_and_buffer_stay_bounded() {
+        for (secs, max_bytes, top) in [(60.0, 4 << 20, 8192), (600.0, 5000, 5000)] {
+            let mut c = Capture::new(&cfg(secs, max_bytes, false));
+            let mut rng = Rng(99);
+            let body = vec![0x5A; 8192];
+            for i in 0..100_000u64 {
+                let len = 6 + rng.below(top - 5) as usize;
+                let at = Duration::from_millis(i);
+                message(
+                    &mut c,
+                    DISPLAY,
+                    Direction::ToClient,
+                    at,
+                    &msg(4, &body[..len - 6]),
+                );
+                assert!(c.ring_bytes() <= max_bytes);
+            }
+            assert!(
+                c.bytes.buf.len() <= max_bytes,
+                "capacity {}",
+                c.bytes.buf.len()
+            );
+            let sum: usize = c.ring.iter().map(|e| e.len).sum();
+            assert_eq!(c.ring_bytes(), sum);
+            assert!(
+                c.ring_bytes() > max_bytes - top as usize,
+                "the budget was used"
+            );
+        }
+    }
+
+    /// (client port, closed, records as (direction, seconds, bytes)).
+    type Expected = (u16, bool, Vec<(Direction, u64, Vec<u8>)>);
+
+    /// Streams as `to_pcap` should see them, encoded the same way.
+    fn expected_pcap(streams: &[Expected]) -> Vec<u8> {
+        let streams: Vec<PcapStream<'_>> = streams
+            .iter()
+            .map(|(port, closed, recs)| PcapStream {
+                client_port: *port,
+                records: recs
+                    .iter()
+                    .map(|(d, s, b)| (*d, Duration::from_secs(*s), b.as_slice()))
+                    .collect(),
+                closed: *closed,
+            })
+            .collect();
+        write_pcap(&streams, 5930, 1.7e9)
+    }
+
+    #[test]
+    fn pcap_of_a_mixed_sequence() {
+        use Direction::{ToClient as C, ToServer as S};
+        let mut c = Capture::new(&cfg(10.0, 300, false));
+        let s = Duration::from_secs;
+        link(&mut c, DISPLAY, s(0), b"REDQ-display-1");
+        c.record(DISPLAY, C, s(0), RecordKind::Link, b"reply-1");
+        c.record(DISPLAY, S, s(0), RecordKind::LinkTicket, &[0xAB; 16]);
+        link(&mut c, INPUTS, s(0), b"REDQ-inputs");
+        let d1 = msg(4, &[1; 50]);
+        message(&mut c, DISPLAY, C, s(1), &d1);
+        message(&mut c, INPUTS, S, s(2), &msg(101, b"KEYS"));
+        message(&mut c, MAIN, S, s(3), &msg(107, b"clip"));
+        let d2 = msg(4, &[2; 100]);
+        message(&mut c, DISPLAY, C, s(4), &d2);
+        link(&mut c, DISPLAY, s(5), b"REDQ-display-2");
+        c.record(DISPLAY, C, s(5), RecordKind::Link, b"reply-2");
+        let d3 = msg(4, &[3; 80]);
+        message(&mut c, DISPLAY, C, s(6), &d3);
+        assert_eq!(c.ring_bytes(), 268);
+        let d4 = msg(4, &[4; 40]);
+        message(&mut c, DISPLAY, C, s(7), &d4);
+        assert_eq!(c.ring_bytes(), 258, "d1 evicted by bytes");
+        assert!(!c.bytes.as_slices().1.is_empty(), "d4 wraps around");
+        message(&mut c, DISPLAY, C, s(8), &msg(4, &[9; 400]));
+        assert_eq!(c.dropped(), 1);
+        let i1 = msg(102, b"\x02\0");
+        message(&mut c, INPUTS, C, s(13), &i1);
+        let f1 = full(9, 109, b"clipboard!");
+        c.record_message(MAIN, C, s(14), HeaderKind::Full, &f1);
+        let f1_kept = full(9, 109, &[0; 10]);
+        // The time evictions took the keystroke (at 13) and the clipboard (14).
+        assert_eq!(c.ring_len(), 5);
+        let old_display = (
+            40_000,
+            true,
+            vec![
+                (S, 0, b"REDQ-display-1".to_vec()),
+                (C, 0, b"reply-1".to_vec()),
+                (S, 0, vec![0; 16]),
+                (C, 4, d2.clone()),
+            ],
+        );
+        let inputs = |closed| {
+            (
+                40_001,
+                closed,
+                vec![(S, 0, b"REDQ-inputs".to_vec()), (C, 13, i1.clone())],
+            )
+        };
+        let main = (40_002, false, vec![(C, 14, f1_kept.clone())]);
+        let display_link = vec![
+            (S, 5, b"REDQ-display-2".to_vec()),
+            (C, 5, b"reply-2".to_vec()),
+        ];
+        let mut display = display_link.clone();
+        display.extend([(C, 6, d3.clone()), (C, 7, d4.clone())]);
+        assert_eq!(
+            c.to_pcap(5930, 1.7e9),
+            expected_pcap(&[
+                old_display,
+                inputs(false),
+                main.clone(),
+                (40_003, false, display)
+            ])
+        );
+        // d2 (the superseded stream's last message, at 4) goes out of the
+        // window: the stream and its link records with it.
+        let d5 = msg(4, &[5; 20]);
+        message(&mut c, DISPLAY, C, s(15), &d5);
+        assert_eq!(ports(&c), vec![40_001, 40_002, 40_003]);
+        c.close(INPUTS);
+        c.trim(s(17));
+        assert_eq!(c.ring_bytes(), 108);
+        let mut display = display_link;
+        display.extend([(C, 7, d4), (C, 15, d5)]);
+        assert_eq!(
+            c.to_pcap(5930, 1.7e9),
+            expected_pcap(&[inputs(true), main, (40_003, false, display)])
+        );
+    }
+
+    #[test]
+    fn superseded_stream_goes_once_its_messages_and_time_are_gone() {
+        let mut c = Capture::new(&cfg(10.0, 1000, false));
+        let s = Duration::from_secs;
+        link(&mut c, DISPLAY, s(0), b"REDQ1");
+        message(&mut c, MAIN, Direction::ToClient, s(20), &msg(4, &[1; 10]));
+        // Recorded late (channel tasks race for the lock): behind a newer front.
+        message(
+            &mut c,
+            DISPLAY,
+            Direction::ToClient,
+            s(5),
+            &msg(4, &[2; 10]),
+        );
+        link(&mut c, DISPLAY, s(21), b"REDQ2");
+        assert_eq!(
+            ports(&c),
+            vec![40_000, 40_001, 40_002],
+            "old one still in the ring"
+        );
+        // Evicted by bytes, long after its last record: forgotten at once.
+        message(&mut c, MAIN, Direction::ToClient, s(22), &msg(4, &[3; 990]));
+        assert_eq!(c.ring_len(), 1);
+        assert_eq!(ports(&c), vec![40_001, 40_002]);
+
+        // Evicted while its last record is still within the window: kept
+        // until the window passes it.
+        link(&mut c, DISPLAY, s(23), b"REDQ3");
+        message(
+            &mut c,
+            DISPLAY,
+            Direction::ToClient,
+            s(24),
+            &msg(4, &[4; 10]),
+        );
+        link(&mut c, DISPLAY, s(25), b"REDQ4");
+        message(&mut c, MAIN, Direction::ToClient, s(26), &msg(4, &[5; 990]));
+        assert_eq!(c.ring_len(), 1);
+        assert_eq!(ports(&c), vec![40_001, 40_002, 40_003, 40_004]);
+        c.trim(s(34));
+        assert_eq!(
+            ports(&c),
+            vec![40_001, 40_003, 40_004],
+            "24 is within 10 s of 34, 21 is not"
+        );
+        c.trim(s(35));
+        assert_eq!(ports(&c), vec![40_001, 40_004]);
+    }
+
+    #[test]
+    fn over_max_streams_the_oldest_superseded_go_with_their_messages() {
+        for max_bytes in [1 << 20, 2000] {
+            let mut c = Capture::new(&cfg(600.0, max_bytes, false));
+            let mut recorded = Vec::new();
+            for i in 0..70u8 {
+                let at = Duration::from_secs(i.into());
+                link(&mut c, DISPLAY, at, b"REDQ");
+                let m = msg(4, &vec![i; 10 + usize::from(i)]);
+                message(
+                    &mut c,
+                    INPUTS,
+                    Direction::ToClient,
+                    at,
+                    &msg(4, &[0xEE; 30]),
+                );
+                message(&mut c, DISPLAY, Direction::ToClient, at, &m);
+                recorded.extend([msg(4, &[0xEE; 30]), m]);
+                check(&c, &recorded);
+            }
+            // 70 display connections and inputs: the first 7 display ones went.
+            assert_eq!(c.client_ports().len(), MAX_STREAMS);
+            assert_eq!(ports(&c)[..2], [40_001, 40_008]);
+            if max_bytes == 1 << 20 {
+                assert_eq!(c.dropped(), 7);
+                assert_eq!(c.ring_len(), 140 - 7);
+            }
+        }
+    }
+
+    #[test]
+    fn current_streams_are_never_dropped_for_max_streams() {
+        let mut c = Capture::new(&cfg(600.0, 1 << 20, false));
+        let t = Duration::from_secs(1);
+        link(&mut c, DISPLAY, t, b"REDQ");
+        for id in 0..MAX_STREAMS as u8 {
+            let ch = ChannelId::new(ChannelType::Usbredir, id);
+            link(&mut c, ch, t, b"REDQ");
+            message(&mut c, ch, Direction::ToClient, t, &msg(4, &[id; 4]));
+        }
+        assert_eq!(c.client_ports().len(), MAX_STREAMS + 1, "none superseded");
+        link(&mut c, DISPLAY, t, b"REDQ");
+        let ports = ports(&c);
+        assert_eq!(ports.len(), MAX_STREAMS + 1);
+        assert!(!ports.contains(&40_000), "the superseded one went");
+        assert_eq!(c.ring_len(), MAX_STREAMS);
+    }
+
+    #[test]
+    fn random_sequences_keep_storage_and_bookkeeping_consistent() {
+        let chans = [MAIN, DISPLAY, INPUTS];
+        for (seed, secs, max_bytes) in [(1, 5.0, 4000), (2, 1.0, 600), (3, 30.0, 20_000)] {
+            let mut rng = Rng(seed);
+            let mut c = Capture::new(&cfg(secs, max_bytes, false));
+            let mut recorded = Vec::new();
+            let mut t = 0u64;
+            for i in 0..5_000u64 {
+                let ch = chans[rng.below(3) as usize];
+                t = match rng.below(10) {
+                    0 => t.saturating_sub(rng.below(3_000)),
+                    _ => t + rng.below(200),
+                };
+                let at = Duration::from_millis(t);
+                match rng.below(100) {
+                    0..=2 => link(&mut c, ch, at, b"REDQ"),
+                    3 => {
+                        c.close(ch);
+                        check(&c, &recorded);
+                        continue;
+                    }
+                    4 => c.trim(at),
+                    _ => {
+                        let top = if rng.below(20) == 0 { 800 } else { 120 };
+                        let n = 1 + rng.below(top);
+                        let body: Vec<u8> = (0..n).map(|k| (i + k) as u8).collect();
+                        let m = msg([4, 101, 107][rng.below(3) as usize], &body);
+                        let private = is_private(ch, Direction::ToServer, HeaderKind::Mini, &m);
+                        let mut kept = m.clone();
+                        if private {
+                            kept[6..].fill(0);
+                        }
+                        if m.len() <= max_bytes {
+                            recorded.push(kept);
+                        }
+                        message(&mut c, ch, Direction::ToServer, at, &m);
+                    }
+                }
+                check(&c, &recorded);
+                // What the old sweep on every record guaranteed.
+                let horizon = at.saturating_sub(c.max_age);
+                let front = c.front_seq();
+                assert!(!c.streams.values().any(|s| s.superseded
+                    && !s.last_seq.is_some_and(|q| in_ring(front, q))
+                    && s.last_at < horizon));
+            }
+        }
     }
 }
