@@ -274,6 +274,9 @@ impl Capture {
     pub fn trim(&mut self, now: Duration) {
         let horizon = self.horizon(now);
         self.evict(horizon, 0);
+        // An idle session keeps a few small messages: give back what a busy
+        // minute grew the ring to (the anonymous memory of an idle spiced).
+        self.bytes.shrink();
         // Forget old connections that were replaced and have nothing left in the
         // window; the current connection of each channel keeps its link records.
         let front = self.front_seq();
@@ -484,7 +487,7 @@ fn lower<T: Ord + Copy>(bound: &mut Option<T>, value: T) {
 }
 
 /// Smallest buffer the byte ring starts with (a budget below it is used as is).
-const MIN_RING_CAPACITY: usize = 64 * 1024;
+const MIN_RING_CAPACITY: usize = 4 * 1024;
 
 /// The ring's message bytes, oldest first, in one circular buffer that grows
 /// geometrically up to the byte budget and then stays: recording a message is
@@ -549,6 +552,14 @@ impl ByteRing {
         buf.resize(capacity, 0);
         self.buf = buf;
         self.head = 0;
+    }
+
+    /// Reallocates at twice the bytes held when they fill at most a quarter:
+    /// amortised O(1) against the doubling in [`ByteRing::push`].
+    fn shrink(&mut self) {
+        if self.buf.len() > MIN_RING_CAPACITY && self.len <= self.buf.len() / 4 {
+            self.grow(self.len.saturating_mul(2).max(MIN_RING_CAPACITY));
+        }
     }
 
     /// Drops the oldest `n` bytes.
@@ -1034,6 +1045,7 @@ mod tests {
                     let k = rng.below(pop) as usize;
                     ring.pop_front(k);
                     model.drain(..k.min(model.len()));
+                    ring.shrink();
                 }
                 assert_eq!(ring.len(), model.len());
                 assert_eq!(&*ring.contiguous(), model.make_contiguous());
@@ -1047,6 +1059,46 @@ mod tests {
                 assert!(moved > 0, "growth with data away from the start");
             }
         }
+    }
+
+    #[test]
+    fn a_busy_minute_is_given_back_when_the_session_goes_idle() {
+        let mut c = Capture::new(&cfg(60.0, 4 << 20, false));
+        let body = vec![7u8; 1000];
+        for i in 0..3_000u64 {
+            message(
+                &mut c,
+                DISPLAY,
+                Direction::ToClient,
+                Duration::from_millis(i),
+                &msg(302, &body),
+            );
+        }
+        assert!(c.bytes.buf.len() >= 3_000_000, "{}", c.bytes.buf.len());
+        // Idle: a PING and its PONG every 15 s, for two minutes.
+        for k in 1..=8u64 {
+            let at = Duration::from_secs(3 + 15 * k);
+            message(
+                &mut c,
+                ChannelId::MAIN,
+                Direction::ToClient,
+                at,
+                &msg(4, &[0; 12]),
+            );
+            message(
+                &mut c,
+                ChannelId::MAIN,
+                Direction::ToServer,
+                at,
+                &msg(3, &[0; 12]),
+            );
+        }
+        assert_eq!(c.ring_len(), 10, "the last minute");
+        assert!(
+            c.bytes.buf.len() <= MIN_RING_CAPACITY,
+            "{}",
+            c.bytes.buf.len()
+        );
     }
 
     #[test]
