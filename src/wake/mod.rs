@@ -40,17 +40,27 @@ use std::time::Duration;
 pub trait Time: Copy + Ord + Add<Duration, Output = Self> + std::fmt::Debug {
     /// How long after `earlier` this is (zero when it is not after it).
     fn since(self, earlier: Self) -> Duration;
+    /// `d` earlier (this, where that is before the clock's origin).
+    fn before(self, d: Duration) -> Self;
 }
 
 impl Time for tokio::time::Instant {
     fn since(self, earlier: Self) -> Duration {
         self.saturating_duration_since(earlier)
     }
+
+    fn before(self, d: Duration) -> Self {
+        self.checked_sub(d).unwrap_or(self)
+    }
 }
 
 impl Time for Duration {
     fn since(self, earlier: Self) -> Duration {
         self.saturating_sub(earlier)
+    }
+
+    fn before(self, d: Duration) -> Self {
+        self.saturating_sub(d)
     }
 }
 

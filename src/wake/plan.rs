@@ -143,7 +143,10 @@ impl<T: Time> Plan<T> {
     /// already told to run, or as much later as its grace allows when a
     /// wakeup from outside is expected within the grace (the server's PING
     /// period is 15 s plus the round trip: a keepalive due a moment before
-    /// the PING rides on it instead of costing a wakeup of its own).
+    /// the PING rides on it instead of costing a wakeup of its own). A PING
+    /// expected up to [`EXPECTED_SLACK`] before the deadline counts too: it
+    /// comes a little after its time (a channel that linked just after the
+    /// PING pair at link falls due between the expected PING and the real one).
     pub fn next_due(&self) -> Option<T> {
         let mut best: Option<T> = None;
         for (due, id) in &self.by_due {
@@ -155,7 +158,11 @@ impl<T: Time> Plan<T> {
                 .and_then(|e| e.window)
                 .map_or(Duration::ZERO, |w| w.grace);
             let hard = *due + grace;
-            let at = match self.by_expect.range((*due, 0)..).next() {
+            let at = match self
+                .by_expect
+                .range((due.before(EXPECTED_SLACK), 0)..)
+                .next()
+            {
                 Some((x, _)) if !grace.is_zero() && *x <= hard => hard,
                 _ => *due,
             };
