@@ -7,6 +7,7 @@ use spiced::{exit, vv};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    spiced::heap::pin_mmap_threshold();
     // A panic is logged at crit and, outside a task, exits 70.
     spiced::panic::install();
     let cli = match Cli::try_parse() {
