@@ -13,19 +13,18 @@
 //!
 //! A disconnect report (the capture, its pcap and the zip: up to about three
 //! times `report.capture_max_bytes`) and a PNG of the screen are built on a
-//! blocking-pool thread. glibc keeps what that thread freed in the thread's
-//! arena, and after the first large free it raises its mmap threshold, so the
-//! next large buffer is carved from the arena too and stays resident after
-//! it is freed. Measured against QEMU with a full 4 MiB capture: RSS went
-//! from 23 MB to 34 MB after a report and stayed there until the idle thread
-//! exited 10 s later, on every report but the first. Trimming at the end of
-//! each such job hands the freed pages back at once.
+//! blocking-pool thread, and glibc keeps what that thread freed in the
+//! thread's arena. Before the threshold was pinned, measured against QEMU
+//! with a full 4 MiB capture: RSS went from 23 MB to 34 MB after a report and
+//! stayed there until the idle thread exited 10 s later. Trimming at the end
+//! of each such job ([`release_free_memory`]) hands the arena's freed pages
+//! back at once.
 
 /// Pins glibc's mmap threshold at its default (128 KiB), which also turns off
 /// the adjustment of the trim threshold: a large buffer is always mapped on
 /// its own and unmapped when freed. Call it first thing in `main`. spiced
-/// allocates a buffer that size a few dozen times a minute under display
-/// load (heaptrack, X desktop), so the extra mmap calls cost nothing
+/// allocates a buffer that size a few dozen times in 30 s of display load
+/// (heaptrack, X desktop), so the extra mmap calls cost nothing
 /// measurable.
 pub fn pin_mmap_threshold() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -45,5 +44,26 @@ pub fn release_free_memory() {
     // arenas, under their locks, and is safe to call from any thread.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+#[cfg(all(test, target_os = "linux", target_env = "gnu"))]
+mod tests {
+    /// glibc marks a chunk it mapped on its own with bit 1 (IS_MMAPPED) of
+    /// the size word just before the pointer it hands out.
+    fn is_mapped(p: *const u8) -> bool {
+        // SAFETY: `p` comes from glibc's malloc (Rust's System allocator for
+        // a byte buffer), which keeps that word in front of every chunk.
+        unsafe { (p as *const usize).sub(1).read() & 2 != 0 }
+    }
+
+    #[test]
+    fn a_large_buffer_is_still_mapped_after_a_larger_one_was_freed() {
+        super::pin_mmap_threshold();
+        // Unpinned, freeing this would raise the threshold to 4 MiB...
+        drop(std::hint::black_box(vec![1u8; 4 << 20]));
+        // ...and this would come from the heap and stay there once freed.
+        let b = std::hint::black_box(vec![1u8; 1 << 20]);
+        assert!(is_mapped(b.as_ptr()));
     }
 }
