@@ -59,6 +59,33 @@ pub fn screenshot(sock: &Path) -> (f64, (u32, u32, Vec<u32>)) {
     (v["changed_at"].as_f64().unwrap_or(0.0), img)
 }
 
+/// Waits (up to 30 s) until two screenshots a second apart show the same
+/// pixels and the same "changed at" (within 1 ms: it is computed from two
+/// clock reads, so exact float equality is chance). Err: what the last pair
+/// showed, for the failure message.
+#[allow(dead_code)]
+pub fn wait_still(sock: &Path) -> Result<(), String> {
+    let mut last = screenshot(sock);
+    let mut seen = String::new();
+    let still = wait_until(Duration::from_secs(30), || {
+        std::thread::sleep(Duration::from_millis(1000));
+        let now = screenshot(sock);
+        let (n, _) = diff(&now.1 .2, &last.1 .2);
+        let moved = (now.0 - last.0).abs();
+        seen = format!(
+            "changed_at {:.6} then {:.6}, {n} pixels differ",
+            last.0, now.0
+        );
+        last = now;
+        n == 0 && moved < 0.001
+    });
+    if still {
+        Ok(())
+    } else {
+        Err(seen)
+    }
+}
+
 /// How two frames differ: (pixels that differ, the largest channel difference).
 pub fn diff(a: &[u32], b: &[u32]) -> (usize, u32) {
     let mut n = 0;
