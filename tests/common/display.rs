@@ -63,7 +63,6 @@ pub fn screenshot(sock: &Path) -> (f64, (u32, u32, Vec<u32>)) {
 /// pixels and the same "changed at" (within 1 ms: it is computed from two
 /// clock reads, so exact float equality is chance). Err: what the last pair
 /// showed, for the failure message.
-#[allow(dead_code)]
 pub fn wait_still(sock: &Path) -> Result<(), String> {
     let mut last = screenshot(sock);
     let mut seen = String::new();
