@@ -80,6 +80,9 @@ pub struct Failure {
     pub class: FailClass,
     /// Did this happen while linking (before the channel ran)?
     pub during_link: bool,
+    /// The server's address refused the connection (or the proxy said it could
+    /// not reach it): the server was not running at that moment.
+    pub server_refused: bool,
 }
 
 impl Failure {
@@ -102,6 +105,7 @@ impl Failure {
             link_code: None,
             class,
             during_link: false,
+            server_refused: false,
         }
     }
 
@@ -194,6 +198,7 @@ impl Failure {
         Failure {
             io_kind: e.io_kind(),
             during_link: true,
+            server_refused: e.server_refused(),
             ..Failure::new(ch, cause, e.to_string(), class)
         }
     }

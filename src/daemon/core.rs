@@ -880,25 +880,13 @@ impl DaemonCore {
                 f.channel,
                 f.message
             );
+            let verdict = self.idle_cuts.observe(&end, now.mono);
             if end.server_closed_session {
-                // What the idle-cut and takeover rules weigh, so their verdict
-                // can be checked from the journal.
-                if let Some((main, other)) = super::idle_cut::silences(&end) {
-                    let other = other.map_or("no other channel closed".into(), |(ch, t)| {
-                        format!("longest silence elsewhere {t:.1} s ({ch})")
-                    });
-                    info!(
-                        session = generation,
-                        "close shape: main silent {main:.1} s before the close, {other}{}",
-                        if end.server_gone {
-                            "; the server went away"
-                        } else {
-                            ""
-                        }
-                    );
+                if let Some(line) = super::idle_cut::shape_line(&end, verdict.cut_like) {
+                    info!(session = generation, "{line}");
                 }
             }
-            let cut = self.idle_cuts.observe(&end, now.mono);
+            let cut = verdict.learned;
             let word = if cut.is_some() {
                 Cause::IdleCut
             } else {
@@ -940,7 +928,7 @@ impl DaemonCore {
                         shape: CloseShape {
                             clean: f.cause == Cause::ServerClosed,
                             server_gone: end.server_gone,
-                            may_be_idle_cut: super::idle_cut::may_be_cut(&end),
+                            cut_like: verdict.cut_like,
                             server_quiet: end.main_quiet(),
                         },
                     },

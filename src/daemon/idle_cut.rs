@@ -13,8 +13,13 @@
 //! What cannot be told apart: two takeovers after the same silence on main (±
 //! the tolerance). Then spiced takes the session back once, with a shorter
 //! keepalive; a third close is judged by the takeover rule again.
+//!
+//! Each loss also gets a [`CutLike`] for the takeover rule: no cut, maybe one,
+//! or a cut's shape after less silence on main than the close before it that
+//! may have been a cut (what the cut after a middlebox's first one looks like).
 
 use crate::channel::counters::ChannelCounters;
+use crate::reconnect::CutLike;
 use crate::session::SessionEnd;
 use crate::wire::ChannelId;
 use std::time::Duration;
@@ -50,17 +55,34 @@ fn idle(c: &ChannelCounters) -> Option<f64> {
     last.is_finite().then_some(closed - last)
 }
 
-/// For the log: main's silence before it closed, and the longest silence of
-/// any other channel (what `pattern` weighs).
-pub fn silences(end: &SessionEnd) -> Option<(f64, Option<(ChannelId, f64)>)> {
+/// The log line that shows what the idle-cut and takeover rules weighed, so
+/// their verdict can be checked from the journal: main's silence before it
+/// closed, the longest silence of any other channel (what `pattern` weighs),
+/// and what else counted.
+pub fn shape_line(end: &SessionEnd, cut_like: CutLike) -> Option<String> {
     let main = idle(end.counters.get(&ChannelId::MAIN)?)?;
     let other = end
         .counters
         .iter()
         .filter(|(id, _)| **id != ChannelId::MAIN)
         .filter_map(|(id, c)| Some((*id, idle(c)?)))
-        .max_by(|a, b| a.1.total_cmp(&b.1));
-    Some((main, other))
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map_or("no other channel closed".into(), |(ch, t)| {
+            format!("longest silence elsewhere {t:.1} s ({ch})")
+        });
+    let gone = if end.server_gone {
+        "; the server went away"
+    } else {
+        ""
+    };
+    let shorter = if cut_like == CutLike::Shorter {
+        "; less silence on main than at the close before"
+    } else {
+        ""
+    };
+    Some(format!(
+        "close shape: main silent {main:.1} s before the close, {other}{gone}{shorter}"
+    ))
 }
 
 /// T when `end` looks like an idle cut: main closed by the peer after T of
@@ -102,12 +124,24 @@ pub fn may_be_cut(end: &SessionEnd) -> bool {
     ) && idle(main).is_some_and(|t| t >= MIN_IDLE)
 }
 
+/// What one lost session tells the idle-cut rule.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Verdict {
+    /// Seen twice: the keepalive interval from now on.
+    pub learned: Option<Duration>,
+    /// What the takeover rule is told of the close.
+    pub cut_like: CutLike,
+}
+
 /// The idle-cut rule across sessions (see the module docs).
 #[derive(Debug)]
 pub struct IdleCuts {
     /// The keepalive interval in force (None: off).
     idle: Option<Duration>,
+    /// The last close with a cut's shape, and main's silence before it.
     candidate: Option<(Instant, f64)>,
+    /// The last close that may have been a cut, and main's silence before it.
+    last_maybe: Option<(Instant, f64)>,
     last: Option<Duration>,
 }
 
@@ -116,6 +150,7 @@ impl IdleCuts {
         IdleCuts {
             idle,
             candidate: None,
+            last_maybe: None,
             last: None,
         }
     }
@@ -125,9 +160,38 @@ impl IdleCuts {
         self.last
     }
 
-    /// Feeds a lost session; returns the new keepalive interval when this loss
-    /// completes the pattern (and the interval actually gets shorter).
-    pub fn observe(&mut self, end: &SessionEnd, now: Instant) -> Option<Duration> {
+    /// Feeds a lost session: the new keepalive interval when this loss
+    /// completes the pattern (and the interval actually gets shorter), and how
+    /// much it looks like a cut to the takeover rule.
+    pub fn observe(&mut self, end: &SessionEnd, now: Instant) -> Verdict {
+        if !may_be_cut(end) {
+            return Verdict {
+                learned: None,
+                cut_like: CutLike::No,
+            };
+        }
+        let main = end.counters.get(&ChannelId::MAIN).and_then(idle);
+        let before = std::mem::replace(&mut self.last_maybe, main.map(|t| (now, t)));
+        let learned = self.pair(end, now);
+        // The first cut after a middlebox starts cutting comes after whatever
+        // silence the session had (never less than its timeout); the next one,
+        // on a fresh session, after the timeout itself.
+        let shorter = pattern(end).is_some_and(|t| {
+            before
+                .is_some_and(|(at, t0)| now.saturating_duration_since(at) <= PAIR_WINDOW && t < t0)
+        });
+        Verdict {
+            learned,
+            cut_like: if shorter {
+                CutLike::Shorter
+            } else {
+                CutLike::Maybe
+            },
+        }
+    }
+
+    /// Pairs a cut's shape with the last one; the new interval when they match.
+    fn pair(&mut self, end: &SessionEnd, now: Instant) -> Option<Duration> {
         let t = pattern(end)?;
         let paired = self.candidate.take().filter(|(at, t0)| {
             now.saturating_duration_since(*at) <= PAIR_WINDOW && (t - t0).abs() <= tolerance(t)
@@ -277,12 +341,24 @@ mod tests {
     async fn seen_twice_lowers_the_keepalive_once() {
         let mut c = IdleCuts::new(Some(Duration::from_secs(15)));
         let t0 = Instant::now();
-        assert_eq!(c.observe(&proxy_cut(), t0), None, "once is not a pattern");
-        let learned = c.observe(&proxy_cut(), t0 + Duration::from_secs(7));
+        assert_eq!(
+            c.observe(&proxy_cut(), t0).learned,
+            None,
+            "once is not a pattern"
+        );
+        let learned = c.observe(&proxy_cut(), t0 + Duration::from_secs(7)).learned;
         assert_eq!(learned, Some(Duration::from_millis(2500)));
         // The same again cannot lower it further: 2.5 s is already below T/2.
-        assert_eq!(c.observe(&proxy_cut(), t0 + Duration::from_secs(20)), None);
-        assert_eq!(c.observe(&proxy_cut(), t0 + Duration::from_secs(30)), None);
+        assert_eq!(
+            c.observe(&proxy_cut(), t0 + Duration::from_secs(20))
+                .learned,
+            None
+        );
+        assert_eq!(
+            c.observe(&proxy_cut(), t0 + Duration::from_secs(30))
+                .learned,
+            None
+        );
     }
 
     /// Chaos seed 14849789246449697476: after a cut had lowered the keepalive
@@ -302,15 +378,63 @@ mod tests {
         assert_eq!(pattern(&gone()), None);
         let mut c = IdleCuts::new(Some(Duration::from_millis(2500)));
         let t0 = Instant::now();
-        assert_eq!(c.observe(&gone(), t0), None);
-        assert_eq!(c.observe(&gone(), t0 + Duration::from_secs(25)), None);
+        assert_eq!(c.observe(&gone(), t0).learned, None);
+        assert_eq!(
+            c.observe(&gone(), t0 + Duration::from_secs(25)).learned,
+            None
+        );
         // The same silences with the server still there are a cut.
         let there = || SessionEnd {
             server_gone: false,
             ..gone()
         };
-        assert_eq!(c.observe(&there(), t0 + Duration::from_secs(30)), None);
-        assert!(c.observe(&there(), t0 + Duration::from_secs(40)).is_some());
+        assert_eq!(
+            c.observe(&there(), t0 + Duration::from_secs(30)).learned,
+            None
+        );
+        assert!(c
+            .observe(&there(), t0 + Duration::from_secs(40))
+            .learned
+            .is_some());
+    }
+
+    /// Chaos seed 10626483591465904736: a proxy's 5 s cut switched on twice
+    /// within a minute, each time under a session idle for longer (6.5 s, then
+    /// 11.2 s), then the cut of the fresh session after 5.0 s.
+    #[tokio::test(start_paused = true)]
+    async fn a_cut_after_less_silence_than_the_close_before_is_told_apart() {
+        let after = |t: f64| end(&[(0.3, 0.3 + t, "server_closed"), (0.4, 0.3 + t, "reset")]);
+        let mut c = IdleCuts::new(Some(Duration::from_secs(15)));
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert_eq!(c.observe(&after(6.5), at(0)).cut_like, CutLike::Maybe);
+        // Longer than the close before: any first cut (or a takeover).
+        assert_eq!(c.observe(&after(11.2), at(28)).cut_like, CutLike::Maybe);
+        let v = c.observe(&after(5.0), at(49));
+        assert_eq!((v.cut_like, v.learned), (CutLike::Shorter, None));
+        assert_eq!(
+            shape_line(&after(5.0), v.cut_like).as_deref(),
+            Some(
+                "close shape: main silent 5.0 s before the close, longest silence \
+                 elsewhere 4.9 s (display); less silence on main than at the close before"
+            )
+        );
+        // The same silence again: learnt.
+        let v = c.observe(&after(5.0), at(70));
+        assert_eq!(v.cut_like, CutLike::Maybe);
+        assert_eq!(v.learned, Some(Duration::from_millis(2500)));
+        // A shorter silence than a close 5 minutes before proves nothing.
+        assert_eq!(c.observe(&after(9.0), at(100)).cut_like, CutLike::Maybe);
+        assert_eq!(
+            c.observe(&after(4.0), at(101) + PAIR_WINDOW).cut_like,
+            CutLike::Maybe
+        );
+        // A shorter silence without a cut's shape (another channel silent far
+        // longer), or a close that may be no cut at all.
+        assert_eq!(c.observe(&after(9.0), at(500)).cut_like, CutLike::Maybe);
+        assert_eq!(c.observe(&not_a_cut(), at(501)).cut_like, CutLike::Maybe);
+        let busy = end(&[(8.9, 9.0, "server_closed"), (0.2, 9.0, "server_closed")]);
+        assert_eq!(c.observe(&busy, at(502)).cut_like, CutLike::No);
     }
 
     #[tokio::test(start_paused = true)]
@@ -318,9 +442,10 @@ mod tests {
         let mut c = IdleCuts::new(Some(Duration::from_secs(15)));
         let t0 = Instant::now();
         let late = end(&[(0.3, 6.15, "server_closed"), (0.4, 6.15, "server_closed")]);
-        assert_eq!(c.observe(&late, t0), None);
+        assert_eq!(c.observe(&late, t0).learned, None);
         assert!(c
             .observe(&proxy_cut(), t0 + Duration::from_secs(20))
+            .learned
             .is_some());
     }
 
@@ -328,15 +453,22 @@ mod tests {
     async fn takeovers_and_far_apart_cuts_are_not_paired() {
         let mut c = IdleCuts::new(Some(Duration::from_secs(15)));
         let t0 = Instant::now();
-        assert_eq!(c.observe(&not_a_cut(), t0), None);
-        assert_eq!(c.observe(&not_a_cut(), t0 + Duration::from_secs(7)), None);
+        assert_eq!(c.observe(&not_a_cut(), t0).learned, None);
+        assert_eq!(
+            c.observe(&not_a_cut(), t0 + Duration::from_secs(7)).learned,
+            None
+        );
         // Two cuts after different silences are no pattern.
         let other = end(&[(0.3, 9.3, "server_closed"), (0.4, 9.3, "server_closed")]);
-        assert_eq!(c.observe(&proxy_cut(), t0), None);
-        assert_eq!(c.observe(&other, t0 + Duration::from_secs(10)), None);
-        assert_eq!(c.observe(&proxy_cut(), t0), None);
+        assert_eq!(c.observe(&proxy_cut(), t0).learned, None);
         assert_eq!(
-            c.observe(&proxy_cut(), t0 + PAIR_WINDOW + Duration::from_secs(1)),
+            c.observe(&other, t0 + Duration::from_secs(10)).learned,
+            None
+        );
+        assert_eq!(c.observe(&proxy_cut(), t0).learned, None);
+        assert_eq!(
+            c.observe(&proxy_cut(), t0 + PAIR_WINDOW + Duration::from_secs(1))
+                .learned,
             None
         );
     }

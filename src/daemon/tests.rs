@@ -623,6 +623,11 @@ async fn stale_sessions_are_ignored() {
 
 /// Counters of a session every channel of which a proxy closed after 5 s idle.
 fn idle_cut_end(base: f64) -> SessionEnd {
+    cut_after(base, 5.0)
+}
+
+/// Counters of a session every channel of which a proxy closed after `idle` s.
+fn cut_after(base: f64, idle: f64) -> SessionEnd {
     let counters = [ChannelType::Main, ChannelType::Display, ChannelType::Inputs]
         .iter()
         .enumerate()
@@ -633,7 +638,7 @@ fn idle_cut_end(base: f64) -> SessionEnd {
                 ChannelCounters {
                     connected_at_secs: Some(base),
                     last_recv_ts_secs: Some(last),
-                    closed_at_secs: Some(last + 5.0),
+                    closed_at_secs: Some(last + idle),
                     close_reason: Some("server_closed".into()),
                     ..ChannelCounters::default()
                 },
@@ -642,7 +647,7 @@ fn idle_cut_end(base: f64) -> SessionEnd {
         .collect();
     SessionEnd {
         counters,
-        ..lost(eof(ChannelId::MAIN), 5.3)
+        ..lost(eof(ChannelId::MAIN), idle + 0.3)
     }
 }
 
@@ -708,16 +713,54 @@ async fn a_cut_switched_on_under_a_session_is_learnt_not_taken_for_a_takeover() 
     h.at(26.6);
     h.take();
     h.end(idle_cut_end(0.0));
-    let log = h.take();
+    // A takeover would wait takeover_delay_secs (60 s), not the back-off's 4 s.
+    let st = h.core.state();
     assert!(
-        !log.iter().any(|l| l.contains("taken over")),
-        "the second close taken for a takeover: {log:?}"
+        matches!(st, State::Pending { attempt: 2, delay, .. } if *delay == Duration::from_secs(4)),
+        "the second close taken for a takeover: {st:?}"
     );
-    assert!(matches!(h.core.state(), State::Pending { attempt: 2, .. }));
     h.at(30.6);
     h.connected();
     h.at(36.2);
     h.end(idle_cut_end(0.0));
+    let log = h.take();
+    assert!(log.iter().any(|l| l == "report main idle_cut"), "{log:?}");
+    assert!(matches!(h.core.state(), State::Connecting { attempt: 0 }));
+    assert_eq!(h.core.idle_secs(), 2.5);
+}
+
+/// Chaos seed 10626483591465904736: a proxy's 5 s cut switched on twice within
+/// a minute, each time under a session idle for longer (6.5 s, then 11.2 s),
+/// then the fresh session's cut after 5.0 s: three takeover-like closes, none
+/// of them a takeover. Learnt at the next cut.
+#[tokio::test(start_paused = true)]
+async fn a_cut_switched_on_twice_is_learnt_not_taken_for_a_takeover() {
+    let mut h = linked_without_cooldown();
+    // (linked, closed, main's silence, the back-off's attempt and delay)
+    for (linked, closed, idle, attempt, delay) in [
+        (0.1, 7.0, 6.5, 1, 1),
+        (8.0, 20.0, 11.2, 2, 4),
+        (24.0, 29.6, 5.0, 3, 16),
+    ] {
+        if linked > 0.1 {
+            h.at(linked);
+            h.connected();
+        }
+        h.at(closed);
+        h.end(cut_after(0.0, idle));
+        // A takeover would wait takeover_delay_secs (60 s).
+        let st = h.core.state();
+        assert!(
+            matches!(st, State::Pending { attempt: a, delay: d, .. }
+                if *a == attempt && *d == Duration::from_secs(delay)),
+            "the close after {idle} s: {st:?}"
+        );
+    }
+    h.at(45.6);
+    h.connected();
+    h.at(51.2);
+    h.take();
+    h.end(cut_after(0.0, 5.0));
     let log = h.take();
     assert!(log.iter().any(|l| l == "report main idle_cut"), "{log:?}");
     assert!(matches!(h.core.state(), State::Connecting { attempt: 0 }));

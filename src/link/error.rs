@@ -132,6 +132,22 @@ impl TransportError {
         kind.map(|k| format!("{k:?}"))
     }
 
+    /// Nothing listens at the server's address: its TCP port refused, or the
+    /// proxy answered 502–504 (it could not reach the server). A server that
+    /// was stopped or killed answers so until it is back.
+    pub fn server_refused(&self) -> bool {
+        matches!(
+            self,
+            TransportError::Connect {
+                kind: ErrorKind::ConnectionRefused,
+                ..
+            } | TransportError::ProxyStatus {
+                status: 502..=504,
+                ..
+            }
+        )
+    }
+
     /// How to handle this error; see [`TransportClass`].
     pub fn class(&self) -> TransportClass {
         use TransportError::*;
@@ -450,5 +466,33 @@ mod tests {
         assert_eq!(shown_host("spice.example", None), "spice.example");
         assert_eq!(shown_authority("::1", 5900, None), "[::1]:5900");
         assert_eq!(shown_authority("10.0.0.1", 5900, None), "10.0.0.1:5900");
+    }
+
+    #[test]
+    fn only_a_refused_port_or_a_proxy_that_cannot_reach_it_says_the_server_is_down() {
+        let status = |status| TransportError::ProxyStatus {
+            proxy: "proxy".into(),
+            target: "host:5900".into(),
+            status,
+            status_line: format!("HTTP/1.1 {status} x"),
+        };
+        let connect = |kind| TransportError::Connect {
+            addr: "127.0.0.1:5900".parse().expect("an address"),
+            kind,
+            tried: 1,
+        };
+        for (e, down) in [
+            (connect(ErrorKind::ConnectionRefused), true),
+            (status(502), true),
+            (status(503), true),
+            (status(504), true),
+            (connect(ErrorKind::TimedOut), false),
+            (connect(ErrorKind::ConnectionReset), false),
+            (status(500), false),
+            (status(401), false),
+            (status(407), false),
+        ] {
+            assert_eq!(e.server_refused(), down, "{e}");
+        }
     }
 }

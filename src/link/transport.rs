@@ -141,13 +141,7 @@ pub async fn probe(
             drop(stream);
             Probe::Listening
         }
-        Err(TransportError::Connect {
-            kind: std::io::ErrorKind::ConnectionRefused,
-            ..
-        }) => Probe::Refused,
-        Err(TransportError::ProxyStatus {
-            status: 502..=504, ..
-        }) => Probe::Refused,
+        Err(e) if e.server_refused() => Probe::Refused,
         Err(_) => Probe::Unknown,
     }
 }

@@ -14,7 +14,7 @@ mod tests;
 pub use policy::{Backoff, ReconnectPolicy};
 pub use reason::GiveUpReason;
 pub use supervisor::{
-    Action, CloseShape, FailClass, Input, Now, State, Supervisor, Transition, Warning,
+    Action, CloseShape, CutLike, FailClass, Input, Now, State, Supervisor, Transition, Warning,
     SERVER_QUIET_BEFORE_CLOSE, TAKEOVER_MIN_HEALTHY,
 };
 pub use ticket::{

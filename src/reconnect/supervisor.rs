@@ -31,17 +31,33 @@ pub const SERVER_QUIET_BEFORE_CLOSE: Duration = Duration::from_secs(20);
 pub struct CloseShape {
     /// EOF with no error (the server closed the socket cleanly).
     pub clean: bool,
-    /// Right after the close, the server's address refused a connection:
-    /// it went away, so the close was no takeover.
+    /// The server's address refused a connection right after the close (or a
+    /// channel's relink before it): it went away, so the close was no takeover.
     pub server_gone: bool,
-    /// Main, closed by the peer, had been silent both ways for 1 s or more: a
-    /// middlebox's idle cut cannot be ruled out (nor a takeover of an idle
-    /// session). The first cut after a middlebox starts cutting, or changes its
-    /// timeout, comes after any silence and with any channel silent longer, so
-    /// only the silence on main is weighed here.
-    pub may_be_idle_cut: bool,
+    /// Whether the close may have been a middlebox's idle cut.
+    pub cut_like: CutLike,
     /// How long main had received nothing from the server when it closed.
     pub server_quiet: Duration,
+}
+
+/// How much a clean close looks like a middlebox's idle cut
+/// (`src/daemon/idle_cut.rs` judges it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CutLike {
+    /// Main was busy up to the close, was not closed by the peer, or the server
+    /// went away.
+    #[default]
+    No,
+    /// Main, closed by the peer, had been silent both ways for 1 s or more: a
+    /// cut cannot be ruled out (nor a takeover of an idle session). The first
+    /// cut after a middlebox starts cutting, or changes its timeout, comes after
+    /// any silence and with any channel silent longer, so only the silence on
+    /// main is weighed.
+    Maybe,
+    /// A cut's shape, after less silence on main than the last close that may
+    /// have been a cut (within 5 minutes): what a middlebox's second cut looks
+    /// like, the first having come after whatever silence the session had.
+    Shorter,
 }
 
 /// Slack after `refresh_timeout_secs` before the supervisor stops waiting for the
@@ -584,9 +600,7 @@ impl Supervisor {
         let healthy = now.mono.saturating_duration_since(since);
         let stalled = shape.server_quiet >= SERVER_QUIET_BEFORE_CLOSE;
         let clean = match (shape.clean, shape.server_gone, stalled) {
-            (true, true, _) => {
-                ", clean close, then the server's address refused connections".into()
-            }
+            (true, true, _) => ", clean close; the server's address refused connections".into(),
             (true, false, true) => format!(
                 ", clean close after {} without a word from the server",
                 fmt_dur(shape.server_quiet)
@@ -629,12 +643,18 @@ impl Supervisor {
             // needed after it. It confirms a takeover only after two earlier
             // takeover-like closes; a takeover of an idle session then costs the
             // other client one more kick (chaos seed 18381381220734413630: a cut
-            // switched on under a session took it for a takeover).
+            // switched on under a session took it for a takeover). A cut's shape
+            // after a shorter silence than the close before it never confirms
+            // one: a cut switched on twice in the window leaves two such first
+            // cuts before the one that repeats (chaos seed
+            // 10626483591465904736). A takeover's silences have no order, so
+            // this holds a takeover back only while they keep getting shorter,
+            // within the cluster's budget.
             let earlier = self.takeover_closes.len();
-            let confirmed = if shape.may_be_idle_cut {
-                earlier >= 2
-            } else {
-                earlier >= 1
+            let confirmed = match shape.cut_like {
+                CutLike::No => earlier >= 1,
+                CutLike::Maybe => earlier >= 2,
+                CutLike::Shorter => false,
             };
             if confirmed {
                 self.on_takeover(why, now, out);

@@ -175,8 +175,9 @@ pub struct SessionEnd {
     /// Main was closed cleanly by the server: the server (or a middlebox) ended
     /// the whole session, not just one channel.
     pub server_closed_session: bool,
-    /// After that clean close, main's address refused a connection: the server
-    /// went away (stopped, killed, restarting), so nobody took the session over.
+    /// After that clean close, main's address refused a connection, or a link
+    /// of this session had found it refusing before: the server went away
+    /// (stopped, killed, restarting), so nobody took the session over.
     pub server_gone: bool,
     pub info: SessionInfo,
 }
@@ -425,6 +426,14 @@ pub async fn run(
     }
     out.info.dropped_events = outlets.dropped.load(Ordering::Relaxed);
     let server_gone = match gone_probe {
+        Some(probe) if out.server_refused && out.server_closed_session && out.connected => {
+            probe.abort();
+            info!(
+                session = ctx.generation,
+                "a link of this session found the server's address refusing connections before the close: the server went away (no takeover)"
+            );
+            true
+        }
         Some(probe) if out.server_closed_session && out.connected => probe.await.unwrap_or(false),
         Some(probe) => {
             probe.abort();

@@ -129,6 +129,8 @@ pub struct Orchestrator {
     over_cap_warned: bool,
     ending: Option<Ending>,
     finished: bool,
+    /// A link of this session found the server's address refusing connections.
+    server_refused: bool,
     out: VecDeque<Command>,
     /// The daemon's session number, for the `session` field of log lines.
     generation: u64,
@@ -142,6 +144,12 @@ pub struct Outcome {
     pub connected: bool,
     pub all_linked: bool,
     pub server_closed_session: bool,
+    /// A link of this session (a secondary channel relinking) found the
+    /// server's address refusing connections: the server that held this
+    /// session stopped while main was still open, and main's close, whenever
+    /// it comes, is the news of that (a killed server's FIN can arrive seconds
+    /// late, after a black hole slowed its retransmissions).
+    pub server_refused: bool,
     pub info: SessionInfo,
 }
 
@@ -163,6 +171,7 @@ impl Orchestrator {
             over_cap_warned: false,
             ending: None,
             finished: false,
+            server_refused: false,
             out: VecDeque::new(),
             generation: 0,
         }
@@ -426,6 +435,7 @@ impl Orchestrator {
         if self.finished {
             return;
         }
+        self.server_refused |= failure.as_ref().is_some_and(|f| f.server_refused);
         let was_up = self
             .slots
             .get(&ch)
@@ -678,6 +688,7 @@ impl Orchestrator {
             connected: self.session_id.is_some(),
             all_linked: self.all_linked,
             server_closed_session,
+            server_refused: self.server_refused,
             info: std::mem::take(&mut self.info),
         }
     }

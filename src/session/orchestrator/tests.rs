@@ -198,6 +198,48 @@ fn when_main_follows_a_secondary_eof_the_whole_session_ended() {
     assert_eq!(out.counters.len(), 5);
 }
 
+/// Chaos seed 10626483591465904736: the server killed after a black hole; the
+/// secondary channels saw their EOF at once and their relinks were refused,
+/// main's EOF came 4 s later, after the server was back.
+#[test]
+fn a_relink_refused_before_main_closed_says_the_server_went_away() {
+    let cursor = ch(ChannelType::Cursor);
+    let refused = |kind| {
+        Failure::transport(
+            cursor,
+            &crate::link::TransportError::Connect {
+                addr: "127.0.0.1:5900".parse().expect("an address"),
+                kind,
+                tried: 1,
+            },
+        )
+    };
+    for (kind, gone) in [
+        (std::io::ErrorKind::ConnectionRefused, true),
+        (std::io::ErrorKind::TimedOut, false),
+    ] {
+        let mut o = linked(Rules::default(), TicketInfo::default());
+        let t = Duration::from_secs(10);
+        lost(&mut o, cursor, eof(cursor), t);
+        o.handle_timeout(t + CLOSE_WINDOW);
+        let relink = t + CLOSE_WINDOW + Duration::from_secs(1);
+        o.handle_timeout(relink);
+        assert_eq!(spawns(&drain(&mut o)), [(cursor, 7)]);
+        lost(&mut o, cursor, refused(kind), relink);
+        lost(
+            &mut o,
+            ChannelId::MAIN,
+            eof(ChannelId::MAIN),
+            t + Duration::from_secs(4),
+        );
+        o.handle_timeout(t + Duration::from_secs(5));
+        assert!(o.is_finished());
+        let out = o.outcome();
+        assert!(out.server_closed_session);
+        assert_eq!(out.server_refused, gone, "{kind:?}");
+    }
+}
+
 #[test]
 fn the_close_window_is_bounded() {
     let mut o = linked(Rules::default(), TicketInfo::default());
