@@ -477,7 +477,7 @@ mod tests {
             status_line: format!("HTTP/1.1 {status} x"),
         };
         let connect = |kind| TransportError::Connect {
-            addr: "127.0.0.1:5900".parse().expect("an address"),
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], 5900)),
             kind,
             tried: 1,
         };

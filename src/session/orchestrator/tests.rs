@@ -208,7 +208,7 @@ fn a_relink_refused_before_main_closed_says_the_server_went_away() {
         Failure::transport(
             cursor,
             &crate::link::TransportError::Connect {
-                addr: "127.0.0.1:5900".parse().expect("an address"),
+                addr: std::net::SocketAddr::from(([127, 0, 0, 1], 5900)),
                 kind,
                 tried: 1,
             },
