@@ -1,5 +1,7 @@
 //! The mirror over hand-built display messages (layouts as spice-server
 //! marshals them), hostile ones included.
+//!
+//! Test code only: the parent declares this module under #[cfg(test)].
 
 use super::wire::msg;
 use super::*;

@@ -551,7 +551,7 @@ fn on_msg(orch: &mut Orchestrator, m: ChannelMsg) {
 }
 
 #[cfg(test)]
-mod gone_tests {
+mod tests {
     use super::*;
     use crate::link::{ConnectFuture, Probe, ProbeFuture, Target};
     use std::sync::Mutex;

@@ -1,6 +1,8 @@
 //! Tests of the wakeup planning: the pieces, then a whole idle session
 //! simulated against the server's PING schedule, then the keepalive
 //! guarantee as a property over random traffic and PING timings.
+//!
+//! Test code only: the parent declares this module under #[cfg(test)].
 
 use super::plan::EXPECTED_SLACK;
 use super::*;

@@ -1,5 +1,7 @@
 //! The .vv path: what the daemon notices of the file there without a SIGHUP,
 //! and that looking at it never holds the loop.
+//!
+//! Test code only: the parent declares this module under #[cfg(test)].
 
 use super::shell::{drive, env, in_rt, until};
 use super::*;
